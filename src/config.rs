@@ -1,0 +1,129 @@
+//! Network configuration shared by the CLI, the namespace helper and the engine.
+//!
+//! Theory of operation: the CLI turns flags into one [`NetConfig`] value (validated, never
+//! partially applied); everything downstream reads addresses from it through the helper
+//! methods (`gateway()`, `dns()`, `guest()`) so the "network+2 / +3 / +100" convention of
+//! slirp4netns lives in exactly one place.
+#![forbid(unsafe_code)]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Where host sockets are bound for outbound traffic (`--outbound-addr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound<A> {
+    /// Bind the source address.
+    Addr(A),
+    /// Bind to an interface (SO_BINDTODEVICE).
+    Device(String),
+}
+
+/// The virtual network seen by the guest and the policy for reaching the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// IPv4 network address (default 10.0.2.0).
+    pub network: Ipv4Addr,
+    /// Prefix length, 1..=25 (default 24).
+    pub prefix: u8,
+    /// MTU of the tap, 1..=65521 (default 1500).
+    pub mtu: u32,
+    /// MAC address for the guest's tap (`--macaddress`, only with `-c`).
+    pub guest_mac: Option<[u8; 6]>,
+    /// `--disable-host-loopback`: the gateway no longer reaches host 127.0.0.1.
+    pub disable_host_loopback: bool,
+    /// `--disable-dns`: no DNS forwarder at network+3.
+    pub disable_dns: bool,
+    /// `-6`: IPv6 (accepted; implemented by a later issue).
+    pub enable_ipv6: bool,
+    /// `--outbound-addr`.
+    pub outbound4: Option<Outbound<Ipv4Addr>>,
+    /// `--outbound-addr6`.
+    pub outbound6: Option<Outbound<Ipv6Addr>>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            network: Ipv4Addr::new(10, 0, 2, 0),
+            prefix: 24,
+            mtu: 1500,
+            guest_mac: None,
+            disable_host_loopback: false,
+            disable_dns: false,
+            enable_ipv6: false,
+            outbound4: None,
+            outbound6: None,
+        }
+    }
+}
+
+impl NetConfig {
+    fn offset(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network).wrapping_add(n))
+    }
+    /// network+2: the gateway, which stands for host loopback.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.offset(2)
+    }
+    /// network+3: the DNS forwarder.
+    pub fn dns(&self) -> Ipv4Addr {
+        self.offset(3)
+    }
+    /// network+100: the guest's address with `-c`.
+    pub fn guest(&self) -> Ipv4Addr {
+        self.offset(100)
+    }
+    /// Netmask of the network.
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+    }
+    /// Whether `addr` is inside the virtual network.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask());
+        u32::from(addr) & mask == u32::from(self.network) & mask
+    }
+    /// The MAC the daemon's end of the link uses (slirp4netns uses 52:55:0a:00:02:02).
+    pub fn host_mac(&self) -> [u8; 6] {
+        let g = self.gateway().octets();
+        [0x52, 0x55, g[0], g[1], g[2], g[3]]
+    }
+}
+
+/// How to bring up the tap inside the namespace (`-c`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfConfig {
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+impl IfConfig {
+    /// The `-c` configuration for a network.
+    pub fn from_net(net: &NetConfig) -> Self {
+        IfConfig {
+            mtu: net.mtu,
+            mac: net.guest_mac,
+            addr: net.guest(),
+            prefix: net.prefix,
+            gateway: net.gateway(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_addresses() {
+        let n = NetConfig::default();
+        assert_eq!(n.gateway(), Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(n.dns(), Ipv4Addr::new(10, 0, 2, 3));
+        assert_eq!(n.guest(), Ipv4Addr::new(10, 0, 2, 100));
+        assert_eq!(n.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(n.contains(Ipv4Addr::new(10, 0, 2, 77)));
+        assert!(!n.contains(Ipv4Addr::new(10, 0, 3, 1)));
+        assert_eq!(n.host_mac(), [0x52, 0x55, 10, 0, 2, 2]);
+    }
+}

@@ -1,0 +1,18 @@
+//! tapwire: a fast userspace network forwarder for rootless containers.
+//!
+//! Module map (one concept per file):
+//! - [`cli`]: slirp4netns-compatible flags and `tapwire run`.
+//! - [`config`]: the virtual network (addresses, MTU, policies).
+//! - [`netns`]: the pre-thread fork helper that enters namespaces and passes the TAP fd back.
+//! - [`tap`]: `/dev/net/tun` on libc ioctls.
+//! - [`netlink`]: link/address/route configuration for `-c`.
+//! - [`wire`]: sans-IO frame classification, validation and reply-frame building.
+//! - [`stack`]: the smoltcp interface and its TAP device adapter.
+//! - [`tcp`], [`udp`], [`icmp`], [`dns`]: the proxies.
+//! - [`engine`]: the single-threaded event loop that drives it all.
+
+pub mod cli;
+pub mod config;
+pub mod netlink;
+pub mod netns;
+pub mod tap;

@@ -1,0 +1,1 @@
+//! rtnetlink configuration (stub: being written).

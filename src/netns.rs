@@ -1,0 +1,1 @@
+//! Namespace helper (stub: being written).

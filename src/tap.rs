@@ -1,0 +1,1 @@
+//! TAP device (stub: being written).
