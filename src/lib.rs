@@ -11,6 +11,7 @@
 //! - [`tcp`], [`udp`], [`icmp`], [`dns`]: the proxies.
 //! - [`engine`]: the single-threaded event loop that drives it all.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod netlink;
