@@ -17,3 +17,7 @@ pub mod config;
 pub mod netlink;
 pub mod netns;
 pub mod tap;
+pub mod wire;
+pub mod flow;
+pub mod nat;
+pub mod dns;

@@ -1,0 +1,173 @@
+//! The flow table: keyed flows with stable indices and idle expiry (sans-IO).
+//!
+//! # Theory of operation
+//! Every proxied conversation (a TCP connection, a UDP NAT binding, an ICMP echo binding) is a
+//! flow: a key the guest's packets carry (addresses, ports or echo identifier), a value owned
+//! by the protocol module (its host socket and state), and the time it last moved. Flows live
+//! in a slab so their index is stable for the flow's lifetime; the index is what goes into the
+//! event loop's token, so a host-socket event finds its flow in O(1) without hashing. The key
+//! index (a hash map) is used only for packets from the guest.
+//!
+//! Limits: the table has a fixed capacity; [`FlowTable::insert`] refuses beyond it and the
+//! caller counts the refusal. Expiry is driven by the caller's clock (`now` in milliseconds of
+//! a monotonic clock), so tests run with a fake clock.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use slab::Slab;
+
+struct Entry<K, V> {
+    key: K,
+    value: V,
+    last_ms: u64,
+}
+
+/// Keyed flows with stable indices; see the module documentation.
+pub struct FlowTable<K, V> {
+    slab: Slab<Entry<K, V>>,
+    index: HashMap<K, usize>,
+    capacity: usize,
+}
+
+/// The table is at capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+impl<K: Hash + Eq + Copy, V> FlowTable<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        FlowTable {
+            slab: Slab::new(),
+            index: HashMap::new(),
+            capacity,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Index of the flow with `key`.
+    pub fn find(&self, key: &K) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    /// Add a flow; `Err(Full)` at capacity. An existing flow with the same key is replaced
+    /// in the index (the caller checks [`find`](Self::find) first).
+    pub fn insert(&mut self, key: K, value: V, now_ms: u64) -> Result<usize, Full> {
+        if self.slab.len() >= self.capacity {
+            return Err(Full);
+        }
+        let idx = self.slab.insert(Entry {
+            key,
+            value,
+            last_ms: now_ms,
+        });
+        self.index.insert(key, idx);
+        Ok(idx)
+    }
+
+    pub fn get(&self, idx: usize) -> Option<&V> {
+        self.slab.get(idx).map(|e| &e.value)
+    }
+
+    pub fn get_mut(&mut self, idx: usize) -> Option<&mut V> {
+        self.slab.get_mut(idx).map(|e| &mut e.value)
+    }
+
+    pub fn key(&self, idx: usize) -> Option<&K> {
+        self.slab.get(idx).map(|e| &e.key)
+    }
+
+    /// Record activity on a flow.
+    pub fn touch(&mut self, idx: usize, now_ms: u64) {
+        if let Some(e) = self.slab.get_mut(idx) {
+            e.last_ms = now_ms;
+        }
+    }
+
+    /// Remove a flow, returning its key and value.
+    pub fn remove(&mut self, idx: usize) -> Option<(K, V)> {
+        let e = self.slab.try_remove(idx)?;
+        if self.index.get(&e.key) == Some(&idx) {
+            self.index.remove(&e.key);
+        }
+        Some((e.key, e.value))
+    }
+
+    /// Indices of all flows (a snapshot, so the caller may remove while iterating).
+    pub fn indices(&self) -> Vec<usize> {
+        self.slab.iter().map(|(i, _)| i).collect()
+    }
+
+    /// Fill `out` with the indices of all flows (reusing its allocation).
+    pub fn indices_into(&self, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend(self.slab.iter().map(|(i, _)| i));
+    }
+
+    /// Remove flows idle for longer than `idle_ms(value)`; returns them.
+    pub fn expire(&mut self, now_ms: u64, idle_ms: impl Fn(&V) -> u64) -> Vec<(K, V)> {
+        let stale: Vec<usize> = self
+            .slab
+            .iter()
+            .filter(|(_, e)| now_ms.saturating_sub(e.last_ms) > idle_ms(&e.value))
+            .map(|(i, _)| i)
+            .collect();
+        stale.into_iter().filter_map(|i| self.remove(i)).collect()
+    }
+
+    /// Iterate over (index, key, value).
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &K, &V)> {
+        self.slab.iter().map(|(i, e)| (i, &e.key, &e.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_find_remove() {
+        let mut t: FlowTable<u32, &str> = FlowTable::new(2);
+        let a = t.insert(1, "a", 0).unwrap();
+        let b = t.insert(2, "b", 0).unwrap();
+        assert_eq!(t.insert(3, "c", 0), Err(Full));
+        assert_eq!(t.find(&1), Some(a));
+        assert_eq!(t.get(b), Some(&"b"));
+        assert_eq!(t.remove(a), Some((1, "a")));
+        assert_eq!(t.find(&1), None);
+        assert_eq!(t.remove(a), None);
+        assert_eq!(t.len(), 1);
+        assert!(t.insert(3, "c", 0).is_ok());
+    }
+
+    #[test]
+    fn expiry_uses_fake_clock() {
+        let mut t: FlowTable<u32, u64> = FlowTable::new(10);
+        let a = t.insert(1, 1000, 0).unwrap();
+        t.insert(2, 5000, 0).unwrap();
+        assert!(t.expire(1000, |v| *v).is_empty());
+        t.touch(a, 900);
+        let gone = t.expire(1901, |v| *v);
+        assert_eq!(gone, vec![(1, 1000)]);
+        let gone = t.expire(5001, |v| *v);
+        assert_eq!(gone, vec![(2, 5000)]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn replaced_key_keeps_newest_index() {
+        let mut t: FlowTable<u32, u8> = FlowTable::new(10);
+        let old = t.insert(7, 1, 0).unwrap();
+        let new = t.insert(7, 2, 0).unwrap();
+        assert_eq!(t.find(&7), Some(new));
+        t.remove(old);
+        assert_eq!(t.find(&7), Some(new));
+    }
+}

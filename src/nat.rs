@@ -1,0 +1,143 @@
+//! Destination translation: what a guest-visible address means on the host (sans-IO).
+//!
+//! # Theory of operation
+//! The guest sees a small virtual network (slirp4netns's): the gateway (network+2) stands for
+//! the host's loopback, the DNS address (network+3) for the host's resolver, and every address
+//! outside the network is reached through an ordinary host socket to that same address. Other
+//! addresses inside the virtual network do not exist. [`Nat::translate`] turns one guest
+//! destination into the host address to connect to, or into the error the guest must see:
+//!
+//! | guest destination | host target | refused as |
+//! |---|---|---|
+//! | gateway:port | 127.0.0.1:port | ICMP net unreachable with `--disable-host-loopback` |
+//! | dns:53 | first resolv.conf nameserver:53 | RST / port unreachable when DNS is off or unknown |
+//! | dns:other | - | RST / port unreachable |
+//! | other address in the network | - | ICMP host unreachable |
+//! | anything else | the same address | - |
+#![forbid(unsafe_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::config::NetConfig;
+use crate::wire::Unreachable;
+
+/// What to do with a guest destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Connect a host socket to this address.
+    Connect(SocketAddr),
+    /// Answer with an ICMP destination unreachable (TCP: the connect fails with that error).
+    Unreachable(Unreachable),
+    /// Nothing listens there: TCP gets a RST, UDP an ICMP port unreachable.
+    Refused,
+}
+
+/// The translation policy, built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct Nat {
+    net: NetConfig,
+}
+
+impl Nat {
+    pub fn new(net: &NetConfig) -> Self {
+        Nat { net: net.clone() }
+    }
+
+    /// Translate a guest destination. `resolver` is the current upstream nameserver, if any.
+    pub fn translate(&self, dst: SocketAddrV4, resolver: Option<SocketAddr>) -> Verdict {
+        let ip = *dst.ip();
+        if ip == self.net.gateway() {
+            if self.net.disable_host_loopback {
+                return Verdict::Unreachable(Unreachable::Net);
+            }
+            return Verdict::Connect(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::LOCALHOST,
+                dst.port(),
+            )));
+        }
+        if ip == self.net.dns() {
+            return match (dst.port(), self.net.disable_dns, resolver) {
+                (53, false, Some(r)) => Verdict::Connect(r),
+                _ => Verdict::Refused,
+            };
+        }
+        if self.net.contains(ip) {
+            return Verdict::Unreachable(Unreachable::Host);
+        }
+        Verdict::Connect(SocketAddr::V4(dst))
+    }
+
+    /// Whether a host target is on the host's loopback (outbound binding does not apply).
+    pub fn is_loopback(target: &SocketAddr) -> bool {
+        target.ip().is_loopback()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4], port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(a), port)
+    }
+
+    #[test]
+    fn gateway_is_host_loopback() {
+        let nat = Nat::new(&NetConfig::default());
+        assert_eq!(
+            nat.translate(v4([10, 0, 2, 2], 8080), None),
+            Verdict::Connect("127.0.0.1:8080".parse().unwrap())
+        );
+        let nat = Nat::new(&NetConfig {
+            disable_host_loopback: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            nat.translate(v4([10, 0, 2, 2], 8080), None),
+            Verdict::Unreachable(Unreachable::Net)
+        );
+    }
+
+    #[test]
+    fn dns_goes_to_resolver() {
+        let r: SocketAddr = "127.0.0.53:53".parse().unwrap();
+        let nat = Nat::new(&NetConfig::default());
+        assert_eq!(nat.translate(v4([10, 0, 2, 3], 53), Some(r)), Verdict::Connect(r));
+        assert_eq!(nat.translate(v4([10, 0, 2, 3], 54), Some(r)), Verdict::Refused);
+        assert_eq!(nat.translate(v4([10, 0, 2, 3], 53), None), Verdict::Refused);
+        let nat = Nat::new(&NetConfig {
+            disable_dns: true,
+            ..Default::default()
+        });
+        assert_eq!(nat.translate(v4([10, 0, 2, 3], 53), Some(r)), Verdict::Refused);
+    }
+
+    #[test]
+    fn other_addresses() {
+        let nat = Nat::new(&NetConfig::default());
+        assert_eq!(
+            nat.translate(v4([10, 0, 2, 50], 80), None),
+            Verdict::Unreachable(Unreachable::Host)
+        );
+        assert_eq!(
+            nat.translate(v4([192, 168, 77, 2], 80), None),
+            Verdict::Connect("192.168.77.2:80".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn custom_cidr() {
+        let nat = Nat::new(&NetConfig {
+            network: Ipv4Addr::new(10, 11, 12, 0),
+            ..Default::default()
+        });
+        assert_eq!(
+            nat.translate(v4([10, 11, 12, 2], 1), None),
+            Verdict::Connect("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(
+            nat.translate(v4([10, 0, 2, 2], 1), None),
+            Verdict::Connect("10.0.2.2:1".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,855 @@
+//! Frame classification and reply-frame building (sans-IO).
+//!
+//! # Theory of operation
+//! Every frame the guest writes to the TAP passes through [`classify`] exactly once, before
+//! anything else looks at it. `classify` validates the frame completely (lengths, IPv4 header
+//! checksum, transport checksum, TCP flag sanity) and says who handles it:
+//!
+//! - [`Class::Stack`]: ARP for our addresses and ICMP echo to the gateway/DNS addresses go to
+//!   smoltcp unchanged (it answers them).
+//! - [`Class::Tcp`]: a TCP segment; the engine creates a flow for a fresh SYN, then hands the
+//!   frame to smoltcp, which terminates the guest's connection.
+//! - [`Class::Udp`] / [`Class::Echo`]: datagrams and echo requests that the engine proxies itself,
+//!   without smoltcp (no per-packet socket scan, no copies into socket rings).
+//! - [`Class::Drop`]: everything else, with a [`DropReason`] the engine counts. Malformed input
+//!   never panics and never allocates: once a `new_checked` of smoltcp's wire views succeeds its
+//!   accessors cannot panic, and every slice here is bounds-checked.
+//!
+//! Because validation happens here, smoltcp is configured not to verify checksums again.
+//!
+//! The builders ([`finish_udp`], [`finish_echo_reply`], [`icmp_error`], [`tcp_rst`]) write
+//! Ethernet + IPv4 headers around a payload that the caller has already placed at its final
+//! offset in the frame buffer (`UDP_PAYLOAD`, `ICMP_OFFSET`), so a datagram read from a host
+//! socket lands in the frame once and is never copied again. [`fragment`] splits an IPv4 packet
+//! that does not fit the MTU (rare: large UDP replies).
+#![forbid(unsafe_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress,
+    IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
+};
+
+/// Ethernet header length.
+pub const ETH_LEN: usize = 14;
+/// Offset of the IPv4 header in a frame.
+pub const IP_OFFSET: usize = ETH_LEN;
+/// IPv4 header length (we never emit options).
+pub const IP_LEN: usize = 20;
+/// Offset of an ICMP message in a frame.
+pub const ICMP_OFFSET: usize = ETH_LEN + IP_LEN;
+/// Offset of a UDP payload in a frame.
+pub const UDP_PAYLOAD: usize = ETH_LEN + IP_LEN + 8;
+
+/// Why a frame was dropped. Each has a counter in [`DropCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Shorter than its headers say.
+    Truncated,
+    /// Not addressed to our MAC, broadcast or multicast.
+    NotOurMac,
+    /// An ethertype we do not handle.
+    Ethertype,
+    /// ARP that is malformed or not for one of our addresses.
+    Arp,
+    /// IPv4 header invalid (version, lengths).
+    BadIpHeader,
+    /// IPv4 header, TCP, UDP or ICMP checksum wrong.
+    Checksum,
+    /// IPv4 options present.
+    IpOptions,
+    /// IPv4 fragment.
+    Fragment,
+    /// Source or destination address that cannot be proxied (broadcast, multicast, zero...).
+    Address,
+    /// Nonsensical TCP flag combination, or a zero port.
+    TcpFlags,
+    /// IP protocol we do not proxy.
+    Protocol,
+    /// ICMP other than echo request.
+    Icmp,
+    /// IPv6 (not enabled).
+    Ipv6,
+    /// Refused by policy or resource caps (flow table full, no ICMP sockets, no resolver).
+    Policy,
+}
+
+impl DropReason {
+    /// All reasons, in counter order.
+    pub const ALL: [DropReason; 14] = [
+        DropReason::Truncated,
+        DropReason::NotOurMac,
+        DropReason::Ethertype,
+        DropReason::Arp,
+        DropReason::BadIpHeader,
+        DropReason::Checksum,
+        DropReason::IpOptions,
+        DropReason::Fragment,
+        DropReason::Address,
+        DropReason::TcpFlags,
+        DropReason::Protocol,
+        DropReason::Icmp,
+        DropReason::Ipv6,
+        DropReason::Policy,
+    ];
+
+    /// Stable name, used in statistics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::NotOurMac => "not_our_mac",
+            DropReason::Ethertype => "ethertype",
+            DropReason::Arp => "arp",
+            DropReason::BadIpHeader => "bad_ip_header",
+            DropReason::Checksum => "checksum",
+            DropReason::IpOptions => "ip_options",
+            DropReason::Fragment => "fragment",
+            DropReason::Address => "address",
+            DropReason::TcpFlags => "tcp_flags",
+            DropReason::Protocol => "protocol",
+            DropReason::Icmp => "icmp",
+            DropReason::Ipv6 => "ipv6",
+            DropReason::Policy => "policy",
+        }
+    }
+}
+
+/// One counter per [`DropReason`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::ALL.len()]);
+
+impl DropCounters {
+    pub fn bump(&mut self, reason: DropReason) {
+        self.0[reason as usize] += 1;
+    }
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// (name, count) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (r.name(), self.get(*r)))
+    }
+}
+
+/// What the classifier needs to know about the virtual link.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkInfo {
+    /// Our MAC (the gateway's).
+    pub mac: [u8; 6],
+    /// Gateway address (network+2).
+    pub gateway: Ipv4Addr,
+    /// DNS forwarder address (network+3).
+    pub dns: Ipv4Addr,
+}
+
+/// Flags of a TCP segment that matter to flow creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpInfo {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub syn: bool,
+    pub ack: bool,
+    pub rst: bool,
+    pub fin: bool,
+    pub seq: u32,
+    /// Length of the TCP segment's data plus SYN/FIN (sequence space consumed).
+    pub seq_len: u32,
+}
+
+/// A UDP datagram from the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpInfo<'a> {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub payload: &'a [u8],
+}
+
+/// An ICMP echo request from the guest to a non-local address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoInfo<'a> {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ident: u16,
+    pub seq: u16,
+    /// The whole ICMP message (header included).
+    pub message: &'a [u8],
+}
+
+/// The classifier's verdict; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class<'a> {
+    Stack,
+    Tcp(TcpInfo),
+    Udp(UdpInfo<'a>),
+    Echo(EchoInfo<'a>),
+    Drop(DropReason),
+}
+
+fn unicast(addr: Ipv4Addr) -> bool {
+    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast())
+}
+
+/// Classify and validate one frame from the guest.
+pub fn classify<'a>(frame: &'a [u8], link: &LinkInfo) -> Class<'a> {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return Class::Drop(DropReason::Truncated);
+    };
+    let dst_mac = eth.dst_addr();
+    if dst_mac != EthernetAddress(link.mac) && !dst_mac.is_broadcast() && !dst_mac.is_multicast() {
+        return Class::Drop(DropReason::NotOurMac);
+    }
+    let payload = &frame[ETH_LEN..];
+    match eth.ethertype() {
+        EthernetProtocol::Arp => classify_arp(payload, link),
+        EthernetProtocol::Ipv4 => classify_ipv4(payload, link),
+        EthernetProtocol::Ipv6 => Class::Drop(DropReason::Ipv6),
+        _ => Class::Drop(DropReason::Ethertype),
+    }
+}
+
+fn classify_arp<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
+    let Ok(arp) = ArpPacket::new_checked(payload) else {
+        return Class::Drop(DropReason::Truncated);
+    };
+    if arp.hardware_len() != 6 || arp.protocol_len() != 4 {
+        return Class::Drop(DropReason::Arp);
+    }
+    let Ok(target) = <[u8; 4]>::try_from(arp.target_protocol_addr()) else {
+        return Class::Drop(DropReason::Arp);
+    };
+    let target = Ipv4Addr::from(target);
+    let op_ok = matches!(arp.operation(), ArpOperation::Request | ArpOperation::Reply);
+    if op_ok && (target == link.gateway || target == link.dns) {
+        Class::Stack
+    } else {
+        Class::Drop(DropReason::Arp)
+    }
+}
+
+fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
+    let Ok(ip) = Ipv4Packet::new_checked(payload) else {
+        return Class::Drop(DropReason::Truncated);
+    };
+    if ip.version() != 4 || usize::from(ip.header_len()) < IP_LEN {
+        return Class::Drop(DropReason::BadIpHeader);
+    }
+    if !ip.verify_checksum() {
+        return Class::Drop(DropReason::Checksum);
+    }
+    if usize::from(ip.header_len()) != IP_LEN {
+        return Class::Drop(DropReason::IpOptions);
+    }
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return Class::Drop(DropReason::Fragment);
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if !unicast(src) || !unicast(dst) || src.is_loopback() || dst.is_loopback() {
+        return Class::Drop(DropReason::Address);
+    }
+    let (src_ip, dst_ip) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
+    let body = ip.payload();
+    match ip.next_header() {
+        IpProtocol::Tcp => {
+            let Ok(tcp) = TcpPacket::new_checked(body) else {
+                return Class::Drop(DropReason::Truncated);
+            };
+            if !tcp.verify_checksum(&src_ip, &dst_ip) {
+                return Class::Drop(DropReason::Checksum);
+            }
+            let info = TcpInfo {
+                src: SocketAddrV4::new(src, tcp.src_port()),
+                dst: SocketAddrV4::new(dst, tcp.dst_port()),
+                syn: tcp.syn(),
+                ack: tcp.ack(),
+                rst: tcp.rst(),
+                fin: tcp.fin(),
+                seq: tcp.seq_number().0 as u32,
+                seq_len: u32::try_from(tcp.segment_len()).unwrap_or(u32::MAX),
+            };
+            let nonsense = info.src.port() == 0
+                || info.dst.port() == 0
+                || (info.syn && (info.fin || info.rst))
+                || (info.rst && info.fin)
+                || (!info.syn && !info.rst && !info.ack)
+                || (info.syn && info.ack);
+            if nonsense {
+                Class::Drop(DropReason::TcpFlags)
+            } else {
+                Class::Tcp(info)
+            }
+        }
+        IpProtocol::Udp => {
+            let Ok(udp) = UdpPacket::new_checked(body) else {
+                return Class::Drop(DropReason::Truncated);
+            };
+            if udp.checksum() != 0 && !udp.verify_checksum(&src_ip, &dst_ip) {
+                return Class::Drop(DropReason::Checksum);
+            }
+            if udp.src_port() == 0 || udp.dst_port() == 0 {
+                return Class::Drop(DropReason::Address);
+            }
+            let len = usize::from(udp.len());
+            Class::Udp(UdpInfo {
+                src: SocketAddrV4::new(src, udp.src_port()),
+                dst: SocketAddrV4::new(dst, udp.dst_port()),
+                payload: body.get(8..len).unwrap_or(&[]),
+            })
+        }
+        IpProtocol::Icmp => {
+            if body.len() < 8 {
+                return Class::Drop(DropReason::Truncated);
+            }
+            if checksum(body, 0) != 0 {
+                return Class::Drop(DropReason::Checksum);
+            }
+            // Echo request (type 8, code 0); anything else is not proxied.
+            if body[0] != 8 || body[1] != 0 {
+                return Class::Drop(DropReason::Icmp);
+            }
+            if dst == link.gateway || dst == link.dns {
+                return Class::Stack;
+            }
+            Class::Echo(EchoInfo {
+                src,
+                dst,
+                ident: u16::from_be_bytes([body[4], body[5]]),
+                seq: u16::from_be_bytes([body[6], body[7]]),
+                message: body,
+            })
+        }
+        _ => Class::Drop(DropReason::Protocol),
+    }
+}
+
+/// Internet checksum (RFC 1071) of `data`, starting from a partial sum `initial`.
+/// Returns the folded, complemented value: 0 for a buffer whose checksum field is right.
+pub fn checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = u64::from(initial);
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+    let s = src.octets();
+    let d = dst.octets();
+    u32::from(u16::from_be_bytes([s[0], s[1]]))
+        + u32::from(u16::from_be_bytes([s[2], s[3]]))
+        + u32::from(u16::from_be_bytes([d[0], d[1]]))
+        + u32::from(u16::from_be_bytes([d[2], d[3]]))
+        + u32::from(proto)
+        + (len as u32 & 0xffff)
+        + (len as u32 >> 16)
+}
+
+/// Ethernet addressing of frames sent to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L2 {
+    /// Our MAC.
+    pub src: [u8; 6],
+    /// The guest's MAC (learned from its frames).
+    pub dst: [u8; 6],
+}
+
+/// Write Ethernet + IPv4 headers for an IP payload of `payload_len` bytes already at
+/// `frame[ICMP_OFFSET..]`. Returns the frame length, or `None` if the frame buffer is too small
+/// or the packet would exceed 65535 bytes.
+fn finish_ipv4(
+    frame: &mut [u8],
+    l2: &L2,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    payload_len: usize,
+    ident: u16,
+) -> Option<usize> {
+    let total = IP_LEN + payload_len;
+    let frame_len = ETH_LEN + total;
+    if total > usize::from(u16::MAX) || frame.len() < frame_len {
+        return None;
+    }
+    frame[0..6].copy_from_slice(&l2.dst);
+    frame[6..12].copy_from_slice(&l2.src);
+    frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut frame[IP_OFFSET..IP_OFFSET + IP_LEN];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&ident.to_be_bytes());
+    ip[6..8].copy_from_slice(&[0, 0]);
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    Some(frame_len)
+}
+
+/// Complete a UDP frame whose payload (`len` bytes) is already at `frame[UDP_PAYLOAD..]`.
+/// Returns the frame length (`None` if it cannot fit in an IPv4 packet or the buffer).
+pub fn finish_udp(
+    frame: &mut [u8],
+    l2: &L2,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    len: usize,
+    ident: u16,
+) -> Option<usize> {
+    let udp_len = 8 + len;
+    if udp_len > usize::from(u16::MAX) - IP_LEN || frame.len() < UDP_PAYLOAD + len {
+        return None;
+    }
+    let udp = &mut frame[ICMP_OFFSET..UDP_PAYLOAD + len];
+    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    udp[6..8].copy_from_slice(&[0, 0]);
+    let pseudo = pseudo_header_sum(*src.ip(), *dst.ip(), 17, udp_len);
+    let mut c = checksum(udp, pseudo);
+    if c == 0 {
+        c = 0xffff;
+    }
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    finish_ipv4(frame, l2, *src.ip(), *dst.ip(), 17, udp_len, ident)
+}
+
+/// Complete an ICMP echo reply whose message (`len` bytes, header included, as a host ICMP
+/// datagram socket returns it) is at `frame[ICMP_OFFSET..]`: restore the guest's identifier,
+/// fix the checksum, add IPv4 + Ethernet. `None` if the message is not an echo reply.
+pub fn finish_echo_reply(
+    frame: &mut [u8],
+    l2: &L2,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ident: u16,
+    len: usize,
+) -> Option<usize> {
+    let msg = frame.get_mut(ICMP_OFFSET..ICMP_OFFSET + len)?;
+    if len < 8 || msg[0] != 0 {
+        return None;
+    }
+    msg[4..6].copy_from_slice(&ident.to_be_bytes());
+    msg[2..4].copy_from_slice(&[0, 0]);
+    let c = checksum(msg, 0);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    finish_ipv4(frame, l2, src, dst, 1, len, 0)
+}
+
+/// ICMP destination-unreachable codes we send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Unreachable {
+    Net = 0,
+    Host = 1,
+    Port = 3,
+}
+
+/// Build an ICMP destination-unreachable frame from `router` to the sender of `offending`
+/// (an IPv4 packet from the guest; its header and first 8 payload bytes are quoted).
+pub fn icmp_error(
+    out: &mut [u8],
+    l2: &L2,
+    router: Ipv4Addr,
+    code: Unreachable,
+    offending: &[u8],
+) -> Option<usize> {
+    let quote_len = offending.len().min(IP_LEN + 8);
+    if quote_len < IP_LEN {
+        return None;
+    }
+    let guest = Ipv4Addr::new(offending[12], offending[13], offending[14], offending[15]);
+    let len = 8 + quote_len;
+    let msg = out.get_mut(ICMP_OFFSET..ICMP_OFFSET + len)?;
+    msg[0] = 3;
+    msg[1] = code as u8;
+    msg[2..8].copy_from_slice(&[0; 6]);
+    msg[8..].copy_from_slice(&offending[..quote_len]);
+    let c = checksum(msg, 0);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    finish_ipv4(out, l2, router, guest, 1, len, 0)
+}
+
+/// Build a RST|ACK answering a guest SYN (`syn` from [`classify`]): the guest sees
+/// "connection refused".
+pub fn tcp_rst(out: &mut [u8], l2: &L2, syn: &TcpInfo) -> Option<usize> {
+    let seg = out.get_mut(ICMP_OFFSET..ICMP_OFFSET + 20)?;
+    seg[0..2].copy_from_slice(&syn.dst.port().to_be_bytes());
+    seg[2..4].copy_from_slice(&syn.src.port().to_be_bytes());
+    seg[4..8].copy_from_slice(&0u32.to_be_bytes());
+    seg[8..12].copy_from_slice(&syn.seq.wrapping_add(syn.seq_len).to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = 0x14; // RST | ACK
+    seg[14..20].copy_from_slice(&[0; 6]);
+    let pseudo = pseudo_header_sum(*syn.dst.ip(), *syn.src.ip(), 6, 20);
+    let c = checksum(seg, pseudo);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    finish_ipv4(out, l2, *syn.dst.ip(), *syn.src.ip(), 6, 20, 0)
+}
+
+/// Split the IPv4 packet in `frame` (Ethernet + IPv4 without options) into fragments whose IP
+/// packets fit `mtu`, calling `emit` with each fragment frame (built in `scratch`). Packets that
+/// already fit are emitted as they are.
+pub fn fragment(frame: &[u8], mtu: usize, scratch: &mut [u8], mut emit: impl FnMut(&[u8])) {
+    if frame.len() < ICMP_OFFSET {
+        return;
+    }
+    if frame.len() - ETH_LEN <= mtu {
+        emit(frame);
+        return;
+    }
+    let payload = &frame[ICMP_OFFSET..];
+    // Fragment payload sizes are multiples of 8 bytes.
+    let chunk = (mtu.saturating_sub(IP_LEN)) & !7;
+    if chunk == 0 || scratch.len() < ICMP_OFFSET + chunk {
+        return;
+    }
+    let mut offset = 0;
+    while offset < payload.len() {
+        let n = chunk.min(payload.len() - offset);
+        let more = offset + n < payload.len();
+        scratch[..ICMP_OFFSET].copy_from_slice(&frame[..ICMP_OFFSET]);
+        scratch[ICMP_OFFSET..ICMP_OFFSET + n].copy_from_slice(&payload[offset..offset + n]);
+        let ip = &mut scratch[IP_OFFSET..IP_OFFSET + IP_LEN];
+        ip[2..4].copy_from_slice(&((IP_LEN + n) as u16).to_be_bytes());
+        let flags_off = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&flags_off.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(ip, 0);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        emit(&scratch[..ICMP_OFFSET + n]);
+        offset += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINK: LinkInfo = LinkInfo {
+        mac: [0x52, 0x55, 10, 0, 2, 2],
+        gateway: Ipv4Addr::new(10, 0, 2, 2),
+        dns: Ipv4Addr::new(10, 0, 2, 3),
+    };
+    const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+    const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+    // From the guest's point of view: frames go from GUEST_MAC to our MAC.
+    const TO_US: L2 = L2 {
+        src: GUEST_MAC,
+        dst: LINK.mac,
+    };
+
+    fn udp_frame(dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; UDP_PAYLOAD + payload.len()];
+        f[UDP_PAYLOAD..].copy_from_slice(payload);
+        let n = finish_udp(
+            &mut f,
+            &TO_US,
+            SocketAddrV4::new(GUEST, 40000),
+            dst,
+            payload.len(),
+            7,
+        )
+        .unwrap();
+        f.truncate(n);
+        f
+    }
+
+    fn syn_frame(dst: SocketAddrV4, flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; ICMP_OFFSET + 20];
+        let seg = &mut f[ICMP_OFFSET..];
+        seg[0..2].copy_from_slice(&40001u16.to_be_bytes());
+        seg[2..4].copy_from_slice(&dst.port().to_be_bytes());
+        seg[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        seg[12] = 5 << 4;
+        seg[13] = flags;
+        seg[14..16].copy_from_slice(&64000u16.to_be_bytes());
+        let pseudo = pseudo_header_sum(GUEST, *dst.ip(), 6, 20);
+        let c = checksum(seg, pseudo);
+        seg[16..18].copy_from_slice(&c.to_be_bytes());
+        finish_ipv4(&mut f, &TO_US, GUEST, *dst.ip(), 6, 20, 1).unwrap();
+        f
+    }
+
+    #[test]
+    fn udp_roundtrip() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 53);
+        let f = udp_frame(dst, b"hello");
+        match classify(&f, &LINK) {
+            Class::Udp(u) => {
+                assert_eq!(u.dst, dst);
+                assert_eq!(u.src, SocketAddrV4::new(GUEST, 40000));
+                assert_eq!(u.payload, b"hello");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn syn_is_tcp_and_rst_answers_it() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), 80);
+        let f = syn_frame(dst, 0x02);
+        let Class::Tcp(info) = classify(&f, &LINK) else {
+            panic!("not tcp")
+        };
+        assert!(info.syn && !info.ack);
+        assert_eq!(info.seq, 1000);
+        assert_eq!(info.seq_len, 1);
+        let mut out = [0u8; 128];
+        let l2 = L2 {
+            src: LINK.mac,
+            dst: GUEST_MAC,
+        };
+        let n = tcp_rst(&mut out, &l2, &info).unwrap();
+        let rst = &out[..n];
+        // Valid checksums when parsed from the guest's side.
+        let ip = Ipv4Packet::new_checked(&rst[ETH_LEN..]).unwrap();
+        assert!(ip.verify_checksum());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(*dst.ip()), &IpAddress::Ipv4(GUEST)));
+        assert!(tcp.rst() && tcp.ack());
+        assert_eq!(tcp.ack_number().0, 1001);
+        assert_eq!(tcp.dst_port(), 40001);
+    }
+
+    #[test]
+    fn nonsense_flags_dropped() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), 80);
+        for flags in [
+            0x03, /* SYN|FIN */
+            0x06, /* SYN|RST */
+            0x00, 0x05, 0x12,
+        ] {
+            assert_eq!(
+                classify(&syn_frame(dst, flags), &LINK),
+                Class::Drop(DropReason::TcpFlags),
+                "flags {flags:#x}"
+            );
+        }
+        let zero_port = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), 0);
+        assert_eq!(
+            classify(&syn_frame(zero_port, 0x02), &LINK),
+            Class::Drop(DropReason::TcpFlags)
+        );
+    }
+
+    #[test]
+    fn bad_checksums_dropped() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7);
+        let mut f = udp_frame(dst, b"data");
+        f[UDP_PAYLOAD] ^= 0xff;
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Checksum));
+        let mut f = udp_frame(dst, b"data");
+        f[IP_OFFSET + 8] = 1; // TTL change breaks the header checksum
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Checksum));
+        let mut f = syn_frame(dst, 0x02);
+        f[ICMP_OFFSET + 4] ^= 1;
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Checksum));
+    }
+
+    #[test]
+    fn udp_without_checksum_accepted() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7);
+        let mut f = udp_frame(dst, b"data");
+        f[ICMP_OFFSET + 6..ICMP_OFFSET + 8].copy_from_slice(&[0, 0]);
+        assert!(matches!(classify(&f, &LINK), Class::Udp(_)));
+    }
+
+    #[test]
+    fn truncations_never_panic() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7);
+        let frames = [
+            udp_frame(dst, b"0123456789"),
+            syn_frame(dst, 0x02),
+            arp_request(LINK.gateway),
+        ];
+        for f in &frames {
+            for cut in 0..f.len() {
+                let c = classify(&f[..cut], &LINK);
+                assert!(matches!(c, Class::Drop(_)), "cut {cut}: {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fragments_options_and_ethertypes_dropped() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7);
+        let mut f = udp_frame(dst, b"data");
+        f[IP_OFFSET + 6] = 0x20; // MF
+        refresh_ip_checksum(&mut f);
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Fragment));
+
+        let mut f = udp_frame(dst, b"data");
+        f[IP_OFFSET] = 0x46; // IHL 6: one option word (taken from the payload)
+        refresh_ip_checksum_len(&mut f, 24);
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::IpOptions));
+
+        let mut f = udp_frame(dst, b"data");
+        f[12..14].copy_from_slice(&0x88ccu16.to_be_bytes()); // LLDP
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Ethertype));
+
+        let mut f = udp_frame(dst, b"data");
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Ipv6));
+
+        let mut f = udp_frame(dst, b"data");
+        f[0] = 0x02; // another unicast MAC
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::NotOurMac));
+
+        let mut f = udp_frame(dst, b"data");
+        f[IP_OFFSET + 9] = 47; // GRE
+        refresh_ip_checksum(&mut f);
+        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Protocol));
+    }
+
+    fn refresh_ip_checksum(f: &mut [u8]) {
+        refresh_ip_checksum_len(f, IP_LEN);
+    }
+
+    fn refresh_ip_checksum_len(f: &mut [u8], len: usize) {
+        f[IP_OFFSET + 10..IP_OFFSET + 12].copy_from_slice(&[0, 0]);
+        let c = checksum(&f[IP_OFFSET..IP_OFFSET + len], 0);
+        f[IP_OFFSET + 10..IP_OFFSET + 12].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+        let mut f = vec![0u8; 42];
+        f[0..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&GUEST_MAC);
+        f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let a = &mut f[14..];
+        a[0..2].copy_from_slice(&1u16.to_be_bytes());
+        a[2..4].copy_from_slice(&0x0800u16.to_be_bytes());
+        a[4] = 6;
+        a[5] = 4;
+        a[6..8].copy_from_slice(&1u16.to_be_bytes());
+        a[8..14].copy_from_slice(&GUEST_MAC);
+        a[14..18].copy_from_slice(&GUEST.octets());
+        a[24..28].copy_from_slice(&target.octets());
+        f
+    }
+
+    #[test]
+    fn arp_only_for_our_addresses() {
+        assert_eq!(classify(&arp_request(LINK.gateway), &LINK), Class::Stack);
+        assert_eq!(classify(&arp_request(LINK.dns), &LINK), Class::Stack);
+        assert_eq!(
+            classify(&arp_request(Ipv4Addr::new(10, 0, 2, 50)), &LINK),
+            Class::Drop(DropReason::Arp)
+        );
+    }
+
+    fn echo_frame(dst: Ipv4Addr) -> Vec<u8> {
+        let mut f = vec![0u8; ICMP_OFFSET + 16];
+        let m = &mut f[ICMP_OFFSET..];
+        m[0] = 8;
+        m[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        m[6..8].copy_from_slice(&1u16.to_be_bytes());
+        m[8..].copy_from_slice(b"pingdata");
+        let c = checksum(m, 0);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        finish_ipv4(&mut f, &TO_US, GUEST, dst, 1, 16, 3).unwrap();
+        f
+    }
+
+    #[test]
+    fn echo_local_vs_proxied() {
+        assert_eq!(classify(&echo_frame(LINK.gateway), &LINK), Class::Stack);
+        let far = Ipv4Addr::new(192, 168, 77, 2);
+        match classify(&echo_frame(far), &LINK) {
+            Class::Echo(e) => {
+                assert_eq!((e.src, e.dst, e.ident, e.seq), (GUEST, far, 0x1234, 1));
+                assert_eq!(e.message.len(), 16);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn echo_reply_restores_ident() {
+        let mut f = vec![0u8; 128];
+        let msg = [0u8, 0, 0, 0, 0xab, 0xcd, 0, 9, b'x', b'y'];
+        f[ICMP_OFFSET..ICMP_OFFSET + msg.len()].copy_from_slice(&msg);
+        let l2 = L2 {
+            src: LINK.mac,
+            dst: GUEST_MAC,
+        };
+        let far = Ipv4Addr::new(192, 168, 77, 2);
+        let n = finish_echo_reply(&mut f, &l2, far, GUEST, 0x1234, msg.len()).unwrap();
+        let m = &f[ICMP_OFFSET..n];
+        assert_eq!(&m[4..6], &[0x12, 0x34]);
+        assert_eq!(checksum(m, 0), 0);
+        // A request is not a reply.
+        f[ICMP_OFFSET] = 8;
+        assert!(finish_echo_reply(&mut f, &l2, far, GUEST, 1, msg.len()).is_none());
+    }
+
+    #[test]
+    fn icmp_error_quotes_offender() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 80);
+        let syn = syn_frame(dst, 0x02);
+        let mut out = [0u8; 128];
+        let l2 = L2 {
+            src: LINK.mac,
+            dst: GUEST_MAC,
+        };
+        let n = icmp_error(
+            &mut out,
+            &l2,
+            LINK.gateway,
+            Unreachable::Net,
+            &syn[ETH_LEN..],
+        )
+        .unwrap();
+        let ip = Ipv4Packet::new_checked(&out[ETH_LEN..n]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst_addr(), GUEST);
+        let m = ip.payload();
+        assert_eq!((m[0], m[1]), (3, 0));
+        assert_eq!(checksum(m, 0), 0);
+        assert_eq!(&m[8..36], &syn[ETH_LEN..ETH_LEN + 28]);
+    }
+
+    #[test]
+    fn fragments_reassemble_to_original() {
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 7);
+        let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let f = udp_frame(dst, &payload);
+        let mut scratch = vec![0u8; 2000];
+        let mut pieces = Vec::new();
+        fragment(&f, 1500, &mut scratch, |p| pieces.push(p.to_vec()));
+        assert_eq!(pieces.len(), 3);
+        let mut joined = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            let ip = Ipv4Packet::new_checked(&p[ETH_LEN..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert!(p.len() - ETH_LEN <= 1500);
+            assert_eq!(ip.more_frags(), i < 2);
+            assert_eq!(usize::from(ip.frag_offset()), joined.len());
+            joined.extend_from_slice(ip.payload());
+        }
+        assert_eq!(&joined[..], &f[ICMP_OFFSET..]);
+        // Small packets pass unchanged.
+        let small = udp_frame(dst, b"x");
+        let mut n = 0;
+        fragment(&small, 1500, &mut scratch, |p| {
+            assert_eq!(p, &small[..]);
+            n += 1
+        });
+        assert_eq!(n, 1);
+    }
+}
