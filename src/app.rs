@@ -1,9 +1,111 @@
-//! Top-level orchestration (stub: being written).
+//! Top-level orchestration of the two commands.
+//!
+//! # Theory of operation
+//! Order matters, because a threaded process cannot join a user namespace and a child must
+//! not inherit our blocked signal mask:
+//!
+//! 1. logging (no threads), RLIMIT_NOFILE raised;
+//! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
+//!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
+//! 3. the engine (blocks signals, builds the smoltcp interface);
+//! 4. readiness: `-r FD` gets "1" and is closed; run mode releases the command;
+//! 5. the event loop until an exit condition.
+use std::io::Write;
+use std::os::fd::OwnedFd;
 
-use crate::cli::Command;
+use crate::cli::{Command, DaemonArgs, RunArgs};
+use crate::config::IfConfig;
+use crate::engine::{Engine, Lifecycle};
+use crate::tap::Tap;
+use crate::{fd, netns};
 
 /// Run a parsed command; returns the process exit status.
-pub fn run(_cmd: Command) -> i32 {
-    eprintln!("tapwire: not implemented yet");
-    1
+pub fn run(cmd: Command) -> i32 {
+    init_logging();
+    fd::raise_nofile_limit();
+    let result = match cmd {
+        Command::Daemon(args) => daemon(*args),
+        Command::Run(args) => run_mode(*args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tapwire: {e}");
+            1
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
+    // Adopt inherited fds first so a bad number fails before anything is created.
+    let ready = args
+        .ready_fd
+        .map(|n| fd::adopt(n, "--ready-fd"))
+        .transpose()?;
+    let exit_fd = args
+        .exit_fd
+        .map(|n| fd::adopt(n, "--exit-fd"))
+        .transpose()?;
+    if args.api_socket.is_some() {
+        tracing::warn!("--api-socket is accepted but the control socket is not implemented yet");
+    }
+    if args.enable_sandbox || args.enable_seccomp {
+        tracing::warn!("--enable-sandbox/--enable-seccomp are accepted but not implemented yet");
+    }
+    if args.net.enable_ipv6 {
+        tracing::warn!("--enable-ipv6 is accepted but IPv6 is not implemented yet");
+    }
+    if !args.net.disable_host_loopback {
+        eprintln!(
+            "WARNING: 127.0.0.1:* on the host is accessible as {} (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)",
+            args.net.gateway()
+        );
+    }
+    let ifcfg = args.configure.then(|| IfConfig::from_net(&args.net));
+    let tap_fd = netns::open_tap(
+        &args.target,
+        args.userns_path.as_deref(),
+        &args.tapname,
+        ifcfg.as_ref(),
+    )?;
+    let life = Lifecycle {
+        exit_fd,
+        child: None,
+    };
+    let mut engine = Engine::new(args.net, Tap::from_fd(tap_fd), life)?;
+    if let Some(ready) = ready {
+        signal_ready(ready)?;
+    }
+    Ok(engine.run()?)
+}
+
+fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
+    let mut f = std::fs::File::from(fd);
+    f.write_all(b"1")
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing to --ready-fd: {e}")))
+}
+
+fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
+    let ifcfg = IfConfig::from_net(&args.net);
+    let mut child = netns::spawn_run(&args.command, &args.tapname, &ifcfg, args.net.dns())?;
+    let tap = Tap::from_fd(child.tap.try_clone()?);
+    let life = Lifecycle {
+        exit_fd: None,
+        child: Some(child.pid),
+    };
+    let mut engine = Engine::new(args.net, tap, life)?;
+    child.start()?;
+    Ok(engine.run()?)
 }

@@ -74,7 +74,11 @@ impl NetConfig {
     }
     /// Netmask of the network.
     pub fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
     }
     /// Whether `addr` is inside the virtual network.
     pub fn contains(&self, addr: Ipv4Addr) -> bool {

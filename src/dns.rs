@@ -77,7 +77,9 @@ impl Resolver {
     }
 
     fn reload(&mut self) {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         if mtime.is_some() && mtime == self.mtime {
             return;
         }
@@ -88,7 +90,10 @@ impl Resolver {
                 tracing::debug!(servers = ?self.servers, path = %self.path.display(), "nameservers loaded");
             }
             Err(e) => {
-                tracing::warn!("reading {}: {e}; DNS forwarding has no upstream", self.path.display());
+                tracing::warn!(
+                    "reading {}: {e}; DNS forwarding has no upstream",
+                    self.path.display()
+                );
                 self.servers.clear();
             }
         }

@@ -102,14 +102,23 @@ mod tests {
     fn dns_goes_to_resolver() {
         let r: SocketAddr = "127.0.0.53:53".parse().unwrap();
         let nat = Nat::new(&NetConfig::default());
-        assert_eq!(nat.translate(v4([10, 0, 2, 3], 53), Some(r)), Verdict::Connect(r));
-        assert_eq!(nat.translate(v4([10, 0, 2, 3], 54), Some(r)), Verdict::Refused);
+        assert_eq!(
+            nat.translate(v4([10, 0, 2, 3], 53), Some(r)),
+            Verdict::Connect(r)
+        );
+        assert_eq!(
+            nat.translate(v4([10, 0, 2, 3], 54), Some(r)),
+            Verdict::Refused
+        );
         assert_eq!(nat.translate(v4([10, 0, 2, 3], 53), None), Verdict::Refused);
         let nat = Nat::new(&NetConfig {
             disable_dns: true,
             ..Default::default()
         });
-        assert_eq!(nat.translate(v4([10, 0, 2, 3], 53), Some(r)), Verdict::Refused);
+        assert_eq!(
+            nat.translate(v4([10, 0, 2, 3], 53), Some(r)),
+            Verdict::Refused
+        );
     }
 
     #[test]

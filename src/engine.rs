@@ -1,0 +1,879 @@
+//! The event loop: one thread, one epoll set, the TAP, the smoltcp interface and every host
+//! socket.
+//!
+//! # Theory of operation
+//! Each turn of [`Engine::run`]:
+//!
+//! 1. wait for readiness (`mio`, edge-triggered) with a timeout from smoltcp's timers, capped
+//!    at one second for housekeeping, or zero while the TAP still has frames;
+//! 2. handle host-socket events: mark TCP readiness, finish host connects, drain UDP and ICMP
+//!    sockets into frames for the guest, read signals and the exit fd;
+//! 3. read up to [`RX_BUDGET`] frames from the TAP into one buffer and dispatch each as
+//!    `wire::classify` says: TCP (creating a flow on a fresh SYN) and ARP/ping go to smoltcp,
+//!    UDP and echo requests to their proxies, the rest is dropped and counted;
+//! 4. pump every TCP flow (host <-> smoltcp rings, see `tcp`);
+//! 5. let smoltcp emit everything it can (segments, ACKs, window updates, RSTs);
+//! 6. once a second, expire idle UDP and ICMP bindings.
+//!
+//! Buffers are allocated once: the receive frame, smoltcp's transmit frame, one frame for
+//! UDP/ICMP replies and a fragmentation scratch. Tokens carry the flow kind in their low two
+//! bits and the flow's slab index above, so an event reaches its flow without a lookup.
+//!
+//! Exit: SIGTERM/SIGINT (daemon mode), the exit fd becoming readable or hung up, the TAP going
+//! away (the guest's namespace died), or, in run mode, the command exiting (its status is ours).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration as StdDuration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use smoltcp::iface::{Interface, PollResult, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::IpListenEndpoint;
+
+use crate::config::NetConfig;
+use crate::dns::Resolver;
+use crate::flow::FlowTable;
+use crate::icmp::{self, IcmpFlow};
+use crate::nat::{Nat, Verdict};
+use crate::stack::{self, DeviceStats, TapDevice};
+use crate::tap::Tap;
+use crate::tcp::{Outcome, Phase, TcpFlow};
+use crate::udp::{self, UdpFlow};
+use crate::wire::{
+    self, Class, DropCounters, DropReason, EchoInfo, LinkInfo, TcpInfo, UdpInfo, Unreachable,
+    ETH_LEN, ICMP_OFFSET, L2, UDP_PAYLOAD,
+};
+
+/// Frames read from the TAP per loop turn before host sockets get a turn.
+pub const RX_BUDGET: usize = 128;
+/// Host connects in progress at once (SYN-flood cap).
+pub const MAX_CONNECTING: usize = 1024;
+/// TCP flows at once.
+pub const MAX_TCP_FLOWS: usize = 32_768;
+
+const KIND_SPECIAL: usize = 0;
+const KIND_TCP: usize = 1;
+const KIND_UDP: usize = 2;
+const KIND_ICMP: usize = 3;
+const TOKEN_TAP: Token = Token(0);
+const TOKEN_SIGNAL: Token = Token(1 << 2);
+const TOKEN_EXIT_FD: Token = Token(2 << 2);
+
+fn token(kind: usize, idx: usize) -> Token {
+    Token((idx << 2) | kind)
+}
+
+/// Counters for the whole daemon.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    pub drops: DropCounters,
+    pub tcp_flows: u64,
+    pub udp_flows: u64,
+    pub icmp_flows: u64,
+    pub device: DeviceStats,
+}
+
+/// What ends the daemon besides signals.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// `-e FD`: exit when it becomes readable or hangs up.
+    pub exit_fd: Option<OwnedFd>,
+    /// Run mode: the command; its exit status becomes ours.
+    pub child: Option<Pid>,
+}
+
+/// Errors that stop the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Setting up the event loop: {0}
+    #[error("event loop setup: {0}")]
+    Setup(#[source] io::Error),
+    /// Waiting for events: {0}
+    #[error("waiting for events: {0}")]
+    Poll(#[source] io::Error),
+}
+
+type TcpKey = (SocketAddrV4, SocketAddrV4);
+
+/// The forwarder; see the module documentation.
+pub struct Engine {
+    net: NetConfig,
+    poll: Poll,
+    tap: Tap,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    /// Frame read from the TAP.
+    rx: Vec<u8>,
+    /// Frame built by smoltcp.
+    tx: Vec<u8>,
+    /// Frame built for UDP/ICMP replies and errors.
+    out: Vec<u8>,
+    /// Fragmentation scratch.
+    scratch: Vec<u8>,
+    mtu: usize,
+    tcp_buffer: usize,
+    link: LinkInfo,
+    l2: L2,
+    nat: Nat,
+    resolver: Resolver,
+    tcp: FlowTable<TcpKey, TcpFlow<mio::net::TcpStream>>,
+    udp: FlowTable<TcpKey, UdpFlow>,
+    icmp: FlowTable<(Ipv4Addr, Ipv4Addr, u16), IcmpFlow>,
+    connecting: usize,
+    stats: Stats,
+    start: std::time::Instant,
+    signals: SignalFd,
+    life: Lifecycle,
+    tap_readable: bool,
+    indices: Vec<usize>,
+    last_sweep_ms: u64,
+    ip_ident: u16,
+    exit: Option<i32>,
+}
+
+impl Engine {
+    /// Set up the loop around a TAP fd. Blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD (they are
+    /// read from a signalfd), so call it after any child that must not inherit that mask.
+    pub fn new(net: NetConfig, tap: Tap, life: Lifecycle) -> Result<Engine, EngineError> {
+        tap.set_nonblocking(true).map_err(EngineError::Setup)?;
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block()
+            .map_err(|e| EngineError::Setup(io::Error::from(e)))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| EngineError::Setup(io::Error::from(e)))?;
+
+        let poll = Poll::new().map_err(EngineError::Setup)?;
+        let reg = poll.registry();
+        reg.register(
+            &mut SourceFd(&tap.as_raw_fd()),
+            TOKEN_TAP,
+            Interest::READABLE,
+        )
+        .map_err(EngineError::Setup)?;
+        reg.register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            TOKEN_SIGNAL,
+            Interest::READABLE,
+        )
+        .map_err(EngineError::Setup)?;
+        if let Some(fd) = &life.exit_fd {
+            reg.register(
+                &mut SourceFd(&fd.as_raw_fd()),
+                TOKEN_EXIT_FD,
+                Interest::READABLE,
+            )
+            .map_err(EngineError::Setup)?;
+        }
+
+        let mtu = net.mtu as usize;
+        let frame_len = mtu + ETH_LEN;
+        let mut tx = vec![0u8; frame_len];
+        let mut dev_stats = DeviceStats::default();
+        let start = std::time::Instant::now();
+        let iface = {
+            let mut dev = TapDevice {
+                tap: &tap,
+                rx: None,
+                tx: &mut tx,
+                mtu,
+                stats: &mut dev_stats,
+            };
+            stack::new_interface(&net, &mut dev, Instant::from_micros(0))
+        };
+        let link = LinkInfo {
+            mac: net.host_mac(),
+            gateway: net.gateway(),
+            dns: net.dns(),
+        };
+        Ok(Engine {
+            poll,
+            tap,
+            iface,
+            sockets: stack::new_socket_set(),
+            rx: vec![0u8; frame_len],
+            tx,
+            out: vec![0u8; 65_536 + UDP_PAYLOAD],
+            scratch: vec![0u8; frame_len],
+            mtu,
+            tcp_buffer: stack::tcp_buffer_size(mtu),
+            link,
+            l2: L2 {
+                src: net.host_mac(),
+                dst: [0xff; 6],
+            },
+            nat: Nat::new(&net),
+            resolver: Resolver::new("/etc/resolv.conf"),
+            tcp: FlowTable::new(MAX_TCP_FLOWS),
+            udp: FlowTable::new(udp::MAX_FLOWS),
+            icmp: FlowTable::new(icmp::MAX_FLOWS),
+            connecting: 0,
+            stats: Stats::default(),
+            start,
+            signals,
+            life,
+            tap_readable: true,
+            indices: Vec::new(),
+            last_sweep_ms: 0,
+            ip_ident: 0,
+            exit: None,
+            net,
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.start.elapsed().as_micros() as i64)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Run until an exit condition; returns the process exit status.
+    pub fn run(&mut self) -> Result<i32, EngineError> {
+        let mut events = Events::with_capacity(1024);
+        // A run-mode command may have exited before SIGCHLD was blocked.
+        self.reap_child();
+        loop {
+            if let Some(code) = self.exit {
+                return Ok(code);
+            }
+            let now = self.now();
+            let timeout = if self.tap_readable {
+                StdDuration::ZERO
+            } else {
+                let smol = self
+                    .iface
+                    .poll_delay(now, &self.sockets)
+                    .map(|d| StdDuration::from_micros(d.total_micros()))
+                    .unwrap_or(StdDuration::from_secs(1));
+                smol.min(StdDuration::from_secs(1))
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(EngineError::Poll(e)),
+            }
+            for ev in events.iter() {
+                let t = ev.token();
+                let idx = t.0 >> 2;
+                match t.0 & 3 {
+                    KIND_TCP => self.tcp_event(idx, ev),
+                    KIND_UDP => self.udp_readable(idx),
+                    KIND_ICMP => self.icmp_readable(idx),
+                    KIND_SPECIAL if t == TOKEN_TAP => self.tap_readable = true,
+                    KIND_SPECIAL if t == TOKEN_SIGNAL => self.read_signals(),
+                    KIND_SPECIAL if t == TOKEN_EXIT_FD => {
+                        tracing::info!("exit fd closed; exiting");
+                        self.exit = Some(0);
+                    }
+                    _ => {}
+                }
+            }
+            if self.tap_readable {
+                self.read_tap();
+            }
+            self.pump_tcp();
+            self.egress();
+            let now_ms = self.now_ms();
+            if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
+                self.last_sweep_ms = now_ms;
+                self.sweep(now_ms);
+            }
+        }
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match (sig, self.life.child) {
+                (Signal::SIGCHLD, _) => self.reap_child(),
+                // Run mode: the terminal's ^C reaches the command itself; forward the rest.
+                (Signal::SIGINT, Some(_)) => {}
+                (_, Some(child)) => {
+                    let _ = nix::sys::signal::kill(child, sig);
+                }
+                (_, None) => {
+                    tracing::info!("{sig}; exiting");
+                    self.exit = Some(0);
+                }
+            }
+        }
+    }
+
+    fn reap_child(&mut self) {
+        let Some(child) = self.life.child else {
+            return;
+        };
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    self.exit = Some(code);
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    self.exit = Some(128 + sig as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn read_tap(&mut self) {
+        // Lend the receive buffer out of `self` so the frame can be borrowed while handling it.
+        let mut rx = std::mem::take(&mut self.rx);
+        for _ in 0..RX_BUDGET {
+            match self.tap.read(&mut rx) {
+                Ok(n) => self.handle_frame(&rx[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tap_readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::info!("TAP read: {e}; the guest namespace is gone, exiting");
+                    self.exit = Some(0);
+                    self.tap_readable = false;
+                    break;
+                }
+            }
+        }
+        self.rx = rx;
+    }
+
+    fn handle_frame(&mut self, frame: &[u8]) {
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += frame.len() as u64;
+        let class = wire::classify(frame, &self.link);
+        if !matches!(class, Class::Drop(_)) {
+            if let Ok(mac) = <[u8; 6]>::try_from(&frame[6..12]) {
+                self.l2.dst = mac;
+            }
+        }
+        match class {
+            Class::Drop(reason) => self.stats.drops.bump(reason),
+            Class::Stack => self.ingress(frame),
+            Class::Tcp(info) => self.tcp_from_guest(&info, frame),
+            Class::Udp(u) => self.udp_from_guest(&u, frame),
+            Class::Echo(e) => self.echo_from_guest(&e),
+        }
+    }
+
+    fn ingress(&mut self, frame: &[u8]) {
+        let now = self.now();
+        let mut dev = TapDevice {
+            tap: &self.tap,
+            rx: Some(frame),
+            tx: &mut self.tx,
+            mtu: self.mtu,
+            stats: &mut self.stats.device,
+        };
+        self.iface
+            .poll_ingress_single(now, &mut dev, &mut self.sockets);
+    }
+
+    fn egress(&mut self) {
+        let now = self.now();
+        let mut dev = TapDevice {
+            tap: &self.tap,
+            rx: None,
+            tx: &mut self.tx,
+            mtu: self.mtu,
+            stats: &mut self.stats.device,
+        };
+        self.iface.poll_maintenance(now);
+        // Each pass emits at most one packet per socket; stop when a pass emits nothing.
+        for _ in 0..4096 {
+            if self.iface.poll_egress(now, &mut dev, &mut self.sockets) == PollResult::None {
+                break;
+            }
+        }
+    }
+
+    /// Write `self.out[..len]` to the guest, fragmenting if it exceeds the MTU.
+    fn send_out(&mut self, len: usize) {
+        let stats = &mut self.stats.device;
+        let tap = &self.tap;
+        wire::fragment(&self.out[..len], self.mtu, &mut self.scratch, |f| {
+            stack::write_frame(tap, f, stats)
+        });
+    }
+
+    fn next_ident(&mut self) -> u16 {
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        self.ip_ident
+    }
+
+    /// Answer a guest packet (`frame`) with ICMP destination unreachable.
+    fn send_unreachable(&mut self, code: Unreachable, frame: &[u8]) {
+        let Some(ip) = frame.get(ETH_LEN..) else {
+            return;
+        };
+        if let Some(n) = wire::icmp_error(&mut self.out, &self.l2, self.net.gateway(), code, ip) {
+            self.send_out(n);
+        }
+    }
+
+    fn send_rst(&mut self, syn: &TcpInfo) {
+        if let Some(n) = wire::tcp_rst(&mut self.out, &self.l2, syn) {
+            self.send_out(n);
+        }
+    }
+
+    fn resolver_for(&mut self, dst: SocketAddrV4) -> Option<SocketAddr> {
+        if *dst.ip() == self.net.dns() && !self.net.disable_dns {
+            let now_ms = self.now_ms();
+            self.resolver.upstream(now_ms)
+        } else {
+            None
+        }
+    }
+
+    // ---- TCP ----
+
+    fn tcp_from_guest(&mut self, info: &TcpInfo, frame: &[u8]) {
+        let key = (info.src, info.dst);
+        let existing = self.tcp.find(&key);
+        if existing.is_none() {
+            if !info.syn {
+                // Not ours (e.g. after removal): smoltcp answers with a RST.
+                self.ingress(frame);
+                return;
+            }
+            if !self.new_tcp_flow(info, frame) {
+                return;
+            }
+        }
+        self.ingress(frame);
+        if info.rst {
+            if let Some(idx) = existing {
+                self.check_tcp(idx);
+            }
+        }
+    }
+
+    /// Re-evaluate one flow right away (a RST may have sent a connecting socket back to
+    /// LISTEN, where it must not catch another SYN).
+    fn check_tcp(&mut self, idx: usize) {
+        let Some(flow) = self.tcp.get_mut(idx) else {
+            return;
+        };
+        let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+        if flow.pump(sock) == Outcome::Remove {
+            self.remove_tcp(idx);
+        }
+    }
+
+    /// Start a flow for a SYN. Returns false if the SYN was answered (RST/ICMP) or dropped.
+    fn new_tcp_flow(&mut self, info: &TcpInfo, frame: &[u8]) -> bool {
+        let resolver = self.resolver_for(info.dst);
+        let target = match self.nat.translate(info.dst, resolver) {
+            Verdict::Connect(t) => t,
+            Verdict::Refused => {
+                self.send_rst(info);
+                return false;
+            }
+            Verdict::Unreachable(code) => {
+                self.send_unreachable(code, frame);
+                return false;
+            }
+        };
+        if self.connecting >= MAX_CONNECTING || self.tcp.len() >= MAX_TCP_FLOWS {
+            self.stats.drops.bump(DropReason::Policy);
+            return false;
+        }
+        let host = match start_connect(&self.net, target) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%target, "connect: {e}");
+                self.connect_failed(info, frame, &e);
+                return false;
+            }
+        };
+        let endpoint = IpListenEndpoint {
+            addr: Some((*info.dst.ip()).into()),
+            port: info.dst.port(),
+        };
+        let Some(sock) = stack::new_tcp_socket(endpoint, self.tcp_buffer) else {
+            self.stats.drops.bump(DropReason::Policy);
+            return false;
+        };
+        let handle = self.sockets.add(sock);
+        let mut syn_quote = [0u8; 28];
+        if let Some(q) = frame.get(ETH_LEN..ETH_LEN + 28) {
+            syn_quote.copy_from_slice(q);
+        }
+        let flow = TcpFlow {
+            host,
+            handle,
+            phase: Phase::Connecting,
+            guest: info.src,
+            dst: info.dst,
+            target,
+            host_readable: false,
+            host_writable: false,
+            host_eof: false,
+            guest_fin: false,
+            bytes_to_host: 0,
+            bytes_to_guest: 0,
+            syn_quote,
+            syn_seq: info.seq,
+        };
+        let now_ms = self.now_ms();
+        let Ok(idx) = self.tcp.insert((info.src, info.dst), flow, now_ms) else {
+            self.sockets.remove(handle);
+            self.stats.drops.bump(DropReason::Policy);
+            return false;
+        };
+        let Some(flow) = self.tcp.get_mut(idx) else {
+            return false;
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut flow.host,
+            token(KIND_TCP, idx),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!("registering a host socket: {e}");
+            self.remove_tcp(idx);
+            self.stats.drops.bump(DropReason::Policy);
+            return false;
+        }
+        self.connecting += 1;
+        self.stats.tcp_flows += 1;
+        true
+    }
+
+    /// The guest's connect must fail the way the host's did.
+    fn connect_failed(&mut self, syn: &TcpInfo, frame: &[u8], e: &io::Error) {
+        match e.raw_os_error() {
+            Some(libc::ENETUNREACH) => self.send_unreachable(Unreachable::Net, frame),
+            Some(libc::EHOSTUNREACH) => self.send_unreachable(Unreachable::Host, frame),
+            _ => self.send_rst(syn),
+        }
+    }
+
+    fn tcp_event(&mut self, idx: usize, ev: &mio::event::Event) {
+        let Some(flow) = self.tcp.get_mut(idx) else {
+            return;
+        };
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            flow.host_readable = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            flow.host_writable = true;
+        }
+        if flow.phase != Phase::Connecting || !flow.host_writable {
+            return;
+        }
+        let result = match flow.host.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match flow.host.peer_addr() {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(true) => {
+                let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+                flow.connected(sock);
+                self.connecting -= 1;
+            }
+            Ok(false) => flow.host_writable = false,
+            Err(e) => {
+                tracing::debug!(target = %flow.target, "connect: {e}");
+                let syn = TcpInfo {
+                    src: flow.guest,
+                    dst: flow.dst,
+                    syn: true,
+                    ack: false,
+                    rst: false,
+                    fin: false,
+                    seq: flow.syn_seq,
+                    seq_len: 1,
+                };
+                let mut quote = [0u8; ETH_LEN + 28];
+                quote[ETH_LEN..].copy_from_slice(&flow.syn_quote);
+                self.remove_tcp(idx);
+                self.connect_failed(&syn, &quote, &e);
+            }
+        }
+    }
+
+    fn pump_tcp(&mut self) {
+        let mut indices = std::mem::take(&mut self.indices);
+        self.tcp.indices_into(&mut indices);
+        for &idx in &indices {
+            let Some(flow) = self.tcp.get_mut(idx) else {
+                continue;
+            };
+            let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+            if flow.pump(sock) == Outcome::Remove {
+                self.remove_tcp(idx);
+            }
+        }
+        self.indices = indices;
+    }
+
+    fn remove_tcp(&mut self, idx: usize) {
+        let Some((_, mut flow)) = self.tcp.remove(idx) else {
+            return;
+        };
+        if flow.phase == Phase::Connecting {
+            self.connecting -= 1;
+        }
+        let _ = self.poll.registry().deregister(&mut flow.host);
+        self.sockets.remove(flow.handle);
+        tracing::debug!(
+            guest = %flow.guest, dst = %flow.dst,
+            to_host = flow.bytes_to_host, to_guest = flow.bytes_to_guest,
+            "tcp flow closed"
+        );
+    }
+
+    // ---- UDP ----
+
+    fn udp_from_guest(&mut self, u: &UdpInfo<'_>, frame: &[u8]) {
+        let key = (u.src, u.dst);
+        let now_ms = self.now_ms();
+        let idx = match self.udp.find(&key) {
+            Some(idx) => idx,
+            None => {
+                let resolver = self.resolver_for(u.dst);
+                let target = match self.nat.translate(u.dst, resolver) {
+                    Verdict::Connect(t) => t,
+                    Verdict::Refused => {
+                        return self.send_unreachable(Unreachable::Port, frame);
+                    }
+                    Verdict::Unreachable(code) => return self.send_unreachable(code, frame),
+                };
+                let idle = if u.dst.port() == 53 {
+                    udp::DNS_IDLE_MS
+                } else {
+                    udp::IDLE_MS
+                };
+                let flow = match UdpFlow::open(&self.net, u.src, u.dst, target, idle) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(%target, "udp socket: {e}");
+                        self.stats.drops.bump(DropReason::Policy);
+                        return;
+                    }
+                };
+                let Ok(idx) = self.udp.insert(key, flow, now_ms) else {
+                    self.stats.drops.bump(DropReason::Policy);
+                    return;
+                };
+                let Some(flow) = self.udp.get_mut(idx) else {
+                    return;
+                };
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut flow.sock, token(KIND_UDP, idx), Interest::READABLE)
+                    .is_err()
+                {
+                    self.remove_udp(idx);
+                    self.stats.drops.bump(DropReason::Policy);
+                    return;
+                }
+                self.stats.udp_flows += 1;
+                idx
+            }
+        };
+        self.udp.touch(idx, now_ms);
+        let Some(flow) = self.udp.get_mut(idx) else {
+            return;
+        };
+        match flow.sock.send(u.payload) {
+            Ok(_) => flow.datagrams_out += 1,
+            Err(e) => {
+                tracing::debug!(dst = %flow.dst, "udp send: {e}");
+                self.stats.drops.bump(DropReason::Policy);
+            }
+        }
+    }
+
+    fn udp_readable(&mut self, idx: usize) {
+        let now_ms = self.now_ms();
+        loop {
+            let Some(flow) = self.udp.get_mut(idx) else {
+                return;
+            };
+            let max = self.out.len() - UDP_PAYLOAD;
+            match flow
+                .sock
+                .recv(&mut self.out[UDP_PAYLOAD..UDP_PAYLOAD + max])
+            {
+                Ok(n) => {
+                    flow.datagrams_in += 1;
+                    let (src, dst) = (flow.dst, flow.guest);
+                    self.udp.touch(idx, now_ms);
+                    let ident = self.next_ident();
+                    if let Some(len) = wire::finish_udp(&mut self.out, &self.l2, src, dst, n, ident)
+                    {
+                        self.send_out(len);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // E.g. ECONNREFUSED after an ICMP port unreachable: tell the guest.
+                    tracing::debug!(dst = %flow.dst, "udp recv: {e}");
+                    if e.kind() == io::ErrorKind::ConnectionRefused {
+                        let (guest, dst) = (flow.guest, flow.dst);
+                        self.udp_port_unreachable(guest, dst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tell the guest that `dst` refused its datagrams (quote a synthetic header).
+    fn udp_port_unreachable(&mut self, guest: SocketAddrV4, dst: SocketAddrV4) {
+        let mut pkt = [0u8; UDP_PAYLOAD];
+        let to_us = L2 {
+            src: self.l2.dst,
+            dst: self.l2.src,
+        };
+        if let Some(n) = wire::finish_udp(&mut pkt, &to_us, guest, dst, 0, 0) {
+            let copy = pkt;
+            self.send_unreachable(Unreachable::Port, &copy[..n]);
+        }
+    }
+
+    fn remove_udp(&mut self, idx: usize) {
+        if let Some((_, mut flow)) = self.udp.remove(idx) {
+            let _ = self.poll.registry().deregister(&mut flow.sock);
+        }
+    }
+
+    // ---- ICMP ----
+
+    fn echo_from_guest(&mut self, e: &EchoInfo<'_>) {
+        let key = (e.src, e.dst, e.ident);
+        let now_ms = self.now_ms();
+        let idx = match self.icmp.find(&key) {
+            Some(idx) => idx,
+            None => {
+                let dst = SocketAddrV4::new(e.dst, 0);
+                let target = match self.nat.translate(dst, None) {
+                    Verdict::Connect(t) => t,
+                    _ => {
+                        self.stats.drops.bump(DropReason::Policy);
+                        return;
+                    }
+                };
+                let flow = match IcmpFlow::open(&self.net, e.src, e.dst, e.ident, target) {
+                    Ok(f) => f,
+                    Err(err) => {
+                        tracing::debug!("ICMP socket (check net.ipv4.ping_group_range): {err}");
+                        self.stats.drops.bump(DropReason::Policy);
+                        return;
+                    }
+                };
+                let Ok(idx) = self.icmp.insert(key, flow, now_ms) else {
+                    self.stats.drops.bump(DropReason::Policy);
+                    return;
+                };
+                let Some(flow) = self.icmp.get_mut(idx) else {
+                    return;
+                };
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut flow.sock, token(KIND_ICMP, idx), Interest::READABLE)
+                    .is_err()
+                {
+                    self.remove_icmp(idx);
+                    return;
+                }
+                self.stats.icmp_flows += 1;
+                idx
+            }
+        };
+        self.icmp.touch(idx, now_ms);
+        if let Some(flow) = self.icmp.get_mut(idx) {
+            if flow.sock.send(e.message).is_err() {
+                self.stats.drops.bump(DropReason::Policy);
+            }
+        }
+    }
+
+    fn icmp_readable(&mut self, idx: usize) {
+        loop {
+            let Some(flow) = self.icmp.get_mut(idx) else {
+                return;
+            };
+            let max = self.out.len() - ICMP_OFFSET;
+            match flow
+                .sock
+                .recv(&mut self.out[ICMP_OFFSET..ICMP_OFFSET + max])
+            {
+                Ok(n) => {
+                    let (src, dst, ident) = (flow.dst, flow.guest, flow.ident);
+                    if let Some(len) =
+                        wire::finish_echo_reply(&mut self.out, &self.l2, src, dst, ident, n)
+                    {
+                        self.send_out(len);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn remove_icmp(&mut self, idx: usize) {
+        if let Some((_, mut flow)) = self.icmp.remove(idx) {
+            let _ = self.poll.registry().deregister(&mut flow.sock);
+        }
+    }
+
+    fn sweep(&mut self, now_ms: u64) {
+        for (_, mut flow) in self.udp.expire(now_ms, |f| f.idle_ms) {
+            let _ = self.poll.registry().deregister(&mut flow.sock);
+        }
+        for (_, mut flow) in self.icmp.expire(now_ms, |_| icmp::IDLE_MS) {
+            let _ = self.poll.registry().deregister(&mut flow.sock);
+        }
+    }
+}
+
+/// Start a non-blocking connect to `target` (bound per `--outbound-addr`).
+fn start_connect(net: &NetConfig, target: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    let sock = udp::host_socket(net, target, socket2::Type::STREAM, None)?;
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(std::net::TcpStream::from(
+        sock,
+    )))
+}

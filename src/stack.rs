@@ -1,0 +1,181 @@
+//! The smoltcp side of the link: the interface and a device adapter over the TAP.
+//!
+//! # Theory of operation
+//! smoltcp terminates the guest's TCP connections and answers ARP and ping for the gateway and
+//! DNS addresses; UDP and ICMP proxying bypass it (see `wire`). The interface owns both special
+//! addresses and runs with any-IP on, so a segment to *any* destination reaches a socket that
+//! listens on that exact (address, port): the engine creates such a socket when it sees a SYN.
+//!
+//! The device adapter [`TapDevice`] does not queue: the engine reads one frame from the TAP,
+//! classifies it, and lends it to smoltcp with [`Interface::poll_ingress_single`] through
+//! `rx`; frames smoltcp emits are built in one preallocated buffer and written to the TAP at
+//! once. Nothing is allocated per packet. Checksums are verified once by `wire::classify`, so
+//! the device tells smoltcp to compute checksums on transmit only.
+#![forbid(unsafe_code)]
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
+
+use crate::config::NetConfig;
+use crate::tap::Tap;
+use crate::wire::ETH_LEN;
+
+/// Frame counters kept by the device.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeviceStats {
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    /// Writes the TAP refused (queue full or namespace gone).
+    pub write_errors: u64,
+}
+
+/// A one-frame-at-a-time view of the TAP for smoltcp.
+pub struct TapDevice<'a> {
+    pub tap: &'a Tap,
+    /// The frame to hand to smoltcp on the next `receive`, if any.
+    pub rx: Option<&'a [u8]>,
+    /// Transmit buffer, at least MTU + Ethernet header long.
+    pub tx: &'a mut [u8],
+    pub mtu: usize,
+    pub stats: &'a mut DeviceStats,
+}
+
+pub struct RxToken<'a>(&'a [u8]);
+
+pub struct TxToken<'a> {
+    tap: &'a Tap,
+    buf: &'a mut [u8],
+    stats: &'a mut DeviceStats,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let len = len.min(self.buf.len());
+        let frame = &mut self.buf[..len];
+        let r = f(frame);
+        write_frame(self.tap, frame, self.stats);
+        r
+    }
+}
+
+/// Write one frame to the TAP, counting it. Errors are counted, not returned: a full TAP queue
+/// drops the frame exactly as a full NIC ring would, and TCP retransmits.
+pub fn write_frame(tap: &Tap, frame: &[u8], stats: &mut DeviceStats) {
+    match tap.write(frame) {
+        Ok(_) => {
+            stats.frames_out += 1;
+            stats.bytes_out += frame.len() as u64;
+        }
+        Err(_) => stats.write_errors += 1,
+    }
+}
+
+impl Device for TapDevice<'_> {
+    type RxToken<'b>
+        = RxToken<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxToken<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let frame = self.rx.take()?;
+        Some((
+            RxToken(frame),
+            TxToken {
+                tap: self.tap,
+                buf: self.tx,
+                stats: self.stats,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken {
+            tap: self.tap,
+            buf: self.tx,
+            stats: self.stats,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + ETH_LEN;
+        let mut csum = ChecksumCapabilities::default();
+        csum.ipv4 = Checksum::Tx;
+        csum.tcp = Checksum::Tx;
+        csum.udp = Checksum::Tx;
+        csum.icmpv4 = Checksum::Tx;
+        csum.icmpv6 = Checksum::Tx;
+        caps.checksum = csum;
+        caps
+    }
+}
+
+/// Build the interface: our MAC, the gateway and DNS addresses, any-IP.
+pub fn new_interface(net: &NetConfig, device: &mut TapDevice<'_>, now: Instant) -> Interface {
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(net.host_mac())));
+    config.random_seed = random_seed();
+    let mut iface = Interface::new(config, device, now);
+    iface.update_ip_addrs(|addrs| {
+        // Capacity is 4 (iface-max-addr-count-4); these two cannot fail.
+        let _ = addrs.push(IpCidr::new(net.gateway().into(), net.prefix));
+        let _ = addrs.push(IpCidr::new(net.dns().into(), net.prefix));
+    });
+    iface.set_any_ip(true);
+    iface
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Buffer sizes of the guest-facing TCP sockets. The receive buffer fixes the window scale.
+pub fn tcp_buffer_size(mtu: usize) -> usize {
+    if mtu > 16_000 {
+        1 << 20
+    } else {
+        256 << 10
+    }
+}
+
+/// A guest-facing TCP socket listening on exactly `endpoint`, tuned for a lossless local link:
+/// no delayed ACK, no Nagle (the guest already coalesces), SYN-ACK held until the host side
+/// connects.
+pub fn new_tcp_socket(endpoint: IpListenEndpoint, buffer: usize) -> Option<tcp::Socket<'static>> {
+    let rx = tcp::SocketBuffer::new(vec![0u8; buffer]);
+    let tx = tcp::SocketBuffer::new(vec![0u8; buffer]);
+    let mut s = tcp::Socket::new(rx, tx);
+    s.set_ack_delay(None);
+    s.set_nagle_enabled(false);
+    s.pause_synack(true);
+    // A guest that stops acknowledging for this long is gone.
+    s.set_timeout(Some(Duration::from_secs(120)));
+    s.listen(endpoint).ok()?;
+    Some(s)
+}
+
+/// An empty socket set.
+pub fn new_socket_set() -> SocketSet<'static> {
+    SocketSet::new(Vec::new())
+}

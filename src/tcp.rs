@@ -1,0 +1,203 @@
+//! TCP proxy: one guest connection (a smoltcp socket) spliced to one host socket.
+//!
+//! # Theory of operation
+//! A flow is born when the guest sends a SYN to an (address, port) nobody handles yet. The
+//! engine starts a non-blocking host `connect()` to the translated address and creates a
+//! smoltcp socket listening on exactly that destination with its SYN-ACK paused, then lets
+//! smoltcp take the SYN. States:
+//!
+//! ```text
+//! Connecting --host connect ok--> Open --both FINs--> Closed (removed)
+//!     |                            |
+//!     +--refused/unreachable--> Failed: RST or ICMP to the guest, removed
+//!                                  +--RST either side--> Aborted (removed)
+//! ```
+//!
+//! - **Connecting**: the guest sees nothing until the host answers. Success unpauses the
+//!   SYN-ACK; ECONNREFUSED becomes a RST and ENETUNREACH/EHOSTUNREACH an ICMP unreachable,
+//!   so the guest's connect fails the way it would on a real network.
+//! - **Open**: [`TcpFlow::pump`] moves bytes both ways without an intermediate buffer:
+//!   guest->host writes straight out of smoltcp's receive ring into the host socket,
+//!   host->guest reads straight into smoltcp's transmit ring. When a ring is full (guest slow)
+//!   we stop reading the host socket, so the host's own TCP window applies back-pressure;
+//!   when the host socket is full we stop draining the ring, so smoltcp's advertised window
+//!   closes. Nothing is ever buffered beyond the two rings.
+//! - **Half-close**: the guest's FIN (after its data is written) becomes `shutdown(SHUT_WR)`;
+//!   the host's EOF becomes smoltcp `close()` (a FIN after queued data).
+//! - **Reset**: a guest RST closes the host socket with SO_LINGER 0 (a RST to the host peer);
+//!   a host reset or error aborts the smoltcp socket (a RST to the guest).
+//!
+//! Host readiness is edge-triggered: `host_readable`/`host_writable` remember readiness until
+//! a call returns `WouldBlock`, so back-pressure never loses an edge.
+//!
+//! Generic over [`HostStream`] so the splice logic can be driven by an in-memory host in tests.
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+
+use smoltcp::socket::tcp::{self, RecvError, State};
+
+/// What the proxy needs from a host connection.
+pub trait HostStream: Read + Write {
+    fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Make the next close send a RST (SO_LINGER 0).
+    fn set_abortive(&mut self);
+}
+
+impl HostStream for mio::net::TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+    fn set_abortive(&mut self) {
+        let _ = socket2::SockRef::from(&*self).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+/// Lifecycle of a flow; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connecting,
+    Open,
+    /// We aborted the guest side; remove after the RST went out.
+    Aborted,
+}
+
+/// One proxied TCP connection.
+pub struct TcpFlow<H> {
+    pub host: H,
+    pub handle: smoltcp::iface::SocketHandle,
+    pub phase: Phase,
+    /// The guest's endpoint and the destination it connected to.
+    pub guest: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// Where the host socket connects.
+    pub target: SocketAddr,
+    pub host_readable: bool,
+    pub host_writable: bool,
+    /// Host sent EOF; smoltcp `close()` was called.
+    pub host_eof: bool,
+    /// The guest's FIN was passed on as `shutdown(SHUT_WR)`.
+    pub guest_fin: bool,
+    pub bytes_to_host: u64,
+    pub bytes_to_guest: u64,
+    /// The guest's SYN (IPv4 header + 8 bytes), to quote in an ICMP error.
+    pub syn_quote: [u8; 28],
+    /// The guest's SYN sequence number (for a RST built without smoltcp).
+    pub syn_seq: u32,
+}
+
+/// What the engine must do after a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Keep the flow.
+    Keep,
+    /// Remove the flow now (both sides done, or the guest reset it).
+    Remove,
+}
+
+impl<H: HostStream> TcpFlow<H> {
+    /// Host connect finished successfully: let smoltcp send the SYN-ACK.
+    pub fn connected(&mut self, sock: &mut tcp::Socket<'_>) {
+        self.phase = Phase::Open;
+        self.host_writable = true;
+        self.host_readable = true;
+        sock.pause_synack(false);
+    }
+
+    /// Move data both ways until blocked; decide whether the flow is finished.
+    pub fn pump(&mut self, sock: &mut tcp::Socket<'_>) -> Outcome {
+        match self.phase {
+            Phase::Aborted => return Outcome::Remove,
+            Phase::Connecting => {
+                // The guest gave up (RST sends a SYN-RECEIVED socket back to LISTEN) or timed out.
+                return match sock.state() {
+                    State::Listen | State::Closed => Outcome::Remove,
+                    _ => Outcome::Keep,
+                };
+            }
+            Phase::Open => {}
+        }
+        if let Err(e) = self.guest_to_host(sock) {
+            tracing::debug!(guest = %self.guest, dst = %self.dst, "host write: {e}");
+            return self.abort(sock);
+        }
+        if let Err(e) = self.host_to_guest(sock) {
+            tracing::debug!(guest = %self.guest, dst = %self.dst, "host read: {e}");
+            return self.abort(sock);
+        }
+        match sock.state() {
+            State::Closed | State::TimeWait => {
+                if self.guest_fin && self.host_eof {
+                    Outcome::Remove
+                } else if sock.state() == State::TimeWait {
+                    // TIME-WAIT implies both FINs; anything not yet passed on is lost anyway.
+                    Outcome::Remove
+                } else {
+                    // Closed without both FINs: the guest reset or timed out.
+                    self.host.set_abortive();
+                    Outcome::Remove
+                }
+            }
+            _ => Outcome::Keep,
+        }
+    }
+
+    fn abort(&mut self, sock: &mut tcp::Socket<'_>) -> Outcome {
+        sock.abort();
+        self.host.set_abortive();
+        self.phase = Phase::Aborted;
+        Outcome::Keep
+    }
+
+    fn guest_to_host(&mut self, sock: &mut tcp::Socket<'_>) -> io::Result<()> {
+        while self.host_writable && !self.guest_fin {
+            let host = &mut self.host;
+            let r = sock.recv(|buf| {
+                if buf.is_empty() {
+                    return (0, Ok(0));
+                }
+                match host.write(buf) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
+            });
+            match r {
+                Ok(Ok(0)) => break, // ring empty
+                Ok(Ok(n)) => self.bytes_to_host += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.host_writable = false,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(RecvError::Finished) => {
+                    self.guest_fin = true;
+                    // The host may already be gone; its EOF/RST shows up on the read side.
+                    let _ = self.host.shutdown_write();
+                }
+                Err(RecvError::InvalidState) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn host_to_guest(&mut self, sock: &mut tcp::Socket<'_>) -> io::Result<()> {
+        while self.host_readable && !self.host_eof && sock.can_send() {
+            let host = &mut self.host;
+            let r = sock.send(|buf| match host.read(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) => {
+                    self.host_eof = true;
+                    sock.close();
+                }
+                Ok(Ok(n)) => self.bytes_to_guest += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.host_readable = false,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+}
