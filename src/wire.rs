@@ -329,18 +329,10 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
 /// Internet checksum (RFC 1071) of `data`, starting from a partial sum `initial`.
 /// Returns the folded, complemented value: 0 for a buffer whose checksum field is right.
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
-    let mut sum = u64::from(initial);
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u64::from(u16::from_be_bytes([*last, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    use smoltcp::wire::checksum as ck;
+    let initial = (initial & 0xffff) + (initial >> 16);
+    let initial = ((initial & 0xffff) + (initial >> 16)) as u16;
+    !ck::combine(&[ck::data(data), initial])
 }
 
 fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
