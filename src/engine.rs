@@ -538,6 +538,7 @@ impl Engine {
             host_writable: false,
             host_eof: false,
             guest_fin: false,
+            guest_fin_seen: false,
             bytes_to_host: 0,
             bytes_to_guest: 0,
             syn_quote,

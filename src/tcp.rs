@@ -79,6 +79,8 @@ pub struct TcpFlow<H> {
     pub host_eof: bool,
     /// The guest's FIN was passed on as `shutdown(SHUT_WR)`.
     pub guest_fin: bool,
+    /// The socket was seen in a state that implies the guest's FIN arrived.
+    pub guest_fin_seen: bool,
     pub bytes_to_host: u64,
     pub bytes_to_guest: u64,
     /// The guest's SYN (IPv4 header + 8 bytes), to quote in an ICMP error.
@@ -126,18 +128,27 @@ impl<H: HostStream> TcpFlow<H> {
             tracing::debug!(guest = %self.guest, dst = %self.dst, "host read: {e}");
             return self.abort(sock);
         }
-        match sock.state() {
-            State::Closed | State::TimeWait => {
-                if self.guest_fin && self.host_eof {
-                    Outcome::Remove
-                } else if sock.state() == State::TimeWait {
-                    // TIME-WAIT implies both FINs; anything not yet passed on is lost anyway.
+        let state = sock.state();
+        if matches!(
+            state,
+            State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+        ) {
+            self.guest_fin_seen = true;
+        }
+        match state {
+            State::Closed | State::TimeWait if self.guest_fin_seen => {
+                // Graceful: both FINs. Keep the flow until everything the guest sent has been
+                // written to the host (the host socket may be full right now).
+                if sock.recv_queue() == 0 && self.guest_fin {
                     Outcome::Remove
                 } else {
-                    // Closed without both FINs: the guest reset or timed out.
-                    self.host.set_abortive();
-                    Outcome::Remove
+                    Outcome::Keep
                 }
+            }
+            State::Closed => {
+                // Closed without the guest's FIN: it reset the connection or stopped answering.
+                self.host.set_abortive();
+                Outcome::Remove
             }
             _ => Outcome::Keep,
         }
