@@ -34,7 +34,7 @@ use clap::builder::TypedValueParser as _;
 use clap::error::ErrorKind;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::config::{NetConfig, Outbound};
+use crate::config::{NetConfig, Outbound, Proto, Publish};
 
 /// Which network namespace to attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub struct DaemonArgs {
     pub enable_sandbox: bool,
     pub enable_seccomp: bool,
     pub net: NetConfig,
+    /// `-p/--publish`, in order.
+    pub publish: Vec<Publish>,
 }
 
 /// `tapwire run [OPTIONS] [-- CMD [ARGS...]]`.
@@ -68,6 +70,8 @@ pub struct DaemonArgs {
 pub struct RunArgs {
     pub tapname: String,
     pub net: NetConfig,
+    /// `-p/--publish`, in order.
+    pub publish: Vec<Publish>,
     /// Empty: the user's $SHELL (or /bin/sh).
     pub command: Vec<OsString>,
 }
@@ -228,6 +232,7 @@ impl DaemonCli {
             api_socket: self.api_socket,
             enable_sandbox: self.enable_sandbox,
             enable_seccomp: self.enable_seccomp,
+            publish: self.net.publish.clone(),
             net: self.net.into_config(),
         })
     }
@@ -263,6 +268,7 @@ impl RunCli {
     fn into_args(self) -> RunArgs {
         RunArgs {
             tapname: self.tapname,
+            publish: self.net.publish.clone(),
             net: self.net.into_config(),
             command: self.command,
         }
@@ -303,6 +309,10 @@ struct NetOpts {
     /// MAC address of the tap device (requires -c in daemon mode)
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     macaddress: Option<[u8; 6]>,
+
+    /// Publish a guest port on the host: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)
+    #[arg(short = 'p', long, value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]", value_parser = parse_publish, action = ArgAction::Append)]
+    publish: Vec<Publish>,
 }
 
 impl NetOpts {
@@ -324,6 +334,44 @@ impl NetOpts {
             outbound6: self.outbound_addr6,
         }
     }
+}
+
+/// `-p/--publish`: `[HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]`; an IPv6 HOST_ADDR is
+/// written in brackets (`[::1]:8080:80`). Ports are 1..=65535; the default HOST_ADDR is 0.0.0.0.
+fn parse_publish(s: &str) -> Result<Publish, String> {
+    const MSG: &str = "expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]";
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((spec, "tcp")) => (spec, Proto::Tcp),
+        Some((spec, "udp")) => (spec, Proto::Udp),
+        Some((_, other)) => return Err(format!("unknown protocol '{other}' (tcp or udp)")),
+        None => (s, Proto::Tcp),
+    };
+    let port = |p: &str| -> Result<u16, String> {
+        parse_digits::<u16>(p)
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("invalid port '{p}' (1-65535)"))
+    };
+    let (rest, guest) = spec.rsplit_once(':').ok_or(MSG)?;
+    let guest_port = port(guest)?;
+    let (host_addr, host_port) = match rest.rsplit_once(':') {
+        None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), port(rest)?),
+        Some((addr, hp)) => {
+            let addr = addr
+                .strip_prefix('[')
+                .and_then(|a| a.strip_suffix(']'))
+                .unwrap_or(addr);
+            let ip: IpAddr = addr
+                .parse()
+                .map_err(|_| format!("invalid host address '{addr}'"))?;
+            (ip, port(hp)?)
+        }
+    };
+    Ok(Publish {
+        proto,
+        host_addr,
+        host_port,
+        guest_port,
+    })
 }
 
 /// A validated `--cidr` value.
@@ -515,6 +563,7 @@ mod tests {
                 enable_sandbox: false,
                 enable_seccomp: false,
                 net: NetConfig::default(),
+                publish: vec![],
             }
         );
         assert_eq!(d.net.mtu, 1500);
@@ -847,5 +896,51 @@ mod tests {
         fails(&["--mtu"], &["--mtu"]);
         assert!(parse([OsString::from("t"), bad.clone()]).is_err());
         assert!(parse([OsString::from("t"), "--mtu".into(), bad, "1".into()]).is_err());
+    }
+
+    #[test]
+    fn publish_forms() {
+        use std::net::IpAddr;
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!(
+            (p.proto, p.host_addr, p.host_port, p.guest_port),
+            (Proto::Tcp, IpAddr::from([0, 0, 0, 0]), 8080, 80)
+        );
+        let p = parse_publish("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(
+            (p.proto, p.host_addr),
+            (Proto::Udp, IpAddr::from([127, 0, 0, 1]))
+        );
+        let p = parse_publish("[::1]:8443:443/tcp").unwrap();
+        assert_eq!(p.host_addr, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!((p.host_port, p.guest_port), (8443, 443));
+        for bad in [
+            "80",
+            "0:80",
+            "80:0",
+            "x:80",
+            "8080:80/sctp",
+            "1.2.3:80:80",
+            "70000:80",
+            "",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn publish_repeatable_in_both_commands() {
+        let Command::Daemon(d) =
+            parse(["tapwire", "-p", "8080:80", "--publish=9090:90/udp", "42"]).unwrap()
+        else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.publish.len(), 2);
+        let Command::Run(r) = parse(["tapwire", "run", "-p", "8080:80", "--", "true"]).unwrap()
+        else {
+            panic!("not run")
+        };
+        assert_eq!(r.publish.len(), 1);
+        assert!(parse(["tapwire", "-p", "bogus", "42"]).is_err());
     }
 }

@@ -6,7 +6,7 @@
 //! slirp4netns lives in exactly one place.
 #![forbid(unsafe_code)]
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Where host sockets are bound for outbound traffic (`--outbound-addr`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +89,53 @@ impl NetConfig {
     pub fn host_mac(&self) -> [u8; 6] {
         let g = self.gateway().octets();
         [0x52, 0x55, g[0], g[1], g[2], g[3]]
+    }
+}
+
+/// Transport protocol of a port forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A port forward from the host into the guest (`add_hostfwd`, `-p`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub proto: Proto,
+    /// Where the host listens (`0.0.0.0:8080`, `[::1]:8080`...).
+    pub host: SocketAddr,
+    /// Where connections go in the guest.
+    pub guest: SocketAddr,
+}
+
+/// `-p [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]` as given: the guest address is the
+/// network's guest address (network+100), known once the network is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish {
+    pub proto: Proto,
+    pub host_addr: IpAddr,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+impl Publish {
+    /// The forward this publishes on `net`.
+    pub fn forward(&self, net: &NetConfig) -> Forward {
+        Forward {
+            proto: self.proto,
+            host: SocketAddr::new(self.host_addr, self.host_port),
+            guest: SocketAddr::new(net.guest().into(), self.guest_port),
+        }
     }
 }
 
