@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 
 use crate::cli::{Command, DaemonArgs, RunArgs};
-use crate::config::IfConfig;
+use crate::config::{IfConfig, NetConfig, Publish};
 use crate::engine::{Engine, Lifecycle};
 use crate::tap::Tap;
 use crate::{fd, netns};
@@ -58,9 +58,6 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         .exit_fd
         .map(|n| fd::adopt(n, "--exit-fd"))
         .transpose()?;
-    if args.api_socket.is_some() {
-        tracing::warn!("--api-socket is accepted but the control socket is not implemented yet");
-    }
     if args.enable_sandbox || args.enable_seccomp {
         tracing::warn!("--enable-sandbox/--enable-seccomp are accepted but not implemented yet");
     }
@@ -84,7 +81,11 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         exit_fd,
         child: None,
     };
-    let mut engine = Engine::new(args.net, Tap::from_fd(tap_fd), life)?;
+    let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
+    if let Some(path) = &args.api_socket {
+        engine.listen_api(path)?;
+    }
+    publish(&mut engine, &args.publish, &args.net)?;
     if let Some(ready) = ready {
         signal_ready(ready)?;
     }
@@ -105,7 +106,25 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         exit_fd: None,
         child: Some(child.pid),
     };
-    let mut engine = Engine::new(args.net, tap, life)?;
+    let mut engine = Engine::new(args.net.clone(), tap, life)?;
+    publish(&mut engine, &args.publish, &args.net)?;
     child.start()?;
     Ok(engine.run()?)
+}
+
+/// Open the `-p` forwards; a forward that cannot be opened stops start-up.
+fn publish(engine: &mut Engine, publish: &[Publish], net: &NetConfig) -> Result<(), AnyError> {
+    for p in publish {
+        let fwd = p.forward(net);
+        engine.add_forward(fwd).map_err(|desc| {
+            format!(
+                "-p {}:{}:{}/{}: cannot listen on the host ({desc}; see the log above)",
+                p.host_addr,
+                p.host_port,
+                p.guest_port,
+                p.proto.as_str()
+            )
+        })?;
+    }
+    Ok(())
 }

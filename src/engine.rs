@@ -22,6 +22,7 @@
 //! Exit: SIGTERM/SIGINT (daemon mode), the exit fd becoming readable or hung up, the TAP going
 //! away (the guest's namespace died), or, in run mode, the command exiting (its status is ours).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -33,12 +34,15 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use slab::Slab;
 use smoltcp::iface::{Interface, PollResult, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::IpListenEndpoint;
+use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 
-use crate::config::NetConfig;
+use crate::api::{self, Forwards, Request};
+use crate::config::{Forward, NetConfig, Proto};
+use crate::control::{Control, Readiness};
 use crate::dns::Resolver;
 use crate::flow::FlowTable;
 use crate::icmp::{self, IcmpFlow};
@@ -46,7 +50,7 @@ use crate::nat::{Nat, Verdict};
 use crate::stack::{self, DeviceStats, TapDevice};
 use crate::tap::Tap;
 use crate::tcp::{Outcome, Phase, TcpFlow};
-use crate::udp::{self, UdpFlow};
+use crate::udp::{self, UdpFlow, UdpHost};
 use crate::wire::{
     self, Class, DropCounters, DropReason, EchoInfo, LinkInfo, TcpInfo, UdpInfo, Unreachable,
     ETH_LEN, ICMP_OFFSET, L2, UDP_PAYLOAD,
@@ -59,16 +63,33 @@ pub const MAX_CONNECTING: usize = 1024;
 /// TCP flows at once.
 pub const MAX_TCP_FLOWS: usize = 32_768;
 
+const KIND_BITS: usize = 3;
+const KIND_MASK: usize = (1 << KIND_BITS) - 1;
 const KIND_SPECIAL: usize = 0;
 const KIND_TCP: usize = 1;
 const KIND_UDP: usize = 2;
 const KIND_ICMP: usize = 3;
+const KIND_FWD: usize = 4;
+const KIND_API: usize = 5;
 const TOKEN_TAP: Token = Token(0);
-const TOKEN_SIGNAL: Token = Token(1 << 2);
-const TOKEN_EXIT_FD: Token = Token(2 << 2);
+const TOKEN_SIGNAL: Token = Token(1 << KIND_BITS);
+const TOKEN_EXIT_FD: Token = Token(2 << KIND_BITS);
+const TOKEN_API: Token = Token(3 << KIND_BITS);
 
 fn token(kind: usize, idx: usize) -> Token {
-    Token((idx << 2) | kind)
+    Token((idx << KIND_BITS) | kind)
+}
+
+/// The host socket of a port forward.
+enum FwdSocket {
+    Tcp(mio::net::TcpListener),
+    Udp(mio::net::UdpSocket),
+}
+
+struct FwdEntry {
+    id: u64,
+    guest: SocketAddrV4,
+    sock: FwdSocket,
 }
 
 /// Counters for the whole daemon.
@@ -129,6 +150,11 @@ pub struct Engine {
     tcp: FlowTable<TcpKey, TcpFlow<mio::net::TcpStream>>,
     udp: FlowTable<TcpKey, UdpFlow>,
     icmp: FlowTable<(Ipv4Addr, Ipv4Addr, u16), IcmpFlow>,
+    forwards: Forwards,
+    fwd_socks: Slab<FwdEntry>,
+    /// Inbound UDP bindings by (forward id, host client).
+    fwd_clients: HashMap<(u64, SocketAddr), usize>,
+    control: Option<Control>,
     connecting: usize,
     stats: Stats,
     start: std::time::Instant,
@@ -224,6 +250,10 @@ impl Engine {
             tcp: FlowTable::new(MAX_TCP_FLOWS),
             udp: FlowTable::new(udp::MAX_FLOWS),
             icmp: FlowTable::new(icmp::MAX_FLOWS),
+            forwards: Forwards::default(),
+            fwd_socks: Slab::new(),
+            fwd_clients: HashMap::new(),
+            control: None,
             connecting: 0,
             stats: Stats::default(),
             start,
@@ -278,11 +308,14 @@ impl Engine {
             }
             for ev in events.iter() {
                 let t = ev.token();
-                let idx = t.0 >> 2;
-                match t.0 & 3 {
+                let idx = t.0 >> KIND_BITS;
+                match t.0 & KIND_MASK {
                     KIND_TCP => self.tcp_event(idx, ev),
                     KIND_UDP => self.udp_readable(idx),
                     KIND_ICMP => self.icmp_readable(idx),
+                    KIND_FWD => self.fwd_readable(idx),
+                    KIND_API => self.api_event(idx, ev),
+                    KIND_SPECIAL if t == TOKEN_API => self.api_accept(),
                     KIND_SPECIAL if t == TOKEN_TAP => self.tap_readable = true,
                     KIND_SPECIAL if t == TOKEN_SIGNAL => self.read_signals(),
                     KIND_SPECIAL if t == TOKEN_EXIT_FD => {
@@ -301,6 +334,9 @@ impl Engine {
             if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
                 self.last_sweep_ms = now_ms;
                 self.sweep(now_ms);
+                if let Some(c) = &mut self.control {
+                    c.sweep(now_ms);
+                }
             }
         }
     }
@@ -458,8 +494,11 @@ impl Engine {
     fn tcp_from_guest(&mut self, info: &TcpInfo, frame: &[u8]) {
         let key = (info.src, info.dst);
         let existing = self.tcp.find(&key);
+        if let Some(flow) = existing.and_then(|i| self.tcp.get_mut(i)) {
+            flow.segments_from_guest += 1;
+        }
         if existing.is_none() {
-            if !info.syn {
+            if !info.syn || info.ack {
                 // Not ours (e.g. after removal): smoltcp answers with a RST.
                 self.ingress(frame);
                 return;
@@ -541,6 +580,7 @@ impl Engine {
             guest_fin_seen: false,
             bytes_to_host: 0,
             bytes_to_guest: 0,
+            segments_from_guest: 0,
             syn_quote,
             syn_seq: info.seq,
         };
@@ -685,32 +725,28 @@ impl Engine {
                         return;
                     }
                 };
-                let Ok(idx) = self.udp.insert(key, flow, now_ms) else {
-                    self.stats.drops.bump(DropReason::Policy);
-                    return;
-                };
-                let Some(flow) = self.udp.get_mut(idx) else {
-                    return;
-                };
-                if self
-                    .poll
-                    .registry()
-                    .register(&mut flow.sock, token(KIND_UDP, idx), Interest::READABLE)
-                    .is_err()
-                {
-                    self.remove_udp(idx);
-                    self.stats.drops.bump(DropReason::Policy);
-                    return;
+                match self.insert_udp(key, flow, now_ms) {
+                    Some(idx) => idx,
+                    None => return,
                 }
-                self.stats.udp_flows += 1;
-                idx
             }
         };
         self.udp.touch(idx, now_ms);
         let Some(flow) = self.udp.get_mut(idx) else {
             return;
         };
-        match flow.sock.send(u.payload) {
+        let sent = match &flow.host {
+            UdpHost::Connected(sock) => sock.send(u.payload),
+            UdpHost::Forwarded { fwd, id, client } => match self.fwd_socks.get(*fwd) {
+                Some(FwdEntry {
+                    id: fid,
+                    sock: FwdSocket::Udp(sock),
+                    ..
+                }) if fid == id => sock.send_to(u.payload, *client),
+                _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
+            },
+        };
+        match sent {
             Ok(_) => flow.datagrams_out += 1,
             Err(e) => {
                 tracing::debug!(dst = %flow.dst, "udp send: {e}");
@@ -719,26 +755,47 @@ impl Engine {
         }
     }
 
+    /// Add a binding and register its socket (if it has its own).
+    fn insert_udp(&mut self, key: TcpKey, flow: UdpFlow, now_ms: u64) -> Option<usize> {
+        let Ok(idx) = self.udp.insert(key, flow, now_ms) else {
+            self.stats.drops.bump(DropReason::Policy);
+            return None;
+        };
+        if let Some(UdpFlow {
+            host: UdpHost::Connected(sock),
+            ..
+        }) = self.udp.get_mut(idx)
+        {
+            if self
+                .poll
+                .registry()
+                .register(sock, token(KIND_UDP, idx), Interest::READABLE)
+                .is_err()
+            {
+                self.remove_udp(idx);
+                self.stats.drops.bump(DropReason::Policy);
+                return None;
+            }
+        }
+        self.stats.udp_flows += 1;
+        Some(idx)
+    }
+
     fn udp_readable(&mut self, idx: usize) {
         let now_ms = self.now_ms();
         loop {
             let Some(flow) = self.udp.get_mut(idx) else {
                 return;
             };
-            let max = self.out.len() - UDP_PAYLOAD;
-            match flow
-                .sock
-                .recv(&mut self.out[UDP_PAYLOAD..UDP_PAYLOAD + max])
-            {
+            let UdpHost::Connected(sock) = &flow.host else {
+                return;
+            };
+            match sock.recv(&mut self.out[UDP_PAYLOAD..]) {
                 Ok(n) => {
                     flow.datagrams_in += 1;
                     let (src, dst) = (flow.dst, flow.guest);
                     self.udp.touch(idx, now_ms);
-                    let ident = self.next_ident();
-                    if let Some(len) = wire::finish_udp(&mut self.out, &self.l2, src, dst, n, ident)
-                    {
-                        self.send_out(len);
-                    }
+                    self.udp_to_guest(src, dst, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -748,9 +805,19 @@ impl Engine {
                     if e.kind() == io::ErrorKind::ConnectionRefused {
                         let (guest, dst) = (flow.guest, flow.dst);
                         self.udp_port_unreachable(guest, dst);
+                    } else {
+                        return;
                     }
                 }
             }
+        }
+    }
+
+    /// Send the `len` bytes at `self.out[UDP_PAYLOAD..]` to the guest as a datagram.
+    fn udp_to_guest(&mut self, src: SocketAddrV4, dst: SocketAddrV4, len: usize) {
+        let ident = self.next_ident();
+        if let Some(n) = wire::finish_udp(&mut self.out, &self.l2, src, dst, len, ident) {
+            self.send_out(n);
         }
     }
 
@@ -768,9 +835,441 @@ impl Engine {
     }
 
     fn remove_udp(&mut self, idx: usize) {
-        if let Some((_, mut flow)) = self.udp.remove(idx) {
-            let _ = self.poll.registry().deregister(&mut flow.sock);
+        if let Some((_, flow)) = self.udp.remove(idx) {
+            self.release_udp(flow);
         }
+    }
+
+    fn release_udp(&mut self, flow: UdpFlow) {
+        match flow.host {
+            UdpHost::Connected(mut sock) => {
+                let _ = self.poll.registry().deregister(&mut sock);
+            }
+            UdpHost::Forwarded { id, client, .. } => {
+                self.fwd_clients.remove(&(id, client));
+            }
+        }
+    }
+
+    // ---- Port forwarding ----
+
+    /// The address a host client appears from inside the guest: its own IPv4 address, or the
+    /// gateway for clients on host loopback and IPv6 clients (an IPv4 guest cannot see those).
+    fn guest_visible(&self, client: SocketAddr) -> Ipv4Addr {
+        let ip = match client.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        match ip {
+            Some(v4) if !v4.is_loopback() && !v4.is_unspecified() && !self.net.contains(v4) => v4,
+            _ => self.net.gateway(),
+        }
+    }
+
+    /// Pick the guest-visible source endpoint for a new inbound flow to `guest`: the client's
+    /// port when free, else another one (two loopback clients may share a port number).
+    fn inbound_source(
+        &self,
+        guest: SocketAddrV4,
+        client: SocketAddr,
+        tcp: bool,
+    ) -> Option<SocketAddrV4> {
+        let ip = self.guest_visible(client);
+        let taken = |p: u16| {
+            let key = (guest, SocketAddrV4::new(ip, p));
+            if tcp {
+                self.tcp.find(&key).is_some()
+            } else {
+                self.udp.find(&key).is_some()
+            }
+        };
+        if client.port() != 0 && !taken(client.port()) {
+            return Some(SocketAddrV4::new(ip, client.port()));
+        }
+        let start = (self.now_ms() as u16) | 0x8000;
+        (0..4096u16)
+            .map(|i| 0x8000 | start.wrapping_add(i))
+            .find(|p| !taken(*p))
+            .map(|p| SocketAddrV4::new(ip, p))
+    }
+
+    /// Open the host side of a forward and start serving it; returns its id. The error is the
+    /// API desc.
+    pub fn add_forward(&mut self, fwd: Forward) -> Result<u64, String> {
+        let std::net::SocketAddr::V4(guest) = fwd.guest else {
+            return Err("bad request: add_hostfwd: bad arguments.guest_addr".into());
+        };
+        const FAILED: &str = "bad request: add_hostfwd: slirp_add_hostfwd failed";
+        if self.forwards.conflicts(&fwd) {
+            return Err(FAILED.into());
+        }
+        let sock = match open_forward(&fwd) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("forward {} {}: {e}", fwd.proto.as_str(), fwd.host);
+                return Err(FAILED.into());
+            }
+        };
+        let id = self.forwards.add(fwd);
+        let idx = self.fwd_socks.insert(FwdEntry { id, guest, sock });
+        let entry = &mut self.fwd_socks[idx];
+        let registered = match &mut entry.sock {
+            FwdSocket::Tcp(l) => {
+                self.poll
+                    .registry()
+                    .register(l, token(KIND_FWD, idx), Interest::READABLE)
+            }
+            FwdSocket::Udp(u) => {
+                self.poll
+                    .registry()
+                    .register(u, token(KIND_FWD, idx), Interest::READABLE)
+            }
+        };
+        if let Err(e) = registered {
+            tracing::warn!("registering forward: {e}");
+            self.fwd_socks.remove(idx);
+            self.forwards.remove(id);
+            return Err(FAILED.into());
+        }
+        tracing::info!(id, proto = fwd.proto.as_str(), host = %fwd.host, guest = %fwd.guest, "forward added");
+        Ok(id)
+    }
+
+    /// Stop a forward: no new connections; existing TCP flows finish on their own.
+    pub fn remove_forward(&mut self, id: u64) -> bool {
+        if self.forwards.remove(id).is_none() {
+            return false;
+        }
+        if let Some(idx) = self
+            .fwd_socks
+            .iter()
+            .find(|(_, e)| e.id == id)
+            .map(|(i, _)| i)
+        {
+            let entry = self.fwd_socks.remove(idx);
+            match entry.sock {
+                FwdSocket::Tcp(mut l) => drop(self.poll.registry().deregister(&mut l)),
+                FwdSocket::Udp(mut u) => drop(self.poll.registry().deregister(&mut u)),
+            }
+        }
+        true
+    }
+
+    fn fwd_readable(&mut self, idx: usize) {
+        let Some(entry) = self.fwd_socks.get(idx) else {
+            return;
+        };
+        let (id, guest) = (entry.id, entry.guest);
+        match &entry.sock {
+            FwdSocket::Tcp(_) => loop {
+                let Some(FwdEntry {
+                    sock: FwdSocket::Tcp(listener),
+                    ..
+                }) = self.fwd_socks.get(idx)
+                else {
+                    return;
+                };
+                match listener.accept() {
+                    Ok((stream, client)) => self.inbound_tcp(stream, client, guest),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!("forward accept: {e}");
+                        return;
+                    }
+                }
+            },
+            FwdSocket::Udp(_) => loop {
+                let Some(FwdEntry {
+                    sock: FwdSocket::Udp(sock),
+                    ..
+                }) = self.fwd_socks.get(idx)
+                else {
+                    return;
+                };
+                match sock.recv_from(&mut self.out[UDP_PAYLOAD..]) {
+                    Ok((n, client)) => self.inbound_udp(idx, id, guest, client, n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!("forward recv: {e}");
+                        return;
+                    }
+                }
+            },
+        }
+    }
+
+    /// A datagram of `len` bytes (at `self.out[UDP_PAYLOAD..]`) from `client` for `guest`.
+    fn inbound_udp(
+        &mut self,
+        fwd: usize,
+        id: u64,
+        guest: SocketAddrV4,
+        client: SocketAddr,
+        len: usize,
+    ) {
+        let now_ms = self.now_ms();
+        // This client's binding (its guest-visible port may differ from its own).
+        let idx = match self.fwd_clients.get(&(id, client)).copied() {
+            Some(i) => i,
+            None => {
+                let Some(src) = self.inbound_source(guest, client, false) else {
+                    self.stats.drops.bump(DropReason::Policy);
+                    return;
+                };
+                let flow = UdpFlow {
+                    host: UdpHost::Forwarded { fwd, id, client },
+                    guest,
+                    dst: src,
+                    idle_ms: udp::IDLE_MS,
+                    datagrams_out: 0,
+                    datagrams_in: 0,
+                };
+                match self.insert_udp((guest, src), flow, now_ms) {
+                    Some(i) => {
+                        self.fwd_clients.insert((id, client), i);
+                        i
+                    }
+                    None => return,
+                }
+            }
+        };
+        self.udp.touch(idx, now_ms);
+        let Some(flow) = self.udp.get_mut(idx) else {
+            return;
+        };
+        flow.datagrams_in += 1;
+        let src = flow.dst;
+        self.udp_to_guest(src, guest, len);
+    }
+
+    /// An accepted host connection for `guest`: connect a smoltcp socket to the guest from the
+    /// client's (guest-visible) address.
+    fn inbound_tcp(
+        &mut self,
+        stream: mio::net::TcpStream,
+        client: SocketAddr,
+        guest: SocketAddrV4,
+    ) {
+        if self.tcp.len() >= MAX_TCP_FLOWS {
+            self.stats.drops.bump(DropReason::Policy);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let Some(src) = self.inbound_source(guest, client, true) else {
+            self.stats.drops.bump(DropReason::Policy);
+            return;
+        };
+        let mut sock = stack::new_tcp_socket_unbound(self.tcp_buffer);
+        let remote = IpEndpoint::new((*guest.ip()).into(), guest.port());
+        let local = IpEndpoint::new((*src.ip()).into(), src.port());
+        if let Err(e) = sock.connect(self.iface.context(), remote, local) {
+            tracing::debug!("inbound connect to {guest}: {e}");
+            self.stats.drops.bump(DropReason::Policy);
+            return;
+        }
+        let handle = self.sockets.add(sock);
+        let flow = TcpFlow {
+            host: stream,
+            handle,
+            phase: Phase::Open,
+            guest,
+            dst: src,
+            target: client,
+            host_readable: true,
+            host_writable: true,
+            host_eof: false,
+            guest_fin: false,
+            guest_fin_seen: false,
+            bytes_to_host: 0,
+            bytes_to_guest: 0,
+            segments_from_guest: 0,
+            syn_quote: [0; 28],
+            syn_seq: 0,
+        };
+        let now_ms = self.now_ms();
+        let Ok(idx) = self.tcp.insert((guest, src), flow, now_ms) else {
+            self.sockets.remove(handle);
+            self.stats.drops.bump(DropReason::Policy);
+            return;
+        };
+        let Some(flow) = self.tcp.get_mut(idx) else {
+            return;
+        };
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut flow.host,
+                token(KIND_TCP, idx),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.remove_tcp(idx);
+            return;
+        }
+        self.stats.tcp_flows += 1;
+    }
+
+    // ---- Control socket ----
+
+    /// Serve the JSON API on `path`.
+    pub fn listen_api(&mut self, path: &std::path::Path) -> io::Result<()> {
+        let mut control = Control::bind(path)?;
+        self.poll
+            .registry()
+            .register(control.listener(), TOKEN_API, Interest::READABLE)?;
+        self.control = Some(control);
+        Ok(())
+    }
+
+    fn api_accept(&mut self) {
+        let now_ms = self.now_ms();
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        let registry = self.poll.registry();
+        control.accept(now_ms, |idx, stream| {
+            registry.register(
+                stream,
+                token(KIND_API, idx),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        });
+    }
+
+    fn api_event(&mut self, idx: usize, ev: &mio::event::Event) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        if ev.is_writable() {
+            control.writable(idx);
+        }
+        if !(ev.is_readable() || ev.is_read_closed()) {
+            return;
+        }
+        let Readiness::Request(bytes) = control.readable(idx) else {
+            return;
+        };
+        let reply = self.handle_request(&bytes);
+        if let Some(control) = &mut self.control {
+            control.respond(idx, reply);
+        }
+    }
+
+    /// Answer one API request.
+    pub fn handle_request(&mut self, bytes: &[u8]) -> String {
+        let req = match api::parse(bytes) {
+            Ok(r) => r,
+            Err(desc) => return api::reply_error(desc),
+        };
+        match req {
+            Request::AddHostfwd {
+                proto,
+                host,
+                guest_addr,
+                guest_port,
+            } => {
+                let guest_ip = guest_addr.unwrap_or(self.net.guest().into());
+                let fwd = Forward {
+                    proto,
+                    host,
+                    guest: SocketAddr::new(guest_ip, guest_port),
+                };
+                match self.add_forward(fwd) {
+                    Ok(id) => api::reply_ok(serde_json::json!({ "id": id })),
+                    Err(desc) => api::reply_error(&desc),
+                }
+            }
+            Request::ListHostfwd => api::reply_ok(self.forwards.list()),
+            Request::RemoveHostfwd { id } => {
+                if self.remove_forward(id) {
+                    api::reply_ok(serde_json::json!({}))
+                } else {
+                    api::reply_error("bad request: remove_hostfwd: bad arguments.id")
+                }
+            }
+            Request::ListConnections => api::reply_ok(self.connections_json()),
+            Request::GetStats => api::reply_ok(self.stats_json()),
+        }
+    }
+
+    fn connections_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let now_ms = self.now_ms();
+        let age = |born: Option<u64>| now_ms.saturating_sub(born.unwrap_or(now_ms)) as f64 / 1000.0;
+        let mut out = Vec::new();
+        for (idx, _, f) in self.tcp.iter() {
+            out.push(json!({
+                "proto": "tcp",
+                "state": match f.phase { Phase::Connecting => "connecting", Phase::Open => "open", Phase::Aborted => "aborted" },
+                "guest": f.guest.to_string(),
+                "remote": f.dst.to_string(),
+                "host": f.target.to_string(),
+                "bytes_from_guest": f.bytes_to_host,
+                "bytes_to_guest": f.bytes_to_guest,
+                "segments_from_guest": f.segments_from_guest,
+                "age_s": age(self.tcp.born_ms(idx)),
+            }));
+        }
+        for (idx, _, f) in self.udp.iter() {
+            let host = match &f.host {
+                UdpHost::Connected(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+                UdpHost::Forwarded { client, .. } => client.to_string(),
+            };
+            out.push(json!({
+                "proto": "udp",
+                "guest": f.guest.to_string(),
+                "remote": f.dst.to_string(),
+                "host": host,
+                "packets_from_guest": f.datagrams_out,
+                "packets_to_guest": f.datagrams_in,
+                "age_s": age(self.udp.born_ms(idx)),
+            }));
+        }
+        for (idx, _, f) in self.icmp.iter() {
+            out.push(json!({
+                "proto": "icmp",
+                "guest": f.guest.to_string(),
+                "remote": f.dst.to_string(),
+                "ident": f.ident,
+                "age_s": age(self.icmp.born_ms(idx)),
+            }));
+        }
+        json!({ "connections": out })
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let s = &self.stats;
+        let drops: serde_json::Map<String, serde_json::Value> = s
+            .drops
+            .iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        json!({
+            "frames_in": s.frames_in,
+            "bytes_in": s.bytes_in,
+            "frames_out": s.device.frames_out,
+            "bytes_out": s.device.bytes_out,
+            "tap_write_errors": s.device.write_errors,
+            "drops": drops,
+            "drops_total": s.drops.total(),
+            "flows": {
+                "tcp": self.tcp.len(),
+                "udp": self.udp.len(),
+                "icmp": self.icmp.len(),
+                "tcp_connecting": self.connecting,
+            },
+            "flows_total": {
+                "tcp": s.tcp_flows,
+                "udp": s.udp_flows,
+                "icmp": s.icmp_flows,
+            },
+            "forwards": self.forwards.len(),
+        })
     }
 
     // ---- ICMP ----
@@ -856,8 +1355,8 @@ impl Engine {
     }
 
     fn sweep(&mut self, now_ms: u64) {
-        for (_, mut flow) in self.udp.expire(now_ms, |f| f.idle_ms) {
-            let _ = self.poll.registry().deregister(&mut flow.sock);
+        for (_, flow) in self.udp.expire(now_ms, |f| f.idle_ms) {
+            self.release_udp(flow);
         }
         for (_, mut flow) in self.icmp.expire(now_ms, |_| icmp::IDLE_MS) {
             let _ = self.poll.registry().deregister(&mut flow.sock);
@@ -877,4 +1376,25 @@ fn start_connect(net: &NetConfig, target: SocketAddr) -> io::Result<mio::net::Tc
     Ok(mio::net::TcpStream::from_std(std::net::TcpStream::from(
         sock,
     )))
+}
+
+/// Open the host socket of a forward: a listening TCP socket or a bound UDP socket.
+fn open_forward(fwd: &Forward) -> io::Result<FwdSocket> {
+    let domain = socket2::Domain::for_address(fwd.host);
+    match fwd.proto {
+        Proto::Tcp => {
+            let s =
+                socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&fwd.host.into())?;
+            s.listen(1024)?;
+            Ok(FwdSocket::Tcp(mio::net::TcpListener::from_std(s.into())))
+        }
+        Proto::Udp => {
+            let s =
+                socket2::Socket::new(domain, socket2::Type::DGRAM.nonblocking().cloexec(), None)?;
+            s.bind(&fwd.host.into())?;
+            Ok(FwdSocket::Udp(mio::net::UdpSocket::from_std(s.into())))
+        }
+    }
 }

@@ -22,6 +22,7 @@ struct Entry<K, V> {
     key: K,
     value: V,
     last_ms: u64,
+    born_ms: u64,
 }
 
 /// Keyed flows with stable indices; see the module documentation.
@@ -67,6 +68,7 @@ impl<K: Hash + Eq + Copy, V> FlowTable<K, V> {
             key,
             value,
             last_ms: now_ms,
+            born_ms: now_ms,
         });
         self.index.insert(key, idx);
         Ok(idx)
@@ -82,6 +84,11 @@ impl<K: Hash + Eq + Copy, V> FlowTable<K, V> {
 
     pub fn key(&self, idx: usize) -> Option<&K> {
         self.slab.get(idx).map(|e| &e.key)
+    }
+
+    /// When the flow was created (the clock of [`insert`](Self::insert)).
+    pub fn born_ms(&self, idx: usize) -> Option<u64> {
+        self.slab.get(idx).map(|e| e.born_ms)
     }
 
     /// Record activity on a flow.

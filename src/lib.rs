@@ -11,9 +11,11 @@
 //! - [`tcp`], [`udp`], [`icmp`], [`dns`]: the proxies.
 //! - [`engine`]: the single-threaded event loop that drives it all.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dns;
 pub mod engine;
 pub mod fd;

@@ -163,16 +163,23 @@ pub fn tcp_buffer_size(mtu: usize) -> usize {
 /// no delayed ACK, no Nagle (the guest already coalesces), SYN-ACK held until the host side
 /// connects.
 pub fn new_tcp_socket(endpoint: IpListenEndpoint, buffer: usize) -> Option<tcp::Socket<'static>> {
+    let mut s = new_tcp_socket_unbound(buffer);
+    s.pause_synack(true);
+    s.listen(endpoint).ok()?;
+    Some(s)
+}
+
+/// A guest-facing TCP socket, tuned as [`new_tcp_socket`], not yet listening or connected
+/// (port forwards connect it to the guest).
+pub fn new_tcp_socket_unbound(buffer: usize) -> tcp::Socket<'static> {
     let rx = tcp::SocketBuffer::new(vec![0u8; buffer]);
     let tx = tcp::SocketBuffer::new(vec![0u8; buffer]);
     let mut s = tcp::Socket::new(rx, tx);
     s.set_ack_delay(None);
     s.set_nagle_enabled(false);
-    s.pause_synack(true);
     // A guest that stops acknowledging for this long is gone.
     s.set_timeout(Some(Duration::from_secs(120)));
-    s.listen(endpoint).ok()?;
-    Some(s)
+    s
 }
 
 /// An empty socket set.

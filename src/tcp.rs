@@ -83,6 +83,8 @@ pub struct TcpFlow<H> {
     pub guest_fin_seen: bool,
     pub bytes_to_host: u64,
     pub bytes_to_guest: u64,
+    /// Segments the guest sent on this flow.
+    pub segments_from_guest: u64,
     /// The guest's SYN (IPv4 header + 8 bytes), to quote in an ICMP error.
     pub syn_quote: [u8; 28],
     /// The guest's SYN sequence number (for a RST built without smoltcp).

@@ -26,9 +26,22 @@ pub const DNS_IDLE_MS: u64 = 10_000;
 /// Most bindings at once.
 pub const MAX_FLOWS: usize = 4096;
 
+/// The host side of a binding.
+pub enum UdpHost {
+    /// Outbound: our own socket, connected to the destination.
+    Connected(mio::net::UdpSocket),
+    /// Inbound through a port forward: replies leave through the forward's socket to `client`.
+    Forwarded {
+        /// Slab index and id of the forward (the id guards against a reused index).
+        fwd: usize,
+        id: u64,
+        client: SocketAddr,
+    },
+}
+
 /// One binding.
 pub struct UdpFlow {
-    pub sock: mio::net::UdpSocket,
+    pub host: UdpHost,
     /// The guest endpoint and the destination it sent to (the replies' source).
     pub guest: SocketAddrV4,
     pub dst: SocketAddrV4,
@@ -88,7 +101,7 @@ impl UdpFlow {
         }
         let sock = mio::net::UdpSocket::from_std(std::net::UdpSocket::from(sock));
         Ok(UdpFlow {
-            sock,
+            host: UdpHost::Connected(sock),
             guest,
             dst,
             idle_ms,

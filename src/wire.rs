@@ -275,8 +275,7 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
                 || info.dst.port() == 0
                 || (info.syn && (info.fin || info.rst))
                 || (info.rst && info.fin)
-                || (!info.syn && !info.rst && !info.ack)
-                || (info.syn && info.ack);
+                || (!info.syn && !info.rst && !info.ack);
             if nonsense {
                 Class::Drop(DropReason::TcpFlags)
             } else {
@@ -624,7 +623,7 @@ mod tests {
         for flags in [
             0x03, /* SYN|FIN */
             0x06, /* SYN|RST */
-            0x00, 0x05, 0x12,
+            0x00, 0x05, /* RST|FIN */
         ] {
             assert_eq!(
                 classify(&syn_frame(dst, flags), &LINK),
@@ -632,6 +631,11 @@ mod tests {
                 "flags {flags:#x}"
             );
         }
+        // SYN|ACK is legitimate (the guest answering a forwarded connection).
+        assert!(matches!(
+            classify(&syn_frame(dst, 0x12), &LINK),
+            Class::Tcp(_)
+        ));
         let zero_port = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), 0);
         assert_eq!(
             classify(&syn_frame(zero_port, 0x02), &LINK),

@@ -1,0 +1,311 @@
+//! The control protocol: slirp4netns's JSON API, parsed and answered without I/O.
+//!
+//! # Theory of operation
+//! A client connects to the UNIX socket, writes one JSON request (at most [`MAX_REQUEST`]
+//! bytes), shuts down its write side and reads one reply: `{"return":...}` or
+//! `{"error":{"desc":"..."}}`, serialized without spaces, then the server closes. The I/O side
+//! lives in `control`; this module only turns request bytes into a [`Request`] (or the exact
+//! error desc slirp4netns would give) and values into reply strings.
+//!
+//! Requests (slirp4netns's three, plus two of ours):
+//!
+//! | execute | arguments | return |
+//! |---|---|---|
+//! | `add_hostfwd` | proto, host_addr (default 0.0.0.0), host_port, guest_addr (default network+100), guest_port | `{"id":N}` |
+//! | `list_hostfwd` | - | `{"entries":[{id,proto,host_addr,host_port,guest_addr,guest_port}...]}` |
+//! | `remove_hostfwd` | id | `{}` |
+//! | `list_connections` | - | `{"connections":[...]}` (see `engine`) |
+//! | `get_stats` | - | counters (see `engine`) |
+//!
+//! `host_addr` may be IPv6 (`::`, `::1`) even for an IPv4 guest: slirp4netns refuses it, users
+//! publish on `[::]`. [`Forwards`] assigns ids from 1, increasing, never reused.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{Forward, Proto};
+
+/// Largest request accepted; slirp4netns reads into a 4096-byte buffer and refuses a full one.
+pub const MAX_REQUEST: usize = 4095;
+
+/// Error desc for a request that is too large.
+pub const TOO_LARGE: &str = "bad request: too large message";
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `add_hostfwd`; `guest` is `None` when guest_addr was not given.
+    AddHostfwd {
+        proto: Proto,
+        host: SocketAddr,
+        guest_addr: Option<IpAddr>,
+        guest_port: u16,
+    },
+    ListHostfwd,
+    RemoveHostfwd {
+        id: u64,
+    },
+    ListConnections,
+    GetStats,
+}
+
+fn port(v: Option<&Value>) -> Option<u16> {
+    let v = v?;
+    let n = v.as_u64().or_else(|| {
+        // slirp4netns's parser takes numbers as doubles; accept 8080.0, reject 8080.5.
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+            .map(|f| f as u64)
+    })?;
+    u16::try_from(n).ok().filter(|&p| p != 0)
+}
+
+fn addr(v: Option<&Value>) -> Result<Option<IpAddr>, ()> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| ()),
+        Some(_) => Err(()),
+    }
+}
+
+/// Parse one request; the error is the `desc` to reply with.
+pub fn parse(bytes: &[u8]) -> Result<Request, &'static str> {
+    if bytes.len() > MAX_REQUEST {
+        return Err(TOO_LARGE);
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|_| "bad request: cannot parse JSON")?;
+    let obj = v.as_object().ok_or("bad request: json_object() failed")?;
+    let execute = obj
+        .get("execute")
+        .and_then(Value::as_str)
+        .ok_or("bad request: no execute found")?;
+    let empty = Map::new();
+    let args = obj
+        .get("arguments")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    match execute {
+        "add_hostfwd" => {
+            let proto = match args.get("proto").and_then(Value::as_str) {
+                Some("tcp") => Proto::Tcp,
+                Some("udp") => Proto::Udp,
+                _ => return Err("bad request: add_hostfwd: bad arguments.proto"),
+            };
+            let host_addr = addr(args.get("host_addr"))
+                .map_err(|_| "bad request: add_hostfwd: bad arguments.host_addr")?
+                .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            let host_port = port(args.get("host_port"))
+                .ok_or("bad request: add_hostfwd: bad arguments.host_port")?;
+            let guest_addr = addr(args.get("guest_addr"))
+                .map_err(|_| "bad request: add_hostfwd: bad arguments.guest_addr")?;
+            let guest_port = port(args.get("guest_port"))
+                .ok_or("bad request: add_hostfwd: bad arguments.guest_port")?;
+            Ok(Request::AddHostfwd {
+                proto,
+                host: SocketAddr::new(host_addr, host_port),
+                guest_addr,
+                guest_port,
+            })
+        }
+        "list_hostfwd" => Ok(Request::ListHostfwd),
+        "remove_hostfwd" => {
+            let id = args
+                .get("id")
+                .and_then(|v| {
+                    v.as_u64().or_else(|| {
+                        v.as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                            .map(|f| f as u64)
+                    })
+                })
+                .ok_or("bad request: remove_hostfwd: bad arguments.id")?;
+            Ok(Request::RemoveHostfwd { id })
+        }
+        "list_connections" => Ok(Request::ListConnections),
+        "get_stats" => Ok(Request::GetStats),
+        _ => Err("bad request: unknown execute"),
+    }
+}
+
+/// A success reply.
+pub fn reply_ok(value: Value) -> String {
+    json!({ "return": value }).to_string()
+}
+
+/// An error reply.
+pub fn reply_error(desc: &str) -> String {
+    json!({ "error": { "desc": desc } }).to_string()
+}
+
+/// The JSON entry of one forward, as `list_hostfwd` shows it.
+pub fn forward_entry(id: u64, f: &Forward) -> Value {
+    json!({
+        "id": id,
+        "proto": f.proto.as_str(),
+        "host_addr": f.host.ip().to_string(),
+        "host_port": f.host.port(),
+        "guest_addr": f.guest.ip().to_string(),
+        "guest_port": f.guest.port(),
+    })
+}
+
+/// The registry of forwards: ids from 1, increasing, never reused.
+#[derive(Debug)]
+pub struct Forwards {
+    next_id: u64,
+    entries: BTreeMap<u64, Forward>,
+}
+
+impl Default for Forwards {
+    fn default() -> Self {
+        Forwards {
+            next_id: 1,
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl Forwards {
+    /// Whether a forward already uses this host endpoint and protocol.
+    pub fn conflicts(&self, f: &Forward) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.proto == f.proto && e.host == f.host)
+    }
+
+    /// Record a forward whose host socket is already open; returns its id.
+    pub fn add(&mut self, f: Forward) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.insert(id, f);
+        id
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<Forward> {
+        self.entries.remove(&id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Forward> {
+        self.entries.get(&id)
+    }
+
+    pub fn list(&self) -> Value {
+        let entries: Vec<Value> = self
+            .entries
+            .iter()
+            .map(|(id, f)| forward_entry(*id, f))
+            .collect();
+        json!({ "entries": entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_hostfwd_full_and_defaults() {
+        let r = parse(br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::AddHostfwd {
+                proto: Proto::Tcp,
+                host: "127.0.0.1:8080".parse().unwrap(),
+                guest_addr: Some("10.0.2.100".parse().unwrap()),
+                guest_port: 80
+            }
+        );
+        let r = parse(br#"{"execute":"add_hostfwd","arguments":{"proto":"udp","host_port":5353,"guest_port":53}}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::AddHostfwd {
+                proto: Proto::Udp,
+                host: "0.0.0.0:5353".parse().unwrap(),
+                guest_addr: None,
+                guest_port: 53
+            }
+        );
+        let r = parse(br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::","host_port":8080.0,"guest_port":80}}"#).unwrap();
+        assert!(
+            matches!(r, Request::AddHostfwd { host, .. } if host == "[::]:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn slirp_error_descs() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"{", "bad request: cannot parse JSON"),
+            (b"", "bad request: cannot parse JSON"),
+            (b"[1]", "bad request: json_object() failed"),
+            (b"{}", "bad request: no execute found"),
+            (br#"{"execute":7}"#, "bad request: no execute found"),
+            (br#"{"execute":"nope"}"#, "bad request: unknown execute"),
+            (br#"{"execute":"add_hostfwd","arguments":{"proto":"sctp","host_port":1,"guest_port":1}}"#, "bad request: add_hostfwd: bad arguments.proto"),
+            (br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"x","host_port":1,"guest_port":1}}"#, "bad request: add_hostfwd: bad arguments.host_addr"),
+            (br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":0,"guest_port":1}}"#, "bad request: add_hostfwd: bad arguments.host_port"),
+            (br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":70000,"guest_port":1}}"#, "bad request: add_hostfwd: bad arguments.host_port"),
+            (br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":"80","guest_port":1}}"#, "bad request: add_hostfwd: bad arguments.host_port"),
+            (br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":1,"guest_addr":"1.2.3","guest_port":1}}"#, "bad request: add_hostfwd: bad arguments.guest_addr"),
+            (br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":1}}"#, "bad request: add_hostfwd: bad arguments.guest_port"),
+            (br#"{"execute":"remove_hostfwd","arguments":{}}"#, "bad request: remove_hostfwd: bad arguments.id"),
+            (br#"{"execute":"remove_hostfwd","arguments":{"id":-1}}"#, "bad request: remove_hostfwd: bad arguments.id"),
+        ];
+        for (req, desc) in cases {
+            assert_eq!(parse(req), Err(*desc), "{}", String::from_utf8_lossy(req));
+        }
+        let big = vec![b' '; MAX_REQUEST + 1];
+        assert_eq!(parse(&big), Err(TOO_LARGE));
+    }
+
+    #[test]
+    fn replies_have_no_spaces() {
+        assert_eq!(reply_ok(json!({"id": 1})), r#"{"return":{"id":1}}"#);
+        assert_eq!(reply_ok(json!({})), r#"{"return":{}}"#);
+        assert_eq!(
+            reply_error("bad request: unknown execute"),
+            r#"{"error":{"desc":"bad request: unknown execute"}}"#
+        );
+    }
+
+    #[test]
+    fn ids_increase_and_are_never_reused() {
+        let mut f = Forwards::default();
+        let fwd = Forward {
+            proto: Proto::Tcp,
+            host: "0.0.0.0:8080".parse().unwrap(),
+            guest: "10.0.2.100:80".parse().unwrap(),
+        };
+        assert_eq!(f.add(fwd), 1);
+        assert!(f.conflicts(&fwd));
+        assert!(!f.conflicts(&Forward {
+            proto: Proto::Udp,
+            ..fwd
+        }));
+        assert_eq!(
+            f.add(Forward {
+                host: "0.0.0.0:8081".parse().unwrap(),
+                ..fwd
+            }),
+            2
+        );
+        assert!(f.remove(2).is_some());
+        assert!(f.remove(2).is_none());
+        assert_eq!(f.add(fwd), 3);
+        assert_eq!(
+            f.list().to_string(),
+            r#"{"entries":[{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80},{"id":3,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}]}"#
+        );
+    }
+}
