@@ -26,6 +26,7 @@ pub fn run(cmd: Command) -> i32 {
     let result = match cmd {
         Command::Daemon(args) => daemon(*args),
         Command::Run(args) => run_mode(*args),
+        Command::Ctl(args) => return crate::ctl::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -80,6 +80,31 @@ pub struct RunArgs {
 pub enum Command {
     Daemon(Box<DaemonArgs>),
     Run(Box<RunArgs>),
+    Ctl(Box<CtlArgs>),
+}
+
+/// `tapwire ctl --api-socket PATH [--json] ACTION`: a client of the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlArgs {
+    pub api_socket: PathBuf,
+    /// Print the raw JSON reply.
+    pub json: bool,
+    pub action: CtlAction,
+}
+
+/// What `tapwire ctl` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtlAction {
+    AddHostfwd {
+        publish: Publish,
+        guest_addr: Option<IpAddr>,
+    },
+    ListHostfwd,
+    RemoveHostfwd {
+        id: u64,
+    },
+    Connections,
+    Stats,
 }
 
 /// Parse argv (including argv[0]). On error or --help/--version the clap error is returned;
@@ -96,6 +121,12 @@ where
         .and_then(|f| f.to_str())
         .unwrap_or("tapwire")
         .to_owned();
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        args.remove(1);
+        let mut cmd = CtlCli::command().bin_name(format!("{bin} ctl"));
+        let cli = CtlCli::from_arg_matches(&cmd.try_get_matches_from_mut(args)?)?;
+        return Ok(Command::Ctl(Box::new(cli.into_args())));
+    }
     if args.get(1).is_some_and(|a| a == "run") {
         // Drop "run": clap parses the rest as the run command, named "tapwire run" in messages.
         args.remove(1);
@@ -123,7 +154,9 @@ PID is the process whose network namespace (and user namespace) to join; with
 
 Run mode: tapwire run [OPTIONS] [-- CMD [ARGS...]]
   runs CMD (default: $SHELL) in a new user+network namespace wired to tapwire.
-  See 'tapwire run --help'.";
+  See 'tapwire run --help'.
+
+Control client: tapwire ctl --api-socket PATH <add-hostfwd|list-hostfwd|remove-hostfwd|connections|stats>";
 
 /// `--netns-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -271,6 +304,69 @@ impl RunCli {
             publish: self.net.publish.clone(),
             net: self.net.into_config(),
             command: self.command,
+        }
+    }
+}
+
+/// `tapwire ctl`'s clap definition.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tapwire-ctl",
+    about = "Talk to a running tapwire (or slirp4netns) control socket",
+    override_usage = "tapwire ctl --api-socket PATH [--json] <COMMAND>"
+)]
+struct CtlCli {
+    /// The daemon's --api-socket
+    #[arg(short = 'a', long, value_name = "PATH")]
+    api_socket: PathBuf,
+
+    /// Print the raw JSON reply
+    #[arg(long)]
+    json: bool,
+
+    #[command(subcommand)]
+    action: CtlSub,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CtlSub {
+    /// Forward a host port to the guest: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]
+    AddHostfwd {
+        #[arg(value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]", value_parser = parse_publish)]
+        spec: Publish,
+        /// Guest address (default: the guest's, network+100)
+        #[arg(long, value_name = "IP")]
+        guest_addr: Option<IpAddr>,
+    },
+    /// List forwards
+    ListHostfwd,
+    /// Remove a forward by id
+    RemoveHostfwd {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// List active flows (tapwire only)
+    Connections,
+    /// Show counters (tapwire only)
+    Stats,
+}
+
+impl CtlCli {
+    fn into_args(self) -> CtlArgs {
+        let action = match self.action {
+            CtlSub::AddHostfwd { spec, guest_addr } => CtlAction::AddHostfwd {
+                publish: spec,
+                guest_addr,
+            },
+            CtlSub::ListHostfwd => CtlAction::ListHostfwd,
+            CtlSub::RemoveHostfwd { id } => CtlAction::RemoveHostfwd { id },
+            CtlSub::Connections => CtlAction::Connections,
+            CtlSub::Stats => CtlAction::Stats,
+        };
+        CtlArgs {
+            api_socket: self.api_socket,
+            json: self.json,
+            action,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod dns;
 pub mod engine;
 pub mod fd;
