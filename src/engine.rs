@@ -43,6 +43,7 @@ use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 use crate::api::{self, Forwards, Request};
 use crate::config::{Forward, NetConfig, Proto};
 use crate::control::{Control, Readiness};
+use crate::dhcp::{DhcpError, DhcpServer};
 use crate::dns::Resolver;
 use crate::flow::FlowTable;
 use crate::icmp::{self, IcmpFlow};
@@ -147,6 +148,7 @@ pub struct Engine {
     l2: L2,
     nat: Nat,
     resolver: Resolver,
+    dhcp: DhcpServer,
     tcp: FlowTable<TcpKey, TcpFlow<mio::net::TcpStream>>,
     udp: FlowTable<TcpKey, UdpFlow>,
     icmp: FlowTable<(Ipv4Addr, Ipv4Addr, u16), IcmpFlow>,
@@ -246,6 +248,7 @@ impl Engine {
                 dst: [0xff; 6],
             },
             nat: Nat::new(&net),
+            dhcp: DhcpServer::new(&net),
             resolver: Resolver::new("/etc/resolv.conf"),
             tcp: FlowTable::new(MAX_TCP_FLOWS),
             udp: FlowTable::new(udp::MAX_FLOWS),
@@ -416,6 +419,7 @@ impl Engine {
             Class::Tcp(info) => self.tcp_from_guest(&info, frame),
             Class::Udp(u) => self.udp_from_guest(&u, frame),
             Class::Echo(e) => self.echo_from_guest(&e),
+            Class::Dhcp(msg) => self.dhcp_from_guest(msg),
         }
     }
 
@@ -694,6 +698,22 @@ impl Engine {
             to_host = flow.bytes_to_host, to_guest = flow.bytes_to_guest,
             "tcp flow closed"
         );
+    }
+
+    // ---- DHCP ----
+
+    fn dhcp_from_guest(&mut self, msg: &[u8]) {
+        let now_s = self.now_ms() / 1000;
+        match self.dhcp.handle(msg, now_s, &mut self.out[UDP_PAYLOAD..]) {
+            Ok(len) => {
+                let server = self.net.gateway();
+                if let Some(n) = wire::finish_dhcp(&mut self.out, self.link.mac, server, len) {
+                    self.send_out(n);
+                }
+            }
+            Err(DhcpError::Malformed) => self.stats.drops.bump(DropReason::Dhcp),
+            Err(DhcpError::Ignored) => {}
+        }
     }
 
     // ---- UDP ----

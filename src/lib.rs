@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod dhcp;
 pub mod dns;
 pub mod engine;
 pub mod fd;

@@ -66,6 +66,8 @@ pub enum DropReason {
     Address,
     /// Nonsensical TCP flag combination, or a zero port.
     TcpFlags,
+    /// Malformed DHCP request.
+    Dhcp,
     /// IP protocol we do not proxy.
     Protocol,
     /// ICMP other than echo request.
@@ -78,7 +80,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// All reasons, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Truncated,
         DropReason::NotOurMac,
         DropReason::Ethertype,
@@ -89,6 +91,7 @@ impl DropReason {
         DropReason::Fragment,
         DropReason::Address,
         DropReason::TcpFlags,
+        DropReason::Dhcp,
         DropReason::Protocol,
         DropReason::Icmp,
         DropReason::Ipv6,
@@ -108,6 +111,7 @@ impl DropReason {
             DropReason::Fragment => "fragment",
             DropReason::Address => "address",
             DropReason::TcpFlags => "tcp_flags",
+            DropReason::Dhcp => "dhcp",
             DropReason::Protocol => "protocol",
             DropReason::Icmp => "icmp",
             DropReason::Ipv6 => "ipv6",
@@ -187,6 +191,8 @@ pub enum Class<'a> {
     Tcp(TcpInfo),
     Udp(UdpInfo<'a>),
     Echo(EchoInfo<'a>),
+    /// A DHCP request (UDP 68 -> 67); the payload.
+    Dhcp(&'a [u8]),
     Drop(DropReason),
 }
 
@@ -248,7 +254,11 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
         return Class::Drop(DropReason::Fragment);
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    if !unicast(src) || !unicast(dst) || src.is_loopback() || dst.is_loopback() {
+    // DHCP comes from 0.0.0.0 to the broadcast address; checked with the UDP ports below.
+    let maybe_dhcp = ip.next_header() == IpProtocol::Udp
+        && (src.is_unspecified() || unicast(src))
+        && (dst.is_broadcast() || dst == link.gateway);
+    if !maybe_dhcp && (!unicast(src) || !unicast(dst) || src.is_loopback() || dst.is_loopback()) {
         return Class::Drop(DropReason::Address);
     }
     let (src_ip, dst_ip) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
@@ -289,14 +299,18 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
             if udp.checksum() != 0 && !udp.verify_checksum(&src_ip, &dst_ip) {
                 return Class::Drop(DropReason::Checksum);
             }
-            if udp.src_port() == 0 || udp.dst_port() == 0 {
+            let len = usize::from(udp.len());
+            let payload = body.get(8..len).unwrap_or(&[]);
+            if maybe_dhcp && udp.src_port() == 68 && udp.dst_port() == 67 {
+                return Class::Dhcp(payload);
+            }
+            if !unicast(src) || !unicast(dst) || udp.src_port() == 0 || udp.dst_port() == 0 {
                 return Class::Drop(DropReason::Address);
             }
-            let len = usize::from(udp.len());
             Class::Udp(UdpInfo {
                 src: SocketAddrV4::new(src, udp.src_port()),
                 dst: SocketAddrV4::new(dst, udp.dst_port()),
-                payload: body.get(8..len).unwrap_or(&[]),
+                payload,
             })
         }
         IpProtocol::Icmp => {
@@ -417,6 +431,28 @@ pub fn finish_udp(
     }
     udp[6..8].copy_from_slice(&c.to_be_bytes());
     finish_ipv4(frame, l2, *src.ip(), *dst.ip(), 17, udp_len, ident)
+}
+
+/// Complete a DHCP reply (payload of `len` bytes at `frame[UDP_PAYLOAD..]`) broadcast from
+/// `server`:67 to 255.255.255.255:68, Ethernet broadcast.
+pub fn finish_dhcp(
+    frame: &mut [u8],
+    our_mac: [u8; 6],
+    server: Ipv4Addr,
+    len: usize,
+) -> Option<usize> {
+    let l2 = L2 {
+        src: our_mac,
+        dst: [0xff; 6],
+    };
+    finish_udp(
+        frame,
+        &l2,
+        SocketAddrV4::new(server, 67),
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+        len,
+        0,
+    )
 }
 
 /// Complete an ICMP echo reply whose message (`len` bytes, header included, as a host ICMP
@@ -655,6 +691,38 @@ mod tests {
         let mut f = syn_frame(dst, 0x02);
         f[ICMP_OFFSET + 4] ^= 1;
         assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Checksum));
+    }
+
+    #[test]
+    fn dhcp_from_unconfigured_guest() {
+        let mut f = vec![0u8; UDP_PAYLOAD + 300];
+        let n = finish_udp(
+            &mut f,
+            &L2 {
+                src: GUEST_MAC,
+                dst: [0xff; 6],
+            },
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+            300,
+            1,
+        )
+        .unwrap();
+        assert!(matches!(classify(&f[..n], &LINK), Class::Dhcp(p) if p.len() == 300));
+        // Other broadcast UDP is still dropped.
+        let n = finish_udp(
+            &mut f,
+            &L2 {
+                src: GUEST_MAC,
+                dst: [0xff; 6],
+            },
+            SocketAddrV4::new(GUEST, 5000),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 5000),
+            300,
+            1,
+        )
+        .unwrap();
+        assert_eq!(classify(&f[..n], &LINK), Class::Drop(DropReason::Address));
     }
 
     #[test]
