@@ -765,3 +765,847 @@ fn help_lists_every_flag() {
         "--version: {v}"
     );
 }
+
+// ---- 15. --outbound-addr ---------------------------------------------------------------------
+
+/// A second address on the host side of the peer veth, for `--outbound-addr`.
+const OUTBOUND_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 168, 77, 11);
+
+/// Peer-side TCP server: accept one connection and send back the peer address it saw.
+fn serve_tcp_whoami(l: std::net::TcpListener) -> Task<SocketAddr> {
+    task("tcp-whoami", move || {
+        let (mut s, from) = accept_timeout(&l, SETUP_TIMEOUT).expect("whoami accept");
+        s.write_all(from.to_string().as_bytes()).unwrap();
+        from
+    })
+}
+
+/// Peer-side UDP server: answer every datagram with the source address it came from, until
+/// 3 s pass without one.
+fn serve_udp_whoami(sock: std::net::UdpSocket) -> Task<Vec<SocketAddr>> {
+    task("udp-whoami", move || {
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = sock.recv_from(&mut buf) {
+            sock.send_to(from.to_string().as_bytes(), from).unwrap();
+            seen.push(from);
+        }
+        seen
+    })
+}
+
+/// Guest: connect to `target`, read what the whoami server says (the source it saw).
+fn tcp_whoami(guest: &Guest, target: SocketAddr) -> SocketAddr {
+    let mut c = guest
+        .connect(target, SETUP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("guest connect {target}: {e}"));
+    let mut got = String::new();
+    c.read_to_string(&mut got).expect("read whoami answer");
+    got.parse()
+        .unwrap_or_else(|e| panic!("whoami answer {got:?}: {e}"))
+}
+
+/// Guest: send a datagram to `target` (3 tries), return the source the server saw.
+fn udp_whoami(guest: &Guest, target: SocketAddr) -> Option<SocketAddr> {
+    let s = guest.udp_to(target);
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 128];
+    for _ in 0..3 {
+        s.send(b"who am i").expect("guest udp send");
+        if let Ok(n) = s.recv(&mut buf) {
+            let txt = String::from_utf8_lossy(&buf[..n]).into_owned();
+            return Some(
+                txt.parse()
+                    .unwrap_or_else(|e| panic!("answer {txt:?}: {e}")),
+            );
+        }
+    }
+    None
+}
+
+#[test]
+fn outbound_addr_sets_source() {
+    if !preflight(&[]) {
+        return;
+    }
+    let host = HostNs::new();
+    let peer = host.peer();
+    // A secondary address: without --outbound-addr the kernel would pick 192.168.77.1.
+    host.sh(&format!("ip addr add {OUTBOUND_ADDR}/24 dev twhost0"))
+        .ok();
+    let guest = host.guest();
+    let arg = format!("--outbound-addr={OUTBOUND_ADDR}");
+    let _d = Daemon::with_args(&host, &guest, &[&arg]);
+    let peer_at = |p| SocketAddr::from(SocketAddrV4::new(PEER_ADDR, p));
+
+    let server = serve_tcp_whoami(peer.listen(20140));
+    let said = tcp_whoami(&guest, peer_at(20140));
+    let from = server.join(SETUP_TIMEOUT);
+    assert_eq!(said, from);
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(OUTBOUND_ADDR),
+        "TCP source seen by the peer with {arg}"
+    );
+
+    let server = serve_udp_whoami(peer.udp(20141));
+    let said = udp_whoami(&guest, peer_at(20141)).expect("no UDP answer from the peer");
+    assert_eq!(
+        said.ip(),
+        std::net::IpAddr::V4(OUTBOUND_ADDR),
+        "UDP source seen by the peer with {arg}"
+    );
+    assert!(server
+        .join(SETUP_TIMEOUT)
+        .iter()
+        .all(|a| a.ip() == said.ip()));
+
+    // The gateway (host loopback) still works. tapwire does not bind loopback targets to the
+    // outbound address, so the host's listener sees a loopback source (slirp4netns binds them
+    // too: its listener sees 192.168.77.11).
+    let server = serve_tcp_whoami(host.listen(20142));
+    let said = tcp_whoami(&guest, gw(20142));
+    server.join(SETUP_TIMEOUT);
+    if testing_tapwire() {
+        assert!(
+            said.ip().is_loopback(),
+            "host loopback listener saw {said} with {arg} (loopback targets must not be bound)"
+        );
+    }
+}
+
+#[test]
+fn outbound_addr_interface() {
+    if !preflight(&[]) {
+        return;
+    }
+    let host = HostNs::new();
+    let peer = host.peer();
+    // A second test host only reachable through another interface (twhost1).
+    let far = std::net::Ipv4Addr::new(192, 168, 78, 2);
+    let peer2 = host.peer_link("twhost1", "twpeer1", [192, 168, 78, 1].into(), far);
+    let guest = host.guest();
+    let _d = Daemon::with_args(&host, &guest, &["--outbound-addr=twhost0"]);
+
+    // Through twhost0: works, TCP and UDP.
+    let server = serve_tcp_whoami(peer.listen(20150));
+    let said = tcp_whoami(&guest, SocketAddrV4::new(PEER_ADDR, 20150).into());
+    server.join(SETUP_TIMEOUT);
+    assert_eq!(said.ip(), std::net::IpAddr::V4(PEER_HOST_ADDR));
+    let server = serve_udp_whoami(peer.udp(20151));
+    let said = udp_whoami(&guest, SocketAddrV4::new(PEER_ADDR, 20151).into());
+    server.join(SETUP_TIMEOUT);
+    assert_eq!(
+        said.map(|a| a.ip()),
+        Some(std::net::IpAddr::V4(PEER_HOST_ADDR)),
+        "UDP to the peer with --outbound-addr=twhost0"
+    );
+
+    // The gateway (host loopback) still works; tapwire does not bind loopback targets to
+    // twhost0 (slirp4netns binds them to its address: the listener sees 192.168.77.1).
+    let server = serve_tcp_whoami(host.listen(20154));
+    let said = tcp_whoami(&guest, gw(20154));
+    server.join(SETUP_TIMEOUT);
+    if testing_tapwire() {
+        assert!(said.ip().is_loopback(), "host loopback saw {said}");
+    }
+
+    // tapwire binds host sockets to the interface (SO_BINDTODEVICE). slirp4netns instead binds
+    // them to the interface's address, so its traffic may still leave through another interface.
+    if !testing_tapwire() {
+        return;
+    }
+    // The host itself reaches the second peer (through twhost1)...
+    let l2 = peer2.listen(20152);
+    let direct = host.in_ns(|| {
+        std::net::TcpStream::connect_timeout(&SocketAddrV4::new(far, 20152).into(), SETUP_TIMEOUT)
+    });
+    assert!(direct.is_ok(), "host ns cannot reach {far}: {direct:?}");
+    drop(direct);
+    accept_timeout(&l2, SETUP_TIMEOUT).expect("accept the host's own connection");
+    // ...but sockets bound to twhost0 cannot.
+    let start = Instant::now();
+    let r = guest.connect(SocketAddrV4::new(far, 20152), Duration::from_secs(10));
+    let took = start.elapsed();
+    assert!(
+        r.is_err(),
+        "guest reached {far} (only routed via twhost1) with --outbound-addr=twhost0"
+    );
+    eprintln!(
+        "connect to {far} bound to twhost0: {:?} after {took:?}",
+        r.err()
+    );
+    l2.set_nonblocking(true).unwrap();
+    assert!(
+        l2.accept().is_err(),
+        "{far} accepted a connection from the guest with --outbound-addr=twhost0"
+    );
+    let u2 = peer2.udp(20153);
+    let g = guest.udp_to(SocketAddrV4::new(far, 20153));
+    g.send(b"must not arrive").unwrap();
+    u2.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        u2.recv_from(&mut buf).is_err(),
+        "UDP reached {far} with --outbound-addr=twhost0"
+    );
+}
+
+// ---- 16. ICMP echo proxied to a remote host ------------------------------------------------
+
+fn ping_cmd() -> Option<&'static str> {
+    if which("ping").is_some() {
+        Some("ping")
+    } else if which("busybox").is_some() {
+        Some("busybox ping")
+    } else {
+        None
+    }
+}
+
+fn received(out: &Out, n: u32) -> bool {
+    out.stdout.contains(&format!(" {n} packets received"))
+        || out.stdout.contains(&format!(" {n} received"))
+}
+
+const PING_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+#[test]
+fn ping_proxied_to_peer() {
+    if !preflight(&["sysctl"]) {
+        return;
+    }
+    let Some(ping) = ping_cmd() else {
+        skip("neither ping (iputils-ping) nor busybox is installed");
+        return;
+    };
+    // The setting is per network namespace: the machine's value must not change.
+    let machine_before = std::fs::read_to_string(PING_RANGE).unwrap();
+    let world = |range: &str| {
+        let host = HostNs::new();
+        let peer = host.peer();
+        host.sh(&format!("sysctl -w net.ipv4.ping_group_range='{range}'"))
+            .ok();
+        let now = host.sh(&format!("cat {PING_RANGE}")).ok().stdout;
+        assert_eq!(
+            now.split_whitespace().collect::<Vec<_>>(),
+            range.split_whitespace().collect::<Vec<_>>()
+        );
+        let guest = host.guest();
+        (host, peer, guest)
+    };
+
+    // ICMP sockets allowed: echo requests to the peer are proxied and answered.
+    let (host, _peer, guest) = world("0 2147483647");
+    let _d = Daemon::with_args(&host, &guest, &[]);
+    let out = guest.sh(
+        &format!("{ping} -c 3 -i 0.2 -W 2 {PEER_ADDR}"),
+        Duration::from_secs(15),
+    );
+    assert!(
+        out.success() && received(&out, 3),
+        "ping the peer with ping_group_range 0..2^31-1: {out}"
+    );
+    drop(_d);
+    drop((guest, _peer, host));
+
+    // ICMP sockets refused: no replies from the peer, but the gateway still answers (locally).
+    // (slirp4netns falls back to a raw ICMP socket when it has CAP_NET_RAW, as it does here;
+    // tapwire never uses raw sockets.)
+    let (host, _peer, guest) = world("1 0");
+    let _d = Daemon::with_args(&host, &guest, &[]);
+    if testing_tapwire() {
+        let out = guest.sh(
+            &format!("{ping} -c 3 -i 0.2 -W 1 {PEER_ADDR}"),
+            Duration::from_secs(15),
+        );
+        assert!(
+            !out.success() && received(&out, 0),
+            "ping the peer with ping_group_range '1 0' must get no reply: {out}"
+        );
+    }
+    let out = guest.sh(
+        &format!("{ping} -c 3 -i 0.2 -W 2 10.0.2.2"),
+        Duration::from_secs(15),
+    );
+    assert!(
+        out.success() && received(&out, 3),
+        "ping 10.0.2.2 with ping_group_range '1 0': {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(PING_RANGE).unwrap(),
+        machine_before,
+        "the machine's ping_group_range changed"
+    );
+}
+
+// ---- 17. UDP datagrams bigger than the MTU ---------------------------------------------------
+
+/// Host-side server: a datagram "N" is answered with N pseudo-random bytes (seed N).
+fn serve_udp_big_replies(sock: std::net::UdpSocket) -> Task<usize> {
+    task("udp-big-replies", move || {
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while let Ok((k, from)) = sock.recv_from(&mut buf) {
+            let size: usize = String::from_utf8_lossy(&buf[..k]).parse().unwrap();
+            sock.send_to(&random_bytes(size, size as u64), from)
+                .unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+#[test]
+fn udp_large_datagram_fragmented() {
+    if !preflight(&[]) {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let _d = Daemon::with_args(&host, &guest, &[]);
+    check_configured(&guest, "10.0.2.100/24", "10.0.2.2", 1500);
+    // Host -> guest: replies above the MTU are fragmented by the daemon and reassembled by the
+    // guest's kernel (DNS with large EDNS answers, QUIC, game servers).
+    let server = serve_udp_big_replies(host.udp(20160));
+    let mut buf = vec![0u8; 70_000];
+    for size in [1473usize, 4000, 8000, 65_507] {
+        // One socket per size, so a late reply to an earlier try cannot be mistaken.
+        let s = guest.udp_to(gw(20160));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let want = random_bytes(size, size as u64);
+        let mut got = None;
+        for _ in 0..3 {
+            s.send(size.to_string().as_bytes()).unwrap();
+            if let Ok(k) = s.recv(&mut buf) {
+                got = Some(k);
+                break;
+            }
+        }
+        let k = got.unwrap_or_else(|| panic!("no {size} B reply reached the guest (3 tries)"));
+        assert_eq!(k, size, "size of the reply datagram");
+        assert_eq!(
+            sha256_hex(&buf[..k]),
+            sha256_hex(&want),
+            "{size} B reply corrupted"
+        );
+    }
+    assert!(server.join(SETUP_TIMEOUT) >= 4);
+    // Guest -> host above the MTU: the guest's kernel fragments and the daemon drops IPv4
+    // fragments, so this does not work (see udp_large_datagram_from_guest). Only report it.
+    let echo = serve_udp_echo(host.udp(20161), Duration::from_secs(2));
+    let s = guest.udp_to(gw(20161));
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.send(&random_bytes(4000, 4)).unwrap();
+    let r = s.recv(&mut buf);
+    eprintln!(
+        "guest->host 4000 B datagram at MTU 1500: {}",
+        match r {
+            Ok(k) => format!("echoed ({k} B)"),
+            Err(e) => format!("not echoed ({e})"),
+        }
+    );
+    echo.join(SETUP_TIMEOUT);
+}
+
+/// Guest -> host datagrams above the MTU. The guest's kernel sends them as IPv4 fragments,
+/// which the daemon drops (slirp4netns reassembles them). Ignored until fragment reassembly
+/// exists: `cargo test --release --test tap_mode -- --ignored udp_large_datagram_from_guest`.
+#[test]
+#[ignore = "the daemon drops IPv4 fragments from the guest (no reassembly yet)"]
+fn udp_large_datagram_from_guest() {
+    if !preflight(&[]) {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let _d = Daemon::with_args(&host, &guest, &[]);
+    let server = serve_udp_echo(host.udp(20165), Duration::from_secs(3));
+    check_udp_echo(&guest, gw(20165), &[1472, 1473, 4000, 8000, 65_507]);
+    server.join(SETUP_TIMEOUT);
+}
+
+// ---- 18. addresses nobody answers for ------------------------------------------------------
+
+#[test]
+fn unreachable_in_virtual_network() {
+    if !preflight(&[]) {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let _d = Daemon::with_args(&host, &guest, &[]);
+
+    // Another address in the virtual network: nobody answers ARP for it, so the guest's kernel
+    // gives up (EHOSTUNREACH after ~3 s of ARP) or the connect times out.
+    let target = SocketAddr::from(([10, 0, 2, 50], 80));
+    let start = Instant::now();
+    let r = guest.connect(target, Duration::from_secs(10));
+    let took = start.elapsed();
+    let err = r.expect_err("connect to 10.0.2.50:80 must fail");
+    assert!(
+        err.raw_os_error() == Some(libc::EHOSTUNREACH) || err.kind() == ErrorKind::TimedOut,
+        "connect {target}: want EHOSTUNREACH or a timeout, got {err}"
+    );
+    assert!(took < Duration::from_secs(11), "failure took {took:?}");
+    eprintln!("connect {target}: {err} after {took:?}");
+
+    // No route on the host: the host's ENETUNREACH becomes ICMP net unreachable, at once.
+    let target = SocketAddr::from(([192, 168, 99, 1], 80));
+    let start = Instant::now();
+    let err = guest
+        .connect(target, Duration::from_secs(5))
+        .expect_err("connect to 192.168.99.1:80 must fail (no route in the host ns)");
+    let took = start.elapsed();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENETUNREACH),
+        "connect {target}: want ENETUNREACH, got {err}"
+    );
+    assert!(took < Duration::from_secs(2), "ENETUNREACH took {took:?}");
+
+    // UDP to the unroutable address is dropped quietly; the daemon keeps serving.
+    let u = guest.udp_to(target);
+    let _ = u.send(b"nowhere");
+    check_upload(&guest, host.listen(20170), gw(20170), &random_bytes(MB, 17));
+}
+
+// ---- 19. hostile frames from the guest ------------------------------------------------------
+
+/// Python helpers for crafting frames on the guest's tap0 (AF_PACKET; the guest is root of its
+/// own user namespace). `send()` paces itself so the TAP queue (500 frames) does not overflow.
+const PY_FRAMES: &str = r#"
+import random, socket, struct, sys, time
+GW, DNS, GUEST = '10.0.2.2', '10.0.2.3', '10.0.2.100'
+DMAC = bytes.fromhex('52550a000202')
+BCAST = b'\xff' * 6
+def aton(a):
+    return socket.inet_aton(a)
+def csum(b):
+    if len(b) % 2:
+        b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def eth(payload, etype=0x0800, dst=None, src=None):
+    return (dst or DMAC) + (src or MYMAC) + struct.pack('!H', etype) + payload
+def ip(proto, body, src=GUEST, dst=GW, ident=1, frag=0, opts=b'', tot=None, ihl=None, ver=4,
+       ttl=64, good=True):
+    hl = ihl if ihl is not None else 5 + len(opts) // 4
+    t = tot if tot is not None else 20 + len(opts) + len(body)
+    h = struct.pack('!BBHHHBBH4s4s', (ver << 4) | (hl & 15), 0, t & 0xffff, ident, frag, ttl,
+                    proto, 0, aton(src), aton(dst)) + opts
+    c = csum(h) ^ (0 if good else 0x1234)
+    return h[:10] + struct.pack('!H', c) + h[12:] + body
+def l4sum(proto, src, dst, seg):
+    return csum(aton(src) + aton(dst) + struct.pack('!BBH', 0, proto, len(seg)) + seg)
+def tcp(sport, dport, flags, src=GUEST, dst=GW, seq=1000, ack=0, opts=b'', data=b'', doff=None,
+        good=True, win=64240):
+    d = doff if doff is not None else 5 + len(opts) // 4
+    h = struct.pack('!HHIIBBHHH', sport, dport, seq, ack, (d & 15) << 4, flags, win, 0, 0)
+    h += opts + data
+    c = l4sum(6, src, dst, h) ^ (0 if good else 0x0f0f)
+    return h[:16] + struct.pack('!H', c) + h[18:]
+def udp(sport, dport, data, src=GUEST, dst=GW, length=None, good=True, zero=False):
+    l = length if length is not None else 8 + len(data)
+    h = struct.pack('!HHHH', sport, dport, l & 0xffff, 0) + data
+    c = 0 if zero else ((l4sum(17, src, dst, h) or 0xffff) ^ (0 if good else 0x0f0f))
+    return h[:6] + struct.pack('!H', c) + h[8:]
+def icmp(typ, code, rest=b'\0\0\0\0', data=b'', good=True):
+    m = struct.pack('!BBH', typ, code, 0) + rest + data
+    c = csum(m) ^ (0 if good else 0x0101)
+    return m[:2] + struct.pack('!H', c) + m[4:]
+tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+tx.bind(('tap0', 0))
+MYMAC = tx.getsockname()[4]
+sent = failed = nbytes = 0
+errors = {}
+def send(f):
+    global sent, failed, nbytes
+    try:
+        tx.send(f)
+        sent += 1
+        nbytes += len(f)
+    except OSError as e:
+        failed += 1
+        errors[e.strerror] = errors.get(e.strerror, 0) + 1
+    if (sent + failed) % 50 == 0:
+        time.sleep(0.003)
+"#;
+
+/// ~2000 malformed or hostile frames. argv: seed, a listening host port, a closed host port.
+const PY_GARBAGE: &str = r#"
+R = random.Random(int(sys.argv[1]))
+LPORT, CLOSED = int(sys.argv[2]), int(sys.argv[3])
+def rb(n):
+    return bytes(R.getrandbits(8) for _ in range(n))
+DSTS = [GW, DNS, '10.0.2.50', '10.0.2.255', '255.255.255.255', '224.0.0.1', '0.0.0.0',
+        '127.0.0.1', GUEST, '10.0.3.1']
+F = []
+# random bytes (to our MAC, or broadcast)
+for i in range(250):
+    f = bytearray(rb(R.randrange(14, 1515)))
+    f[0:6] = DMAC if i % 5 else BCAST
+    F.append(bytes(f))
+# odd ethertypes (incl. VLAN, MPLS, LLDP, IPv6, ARP and IPv4 with random payloads)
+for i in range(150):
+    et = R.choice([0x0000, 0x05dc, 0x0600, 0x8100, 0x88a8, 0x88cc, 0x8847, 0x86dd, 0x0806,
+                   0x0800, 0xffff, R.randrange(65536)])
+    F.append(eth(rb(R.randrange(0, 1500)), et))
+# ARP: truncated, odd operations and lengths, non-unicast or foreign senders
+def arp(op, sha, spa, tpa, hlen=6, plen=4):
+    return struct.pack('!HHBBH', 1, 0x0800, hlen, plen, op) + sha + aton(spa) + b'\0' * 6 + aton(tpa)
+for i in range(100):
+    k = i % 5
+    if k == 0:
+        body = rb(R.randrange(0, 28))
+    elif k == 1:
+        body = arp(R.choice([0, 3, 4, 0xffff]), MYMAC, GUEST, GW)
+    elif k == 2:
+        body = arp(1, MYMAC, GUEST, GW, hlen=R.choice([0, 4, 8, 255]), plen=R.choice([0, 6, 16]))
+    elif k == 3:
+        # Other (non-guest) senders: claiming the guest's own address with another MAC would
+        # legitimately redirect the gateway's replies, as on any LAN.
+        body = arp(1, rb(6), '10.0.2.%d' % R.randrange(101, 250), R.choice([GW, DNS]))
+    else:
+        body = arp(1, MYMAC, R.choice(['0.0.0.0', '255.255.255.255', '10.0.3.1', '224.0.0.1']), GW)
+    F.append(eth(body, 0x0806, dst=BCAST if i % 2 else DMAC))
+# broken IPv4 headers
+for i in range(200):
+    k = i % 8
+    body = udp(40000 + i, 7, b'x' * 10)
+    if k == 0:
+        p = rb(R.randrange(0, 20))
+    elif k == 1:
+        p = ip(17, body, ver=R.choice([0, 5, 6, 15]))
+    elif k == 2:
+        p = ip(17, body, ihl=R.randrange(0, 5))
+    elif k == 3:
+        p = ip(17, body, ihl=15)
+    elif k == 4:
+        p = ip(17, body, tot=R.choice([65535, 1500, 200, 39]))
+    elif k == 5:
+        p = ip(17, body, tot=R.randrange(0, 20))
+    elif k == 6:
+        p = ip(17, body, good=False)
+    else:
+        p = ip(17, body, ttl=0)
+    F.append(eth(p))
+# IPv4 options (valid checksums)
+for i in range(100):
+    opts = rb(4 * R.randrange(1, 11))
+    body = [tcp(41000 + i, CLOSED, 0x02), udp(41000 + i, CLOSED, b'opt'),
+            icmp(8, 0, b'\x12\x34\0\1', b'ping')][i % 3]
+    F.append(eth(ip([6, 17, 1][i % 3], body, opts=opts)))
+# fragments (valid checksums): first, middle, last, DF+MF, reserved bit, past 64 KiB
+for i in range(150):
+    k = i % 6
+    payload = udp(42000 + i, 7, rb(R.randrange(8, 1000)))
+    frag = [0x2000, 0x2000 | R.randrange(1, 0x1fff), R.randrange(1, 0x2000), 0x6000, 0xa000,
+            0x1fff][k]
+    if k in (0, 1, 3):
+        payload = payload[:8 * R.randrange(1, 20)]
+    F.append(eth(ip(17, payload, frag=frag, ident=i)))
+# TCP: truncated headers, bad data offsets, bad checksums
+for i in range(120):
+    F.append(eth(ip(6, tcp(43000 + i, CLOSED, 0x02)[:R.randrange(0, 20)])))
+for i in range(60):
+    F.append(eth(ip(6, tcp(43200 + i, CLOSED, 0x02, doff=R.choice([0, 1, 4, 6, 15])))))
+for i in range(60):
+    F.append(eth(ip(6, tcp(43300 + i, LPORT, 0x02, good=False))))
+# every flag combination (SYN+FIN, SYN+RST, no flags, all flags...), random seq/ack, data
+for fl in range(256):
+    F.append(eth(ip(6, tcp(44000 + fl, R.choice([CLOSED, LPORT]), fl, seq=R.getrandbits(32),
+                           ack=R.getrandbits(32), data=rb(R.randrange(0, 64))))))
+# SYNs with malformed options to a listening port (smoltcp parses them)
+BAD_OPTS = [b'\x02\x00\x00\x00', b'\x02\x01\x05\xb4', b'\x02\xff\x05\xb4', b'\x03\x03\xff\x00',
+            b'\x04\x00\x00\x00', b'\x08\x03\x00\x00', b'\x05\x02\x00\x00', b'\x01' * 40,
+            b'\x00' * 40, b'\xfe\x01\x00\x00', b'\x03\x02\x01\x00', b'\x02\x04\x00\x00',
+            b'\x05\x0a\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00', b'\x08\x0a' + b'\xff' * 8]
+for i in range(120):
+    o = R.choice(BAD_OPTS) if i % 4 else rb(4 * R.randrange(1, 11))
+    o = (o + b'\0' * (-len(o) % 4))[:40]
+    F.append(eth(ip(6, tcp(45000 + i, LPORT, 0x02, opts=o, data=rb(R.randrange(0, 32))))))
+# UDP: truncated, lengths that lie, bad/zero checksums, zero ports, odd destinations
+for i in range(150):
+    k = i % 6
+    d = rb(R.randrange(0, 200))
+    dst = GW
+    if k == 0:
+        b = udp(46000 + i, 7, d)[:R.randrange(0, 8)]
+    elif k == 1:
+        b = udp(46000 + i, 7, d, length=len(d) + 8 + R.randrange(1, 3000))
+    elif k == 2:
+        b = udp(46000 + i, 7, d, length=R.randrange(0, 8))
+    elif k == 3:
+        b = udp(46000 + i, 7, d, good=False)
+    elif k == 4:
+        b = udp(R.choice([0, 46000 + i]), R.choice([0, 7]), d, zero=True)
+    else:
+        dst = R.choice(DSTS)
+        b = udp(46000 + i, R.choice([CLOSED, 53, 7, 65535]), d, dst=dst)
+    F.append(eth(ip(17, b, dst=dst)))
+# ICMP: truncated, bad checksums, other types, odd codes, echo of any size, echo elsewhere
+for i in range(150):
+    k = i % 6
+    dst = GW
+    if k == 0:
+        m = icmp(8, 0)[:R.randrange(0, 8)]
+    elif k == 1:
+        m = icmp(8, 0, b'\x12\x34\0\1', rb(20), good=False)
+    elif k == 2:
+        m = icmp(R.choice([0, 3, 4, 5, 11, 12, 13, 17, 255]), R.randrange(0, 16), rb(4),
+                 rb(R.randrange(0, 100)))
+    elif k == 3:
+        m = icmp(8, R.randrange(1, 256), rb(4), rb(10))
+    elif k == 4:
+        m = icmp(8, 0, rb(4), rb(R.randrange(0, 1450)))
+    else:
+        dst = R.choice(['10.0.2.50', '10.0.3.1', GUEST, DNS])
+        m = icmp(8, 0, rb(4), rb(R.randrange(0, 100)))
+    F.append(eth(ip(1, m, dst=dst)))
+# spoofed sources (incl. the gateway itself: a "land" SYN), foreign and multicast MACs
+for i in range(100):
+    src = R.choice(['0.0.0.0', '255.255.255.255', '127.0.0.1', '224.0.0.5', GW, DNS,
+                    '10.0.2.77', '10.0.3.9'])
+    b = [tcp(47000 + i, CLOSED, 0x02, src=src), udp(47000 + i, CLOSED, b'spoof', src=src)][i % 2]
+    mac = R.choice([DMAC, BCAST, b'\x01\x00\x5e\x00\x00\x01', b'\x02\x00\x00\x00\x00\x09'])
+    F.append(eth(ip([6, 17][i % 2], b, src=src), dst=mac))
+# IPv6 garbage, full-MTU frames, and frames bigger than the MTU (the kernel refuses those)
+for i in range(50):
+    F.append(eth(rb(R.randrange(0, 1500)), 0x86dd))
+for i in range(20):
+    F.append(eth(ip(17, udp(48000 + i, CLOSED, rb(1472)))))
+    F.append(eth(ip(17, udp(48100 + i, CLOSED, rb(1600)))))
+R.shuffle(F)
+for f in F:
+    send(f)
+sys.stderr.write('send errors: %r\n' % errors)
+print('frames=%d sent=%d failed=%d bytes=%d' % (len(F), sent, failed, nbytes))
+"#;
+
+/// `key=value` fields of the scripts' last output line.
+fn py_fields(out: &Out) -> std::collections::HashMap<String, u64> {
+    out.stdout
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
+        .collect()
+}
+
+/// Host task: accept and drop connections on `l` until `stop` says so.
+fn accept_and_drop(l: std::net::TcpListener, stop: std::sync::mpsc::Receiver<()>) -> Task<usize> {
+    task("accept-and-drop", move || {
+        l.set_nonblocking(true).unwrap();
+        let mut n = 0;
+        let start = Instant::now();
+        while stop.try_recv().is_err() && start.elapsed() < TRANSFER_TIMEOUT {
+            match l.accept() {
+                Ok(_) => n += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        n
+    })
+}
+
+#[test]
+fn malformed_frames_do_not_hurt() {
+    if !preflight(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let mut d = Daemon::with_args(&host, &guest, &[]);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let acceptor = accept_and_drop(host.listen(20180), stop_rx);
+    let read_before = d.rchar();
+    let out = guest
+        .python(
+            &format!("{PY_FRAMES}{PY_GARBAGE}"),
+            &["20180", "20180", "20181"],
+            Duration::from_secs(30),
+        )
+        .ok();
+    let f = py_fields(&out);
+    eprintln!("garbage: {} {}", out.stdout.trim(), out.stderr.trim());
+    std::thread::sleep(Duration::from_millis(500));
+    let consumed = d.rchar() - read_before;
+    assert!(
+        d.wait_timeout(Duration::ZERO).is_none(),
+        "daemon died from malformed frames ({}); {}",
+        out.stderr.trim(),
+        d.describe()
+    );
+    // Sending fails (ENXIO) once tap0 has no reader left, i.e. the daemon died.
+    assert!(f["sent"] >= 1900, "frames actually sent: {out}");
+    assert!(
+        consumed >= f["bytes"] / 2,
+        "the daemon read only {consumed} B of the {} B of frames sent",
+        f["bytes"]
+    );
+    stop_tx.send(()).unwrap();
+    eprintln!(
+        "daemon read {consumed} B; accepted {} connections from odd SYNs",
+        acceptor.join(SETUP_TIMEOUT)
+    );
+    // Everything still works.
+    let udp = serve_udp_echo(host.udp(20182), Duration::from_secs(2));
+    check_udp_echo(&guest, gw(20182), &[1, 1472]);
+    udp.join(SETUP_TIMEOUT);
+    let data = random_bytes(5 * MB, 19);
+    check_upload(&guest, host.listen(20183), gw(20183), &data);
+    check_download(&guest, host.listen(20184), gw(20184), data);
+    assert!(d.wait_timeout(Duration::ZERO).is_none(), "daemon exited");
+}
+
+// ---- 20. SYN flood ----------------------------------------------------------------------------
+
+/// argv: destination ip, port, count, first source port. Sends `count` valid SYNs (one per
+/// source port, shuffled) and counts the RSTs that come back on tap0.
+const PY_SYN_FLOOD: &str = r#"
+R = random.Random(99)
+dst, dport, count, sport0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+try:
+    rx.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
+except OSError:
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+rx.bind(('tap0', 0x0800))
+rx.setblocking(False)
+rsts, others = set(), 0
+def drain():
+    global others
+    while True:
+        try:
+            f = rx.recv(4096)
+        except BlockingIOError:
+            return
+        if len(f) < 54 or f[23] != 6 or f[26:30] != aton(dst):
+            continue
+        t = f[14 + (f[14] & 15) * 4:]
+        sp, dp = struct.unpack('!HH', t[:4])
+        if sp != dport:
+            continue
+        if t[13] & 0x04:
+            rsts.add(dp)
+        else:
+            others += 1
+ports = list(range(sport0, sport0 + count))
+R.shuffle(ports)
+t0 = time.time()
+for i, sp in enumerate(ports):
+    send(eth(ip(6, tcp(sp, dport, 0x02, dst=dst, seq=R.getrandbits(32)), dst=dst, ident=i)))
+    if i % 100 == 99:
+        drain()
+t1 = time.time()
+while time.time() < t1 + 5 and len(rsts) < count:
+    drain()
+    time.sleep(0.02)
+print('sent=%d failed=%d rst=%d other=%d send_ms=%d' % (sent, failed, len(rsts), others,
+      (t1 - t0) * 1000))
+"#;
+
+#[test]
+fn syn_flood_then_service() {
+    if !preflight(&["python3"]) {
+        return;
+    }
+    const N: u64 = 3000;
+    let host = HostNs::new();
+    let guest = host.guest();
+    let mut d = Daemon::with_args(&host, &guest, &[]);
+    let baseline = d.fd_count();
+    let start = Instant::now();
+    // 10.0.2.2:20190 is host 127.0.0.1:20190, where nothing listens: every SYN makes the daemon
+    // open a host socket whose connect is refused, and must end in a RST to the guest.
+    let out = guest
+        .python(
+            &format!("{PY_FRAMES}{PY_SYN_FLOOD}"),
+            &["10.0.2.2", "20190", &N.to_string(), "30000"],
+            Duration::from_secs(30),
+        )
+        .ok();
+    let f = py_fields(&out);
+    eprintln!("syn flood: {} in {:?}", out.stdout.trim(), start.elapsed());
+    assert_eq!(f["sent"], N, "SYNs sent: {out}");
+    assert!(
+        d.wait_timeout(Duration::ZERO).is_none(),
+        "daemon died; {}",
+        d.describe()
+    );
+    assert_eq!(
+        f["other"], 0,
+        "non-RST answers to SYNs to a closed port: {out}"
+    );
+    assert!(
+        f["rst"] >= N * 9 / 10,
+        "only {} of {N} SYNs to a closed port were answered with a RST: {out}",
+        f["rst"]
+    );
+    let flooded = Instant::now();
+    let mut now = d.fd_count();
+    while now > baseline && flooded.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        now = d.fd_count();
+    }
+    assert!(
+        now <= baseline,
+        "daemon fds not back to baseline 5 s after the flood: baseline {baseline}, now {now}"
+    );
+    check_upload(
+        &guest,
+        host.listen(20191),
+        gw(20191),
+        &random_bytes(5 * MB, 20),
+    );
+}
+
+/// SYNs to a destination that never answers (routed to the peer, which does not forward: the
+/// host's connects hang until the kernel gives up, 1-2 minutes) must not starve other
+/// connections. Today they do: each holds one of `MAX_CONNECTING` (1024) slots until the host
+/// connect times out, and new SYNs, even to host loopback, are dropped meanwhile (~60 s here).
+/// slirp4netns passes. A port scan of a firewalled (DROP) host does the same.
+#[test]
+#[ignore = "daemon bug: 1024 SYNs to an unresponsive host block all new TCP connections for ~1 min"]
+fn syn_flood_to_blackhole_keeps_service() {
+    if !preflight(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let _peer = host.peer();
+    host.sh("ip route add 192.168.66.0/24 via 192.168.77.2")
+        .ok();
+    let guest = host.guest();
+    let d = Daemon::with_args(&host, &guest, &[]);
+    let out = guest
+        .python(
+            &format!("{PY_FRAMES}{PY_SYN_FLOOD}"),
+            &["192.168.66.1", "80", "1100", "30000"],
+            Duration::from_secs(30),
+        )
+        .ok();
+    eprintln!(
+        "blackhole flood: {}; daemon fds {}",
+        out.stdout.trim(),
+        d.fd_count()
+    );
+    let l = host.listen(20199);
+    let start = Instant::now();
+    let r = guest.connect(gw(20199), Duration::from_secs(5));
+    assert!(
+        r.is_ok(),
+        "new connection to host loopback after 1100 SYNs to an unresponsive host: {:?} after \
+         {:?} (daemon fds {})",
+        r.err(),
+        start.elapsed(),
+        d.fd_count()
+    );
+    drop(l);
+}

@@ -561,27 +561,43 @@ impl HostNs {
 
     /// A third namespace joined to this one by a veth (192.168.77.1 here, .2 there).
     pub fn peer(&self) -> Peer {
+        self.peer_link("twhost0", "twpeer0", PEER_HOST_ADDR, PEER_ADDR)
+    }
+
+    /// Like [`HostNs::peer`] with other names and addresses (all /24): a second peer behind
+    /// another interface, e.g. `peer_link("twhost1", "twpeer1", 192.168.78.1, 192.168.78.2)`.
+    pub fn peer_link(
+        &self,
+        host_if: &str,
+        peer_if: &str,
+        host_addr: Ipv4Addr,
+        peer_addr: Ipv4Addr,
+    ) -> Peer {
         let mut holder =
             Proc::spawn(Command::new("unshare").args(["--net", "--", "sleep", "infinity"]));
         holder.wait_comm("sleep");
         let pid = holder.pid();
         self.sh(&format!(
-            "ip link add twhost0 type veth peer name twpeer0 netns {pid} && \
-             ip addr add {PEER_HOST_ADDR}/24 dev twhost0 && ip link set twhost0 up"
+            "ip link add {host_if} type veth peer name {peer_if} netns {pid} && \
+             ip addr add {host_addr}/24 dev {host_if} && ip link set {host_if} up"
         ))
         .ok();
         run(
             Command::new("nsenter")
                 .args(["-t", &pid.to_string(), "-n", "--", "sh", "-c"])
                 .arg(format!(
-                    "ip link set lo up && ip addr add {PEER_ADDR}/24 dev twpeer0 && \
-                     ip link set twpeer0 up"
+                    "ip link set lo up && ip addr add {peer_addr}/24 dev {peer_if} && \
+                     ip link set {peer_if} up"
                 )),
             SETUP_TIMEOUT,
         )
         .ok();
         let netns = ns_file(pid, "net");
-        Peer { holder, netns }
+        Peer {
+            holder,
+            netns,
+            addr: peer_addr,
+        }
     }
 
     /// dnsmasq on 127.0.0.1:53 of this namespace answering `tapwire.test` with 10.9.8.7
@@ -667,6 +683,15 @@ impl Guest {
         Ok(s)
     }
 
+    /// `python3 -c SCRIPT ARGS...` in the guest (root of its user ns: it may open AF_PACKET
+    /// sockets on tap0), with a timeout.
+    pub fn python(&self, script: &str, args: &[&str], timeout: Duration) -> Out {
+        run(
+            self.cmd("python3").arg("-c").arg(script).args(args),
+            timeout,
+        )
+    }
+
     /// A UDP socket in the guest, connect()ed to `addr`.
     pub fn udp_to(&self, addr: impl Into<SocketAddr>) -> UdpSocket {
         let addr = addr.into();
@@ -683,19 +708,41 @@ impl Guest {
 pub struct Peer {
     holder: Proc,
     netns: File,
+    /// This peer's address on its veth (PEER_ADDR for [`HostNs::peer`]).
+    pub addr: Ipv4Addr,
 }
 
 impl Peer {
+    pub fn pid(&self) -> u32 {
+        self.holder.pid()
+    }
     pub fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         in_netns(&self.netns, f)
     }
+    /// Run a shell snippet in the peer's network namespace, with a timeout.
+    pub fn sh(&self, script: &str) -> Out {
+        run(
+            Command::new("nsenter").args([
+                "-t",
+                &self.pid().to_string(),
+                "-n",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ]),
+            SETUP_TIMEOUT,
+        )
+    }
     pub fn listen(&self, port: u16) -> TcpListener {
-        self.in_ns(|| TcpListener::bind((PEER_ADDR, port)))
-            .unwrap_or_else(|e| panic!("peer listen {PEER_ADDR}:{port}: {e}"))
+        let addr = self.addr;
+        self.in_ns(|| TcpListener::bind((addr, port)))
+            .unwrap_or_else(|e| panic!("peer listen {addr}:{port}: {e}"))
     }
     pub fn udp(&self, port: u16) -> UdpSocket {
-        self.in_ns(|| UdpSocket::bind((PEER_ADDR, port)))
-            .unwrap_or_else(|e| panic!("peer udp bind {PEER_ADDR}:{port}: {e}"))
+        let addr = self.addr;
+        self.in_ns(|| UdpSocket::bind((addr, port)))
+            .unwrap_or_else(|e| panic!("peer udp bind {addr}:{port}: {e}"))
     }
 }
 
@@ -911,6 +958,17 @@ impl Daemon {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd of the daemon")
             .count()
+    }
+
+    /// Bytes the daemon has obtained from read-like syscalls so far (`rchar` of
+    /// /proc/PID/io): TAP frames included, so a test can tell that frames were consumed.
+    pub fn rchar(&self) -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid()))
+            .expect("read /proc/PID/io of the daemon");
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rchar in /proc/PID/io")
     }
 
     /// The daemon's stdout+stderr so far.
