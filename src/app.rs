@@ -7,9 +7,12 @@
 //! 1. logging (no threads), RLIMIT_NOFILE raised;
 //! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
 //!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
-//! 3. the engine (blocks signals, builds the smoltcp interface);
-//! 4. readiness: `-r FD` gets "1" and is closed; run mode releases the command;
-//! 5. the event loop until an exit condition.
+//! 3. the engine (blocks signals, builds the smoltcp interface), the API socket, `-p` forwards;
+//! 4. confinement, in slirp4netns's order: the sandbox (`--enable-sandbox`; always in run mode,
+//!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
+//!    sandbox may join a user namespace, so no thread may exist before it;
+//! 5. readiness: `-r FD` gets "1" and is closed; run mode releases the command;
+//! 6. the event loop until an exit condition.
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
@@ -17,7 +20,7 @@ use crate::cli::{Command, DaemonArgs, RunArgs};
 use crate::config::{IfConfig, NetConfig, Publish};
 use crate::engine::{Engine, Lifecycle};
 use crate::tap::Tap;
-use crate::{fd, netns};
+use crate::{fd, filter, netns, sandbox};
 
 /// Run a parsed command; returns the process exit status.
 pub fn run(cmd: Command) -> i32 {
@@ -59,9 +62,6 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         .exit_fd
         .map(|n| fd::adopt(n, "--exit-fd"))
         .transpose()?;
-    if args.enable_sandbox || args.enable_seccomp {
-        tracing::warn!("--enable-sandbox/--enable-seccomp are accepted but not implemented yet");
-    }
     if args.net.enable_ipv6 {
         tracing::warn!("--enable-ipv6 is accepted but IPv6 is not implemented yet");
     }
@@ -87,6 +87,19 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         engine.listen_api(path)?;
     }
     publish(&mut engine, &args.publish, &args.net)?;
+    if args.enable_sandbox {
+        let userns = args.userns_path.clone().or(match &args.target {
+            crate::cli::Target::Pid(pid) => Some(format!("/proc/{pid}/ns/user").into()),
+            crate::cli::Target::Path(_) => None,
+        });
+        let lowest = args.publish.iter().map(|p| p.host_port).min();
+        let policy = sandbox::Policy::daemon(userns, args.api_socket.as_deref(), lowest);
+        let applied = sandbox::apply(&policy)?;
+        tracing::info!(?applied, "sandbox applied");
+    }
+    if args.enable_seccomp {
+        filter::apply()?;
+    }
     if let Some(ready) = ready {
         signal_ready(ready)?;
     }
@@ -109,6 +122,13 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     };
     let mut engine = Engine::new(args.net.clone(), tap, life)?;
     publish(&mut engine, &args.publish, &args.net)?;
+    // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
+    let lowest = args.publish.iter().map(|p| p.host_port).min();
+    let userns = Some(format!("/proc/{}/ns/user", child.pid).into());
+    match sandbox::apply(&sandbox::Policy::daemon(userns, None, lowest)) {
+        Ok(applied) => tracing::info!(?applied, "sandbox applied"),
+        Err(e) => tracing::warn!("{e}; running without the sandbox"),
+    }
     child.start()?;
     Ok(engine.run()?)
 }

@@ -10,6 +10,8 @@
 //! - [`stack`]: the smoltcp interface and its TAP device adapter.
 //! - [`tcp`], [`udp`], [`icmp`], [`dns`]: the proxies.
 //! - [`engine`]: the single-threaded event loop that drives it all.
+//! - [`sandbox`], [`filter`]: the daemon's confinement (mount namespace, capabilities,
+//!   seccomp allow-list).
 
 pub mod api;
 pub mod app;
@@ -21,11 +23,13 @@ pub mod dhcp;
 pub mod dns;
 pub mod engine;
 pub mod fd;
+pub mod filter;
 pub mod flow;
 pub mod icmp;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod sandbox;
 pub mod stack;
 pub mod tap;
 pub mod tcp;

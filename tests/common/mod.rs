@@ -787,6 +787,16 @@ impl DaemonCfg {
 const READY_FD: i32 = 3;
 const EXIT_FD: i32 = 4;
 
+/// `$TAPWIRE_TEST_EXTRA_FLAGS` (whitespace-separated), appended to every daemon's flags: CI
+/// runs the tap-mode and API suites once more with `--enable-sandbox --enable-seccomp`.
+pub fn extra_flags() -> Vec<String> {
+    std::env::var("TAPWIRE_TEST_EXTRA_FLAGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The binary under test, running in a host namespace, attached to a guest.
 pub struct Daemon {
     child: Child,
@@ -845,6 +855,7 @@ impl Daemon {
             (None, None)
         };
         cmd.args(&cfg.args);
+        cmd.args(extra_flags());
         match &cfg.positional {
             Some(p) => {
                 cmd.args(p);

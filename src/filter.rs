@@ -1,0 +1,593 @@
+//! The daemon's own seccomp filter (`--enable-seccomp`): an allow-list of exactly the system
+//! calls the running daemon makes after start-up; anything else kills the process.
+//!
+//! # Theory of operation
+//! Start-up (forking the namespace helper, opening the TAP, binding sockets, building the
+//! sandbox) is over before the filter is installed, so the list only has to cover the event
+//! loop: frame and socket I/O, new host sockets for new flows, timers, memory, logging, and
+//! the exit path. [`DAEMON`] is that list as reviewed data: one [`Entry`] per system call, with
+//! the component that needs it and, where it narrows the attack surface, conditions on the
+//! arguments (only `AF_INET`/`AF_INET6` sockets, no executable memory, files opened read-only,
+//! only a few `fcntl`/`ioctl` commands, signals only to a positive pid). Whatever is not listed,
+//! or does not match its conditions, is answered with `SECCOMP_RET_KILL_PROCESS`: the daemon
+//! dies with SIGSYS, which the caller sees as an abnormal exit, instead of running on
+//! compromised.
+//!
+//! The filter is applied to every thread of the process (`SECCOMP_FILTER_FLAG_TSYNC`) and
+//! sets no_new_privs. It goes in after the sandbox and before the ready fd is written (the
+//! slirp4netns order), so a caller that saw "1" knows the daemon is confined.
+//!
+//! Keeping the list honest: the tap-mode and API suites run with `--enable-seccomp` in CI
+//! (`TAPWIRE_TEST_EXTRA_FLAGS`), so a missing entry is a killed daemon and a failing test;
+//! `scripts/seccomp-audit.sh` traces the daemon through the suites and lists any traced call
+//! missing here and any entry the trace never saw. The unit tests check that no call is listed
+//! twice and that a forbidden call (execve) kills a process running the filter.
+//!
+//! Architectures: x86_64 and aarch64 (the legacy calls that aarch64 lacks are listed for
+//! x86_64 only). On any other architecture [`apply`] returns [`FilterError::Arch`].
+//!
+//! Syscalls: `prctl(PR_SET_NO_NEW_PRIVS)`, `seccomp(SECCOMP_SET_MODE_FILTER)`.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Errors from building or installing the filter.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The architecture has no reviewed list.
+    #[error("seccomp: no filter for architecture {0}")]
+    Arch(&'static str),
+    /// seccompiler refused the rules (a bug in [`DAEMON`]).
+    #[error("seccomp: building the filter: {0}")]
+    Build(#[from] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("seccomp: installing the filter: {0}")]
+    Install(#[from] seccompiler::Error),
+}
+
+/// A comparison on one argument (a const-friendly mirror of seccompiler's).
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Eq(u64),
+    Ne(u64),
+    Le(u64),
+    Gt(u64),
+    /// `(arg & mask) == value`.
+    Masked {
+        mask: u64,
+        value: u64,
+    },
+}
+
+/// `arg[index] <op>`, compared as 32 bits (every constrained argument is an int).
+#[derive(Debug, Clone, Copy)]
+pub struct Cond {
+    pub arg: u8,
+    pub op: Op,
+}
+
+/// One allowed system call: any of `rules` must match (an empty list allows every call).
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub nr: i64,
+    pub name: &'static str,
+    /// Who needs it, and why.
+    pub who: &'static str,
+    /// Alternatives, each a conjunction of conditions.
+    pub rules: &'static [&'static [Cond]],
+}
+
+const fn c(arg: u8, op: Op) -> Cond {
+    Cond { arg, op }
+}
+
+const fn any(nr: i64, name: &'static str, who: &'static str) -> Entry {
+    Entry {
+        nr,
+        name,
+        who,
+        rules: &[],
+    }
+}
+
+const fn only(
+    nr: i64,
+    name: &'static str,
+    who: &'static str,
+    rules: &'static [&'static [Cond]],
+) -> Entry {
+    Entry {
+        nr,
+        name,
+        who,
+        rules,
+    }
+}
+
+const AF_INET: u64 = libc::AF_INET as u64;
+const AF_INET6: u64 = libc::AF_INET6 as u64;
+const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
+/// Open flags that could create or modify a file.
+const OPEN_WRITE: u64 = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+/// Largest pid the kernel hands out (PID_MAX_LIMIT on 64-bit).
+const PID_MAX: u64 = 4 * 1024 * 1024;
+
+/// The reviewed list for the daemon (engine thread; run mode adds nothing after start-up).
+pub const DAEMON: &[Entry] = &[
+    // ---- the event loop ----
+    any(
+        libc::SYS_epoll_pwait,
+        "epoll_pwait",
+        "engine: mio's Poll::poll waits for readiness",
+    ),
+    any(
+        libc::SYS_epoll_ctl,
+        "epoll_ctl",
+        "engine: (de)registering host sockets, API clients",
+    ),
+    any(
+        libc::SYS_read,
+        "read",
+        "engine: TAP frames, signalfd, TCP host sockets; dns: resolv.conf",
+    ),
+    any(
+        libc::SYS_write,
+        "write",
+        "engine: TAP frames, TCP host sockets, ready fd; tracing: stderr",
+    ),
+    any(
+        libc::SYS_writev,
+        "writev",
+        "engine: TCP host sockets (vectored writes)",
+    ),
+    any(
+        libc::SYS_close,
+        "close",
+        "engine: flows ending, API clients, resolv.conf",
+    ),
+    // ---- host sockets of the proxies ----
+    only(
+        libc::SYS_socket,
+        "socket",
+        "tcp/udp/icmp proxies: a host socket per flow; only IPv4/IPv6",
+        &[&[c(0, Op::Eq(AF_INET))], &[c(0, Op::Eq(AF_INET6))]],
+    ),
+    any(
+        libc::SYS_connect,
+        "connect",
+        "tcp/udp proxies: host side of a new flow",
+    ),
+    any(
+        libc::SYS_bind,
+        "bind",
+        "--outbound-addr; add_hostfwd over the API",
+    ),
+    any(libc::SYS_listen, "listen", "add_hostfwd (tcp) over the API"),
+    any(
+        libc::SYS_accept4,
+        "accept4",
+        "port forwards and the API socket: new clients",
+    ),
+    any(
+        libc::SYS_setsockopt,
+        "setsockopt",
+        "TCP_NODELAY, SO_LINGER (RST), SO_REUSEADDR, SO_BINDTODEVICE",
+    ),
+    any(
+        libc::SYS_getsockopt,
+        "getsockopt",
+        "SO_ERROR of a finished connect",
+    ),
+    any(
+        libc::SYS_getsockname,
+        "getsockname",
+        "list_connections; forwards bound to port 0",
+    ),
+    any(
+        libc::SYS_getpeername,
+        "getpeername",
+        "mio: connect completion",
+    ),
+    any(
+        libc::SYS_recvfrom,
+        "recvfrom",
+        "udp/icmp proxies, TCP host sockets (std's recv)",
+    ),
+    any(
+        libc::SYS_sendto,
+        "sendto",
+        "udp/icmp proxies, TCP host sockets (std's send)",
+    ),
+    any(
+        libc::SYS_recvmsg,
+        "recvmsg",
+        "udp proxy: datagrams with their source; icmp errors",
+    ),
+    any(libc::SYS_sendmsg, "sendmsg", "udp proxy"),
+    any(
+        libc::SYS_shutdown,
+        "shutdown",
+        "tcp proxy: half-close; API: end of reply",
+    ),
+    only(
+        libc::SYS_ioctl,
+        "ioctl",
+        "std/mio: FIONBIO on accepted sockets; FIONREAD",
+        &[
+            &[c(1, Op::Eq(libc::FIONBIO as u64))],
+            &[c(1, Op::Eq(libc::FIONREAD as u64))],
+        ],
+    ),
+    only(
+        libc::SYS_fcntl,
+        "fcntl",
+        "std/mio/socket2: status and fd flags (O_NONBLOCK, FD_CLOEXEC), dup with CLOEXEC",
+        &[
+            &[c(1, Op::Eq(libc::F_GETFL as u64))],
+            &[c(1, Op::Eq(libc::F_SETFL as u64))],
+            &[c(1, Op::Eq(libc::F_GETFD as u64))],
+            &[c(1, Op::Eq(libc::F_SETFD as u64))],
+            &[c(1, Op::Eq(libc::F_DUPFD_CLOEXEC as u64))],
+        ],
+    ),
+    // ---- files (inside the sandbox: resolv.conf and the API socket only) ----
+    only(
+        libc::SYS_openat,
+        "openat",
+        "dns: re-reading resolv.conf; read-only",
+        &[&[c(
+            2,
+            Op::Masked {
+                mask: OPEN_WRITE,
+                value: 0,
+            },
+        )]],
+    ),
+    any(
+        libc::SYS_statx,
+        "statx",
+        "dns: resolv.conf modification time; std's read_to_string",
+    ),
+    any(
+        libc::SYS_newfstatat,
+        "newfstatat",
+        "dns: resolv.conf metadata (older std/glibc)",
+    ),
+    any(libc::SYS_fstat, "fstat", "std: file size hint"),
+    any(libc::SYS_lseek, "lseek", "std: file reads"),
+    any(
+        libc::SYS_unlinkat,
+        "unlinkat",
+        "control: removing the API socket on exit",
+    ),
+    // ---- time and signals ----
+    any(
+        libc::SYS_clock_gettime,
+        "clock_gettime",
+        "engine/flows: Instant::now (vDSO fallback)",
+    ),
+    only(
+        libc::SYS_kill,
+        "kill",
+        "run mode: forwarding SIGTERM/SIGHUP to the command (a positive pid only)",
+        &[&[c(0, Op::Gt(0)), c(0, Op::Le(PID_MAX))]],
+    ),
+    any(
+        libc::SYS_wait4,
+        "wait4",
+        "run mode: reaping the command on SIGCHLD",
+    ),
+    any(
+        libc::SYS_rt_sigprocmask,
+        "rt_sigprocmask",
+        "std: abort on panic",
+    ),
+    any(
+        libc::SYS_rt_sigreturn,
+        "rt_sigreturn",
+        "kernel: return from any signal handler",
+    ),
+    any(libc::SYS_getpid, "getpid", "std: abort on panic (raise)"),
+    any(libc::SYS_gettid, "gettid", "std: abort on panic (raise)"),
+    only(
+        libc::SYS_tgkill,
+        "tgkill",
+        "std: abort on panic (raise(SIGABRT)) only",
+        &[&[c(2, Op::Eq(libc::SIGABRT as u64))]],
+    ),
+    any(
+        libc::SYS_restart_syscall,
+        "restart_syscall",
+        "kernel: restarting an interrupted call",
+    ),
+    // ---- memory ----
+    only(
+        libc::SYS_mmap,
+        "mmap",
+        "allocator: large buffers (never executable)",
+        &[&[c(
+            2,
+            Op::Masked {
+                mask: PROT_EXEC,
+                value: 0,
+            },
+        )]],
+    ),
+    only(
+        libc::SYS_mprotect,
+        "mprotect",
+        "allocator: arena growth (never executable)",
+        &[&[c(
+            2,
+            Op::Masked {
+                mask: PROT_EXEC,
+                value: 0,
+            },
+        )]],
+    ),
+    any(libc::SYS_munmap, "munmap", "allocator"),
+    any(libc::SYS_mremap, "mremap", "allocator: growing large Vecs"),
+    any(libc::SYS_madvise, "madvise", "allocator: returning memory"),
+    any(libc::SYS_brk, "brk", "allocator: heap"),
+    any(libc::SYS_futex, "futex", "std: locks (stderr, tracing)"),
+    any(libc::SYS_getrandom, "getrandom", "std: HashMap keys"),
+    any(
+        libc::SYS_sched_yield,
+        "sched_yield",
+        "std: spin loops in locks",
+    ),
+    // ---- exit ----
+    any(libc::SYS_exit_group, "exit_group", "main: process exit"),
+    any(libc::SYS_exit, "exit", "std: thread exit"),
+    any(
+        libc::SYS_sigaltstack,
+        "sigaltstack",
+        "std: main's stack-overflow guard torn down at exit",
+    ),
+];
+
+/// Entries for calls aarch64 does not have (x86_64 only).
+#[cfg(target_arch = "x86_64")]
+const LEGACY: &[Entry] = &[
+    any(
+        libc::SYS_epoll_wait,
+        "epoll_wait",
+        "mio: older builds wait with epoll_wait",
+    ),
+    any(
+        libc::SYS_unlink,
+        "unlink",
+        "control: removing the API socket on exit (std's remove_file)",
+    ),
+    any(libc::SYS_poll, "poll", "std: stdio checks"),
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY: &[Entry] = &[];
+
+/// Every entry for this architecture.
+pub fn entries() -> impl Iterator<Item = &'static Entry> {
+    DAEMON.iter().chain(LEGACY.iter())
+}
+
+fn target_arch() -> Result<TargetArch, FilterError> {
+    match std::env::consts::ARCH {
+        "x86_64" => Ok(TargetArch::x86_64),
+        "aarch64" => Ok(TargetArch::aarch64),
+        other => Err(FilterError::Arch(other)),
+    }
+}
+
+fn condition(cond: &Cond) -> Result<SeccompCondition, FilterError> {
+    let (op, value) = match cond.op {
+        Op::Eq(v) => (SeccompCmpOp::Eq, v),
+        Op::Ne(v) => (SeccompCmpOp::Ne, v),
+        Op::Le(v) => (SeccompCmpOp::Le, v),
+        Op::Gt(v) => (SeccompCmpOp::Gt, v),
+        Op::Masked { mask, value } => (SeccompCmpOp::MaskedEq(mask), value),
+    };
+    Ok(SeccompCondition::new(
+        cond.arg,
+        SeccompCmpArgLen::Dword,
+        op,
+        value,
+    )?)
+}
+
+/// Compile `list` into a BPF program: listed calls allowed, everything else kills.
+pub fn compile<'a>(list: impl IntoIterator<Item = &'a Entry>) -> Result<BpfProgram, FilterError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for e in list {
+        let mut chain = Vec::new();
+        for alt in e.rules {
+            let conds = alt.iter().map(condition).collect::<Result<Vec<_>, _>>()?;
+            chain.push(SeccompRule::new(conds)?);
+        }
+        rules.insert(e.nr, chain);
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        target_arch()?,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// The daemon's program.
+pub fn daemon_program() -> Result<BpfProgram, FilterError> {
+    compile(entries())
+}
+
+/// Install the daemon's filter on every thread of the process (sets no_new_privs too).
+pub fn apply() -> Result<(), FilterError> {
+    let prog = daemon_program()?;
+    seccompiler::apply_filter_all_threads(&prog)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn no_call_is_listed_twice() {
+        let mut nrs = HashSet::new();
+        let mut names = HashSet::new();
+        for e in entries() {
+            assert!(nrs.insert(e.nr), "{} ({}) listed twice", e.name, e.nr);
+            assert!(names.insert(e.name), "{} listed twice", e.name);
+            assert!(!e.who.is_empty(), "{} has no reason", e.name);
+        }
+    }
+
+    #[test]
+    fn forbidden_calls_are_not_listed() {
+        let forbidden = [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_readv,
+            libc::SYS_process_vm_writev,
+            libc::SYS_mount,
+            libc::SYS_umount2,
+            libc::SYS_pivot_root,
+            libc::SYS_chroot,
+            libc::SYS_setns,
+            libc::SYS_unshare,
+            libc::SYS_prctl,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_init_module,
+            libc::SYS_finit_module,
+            libc::SYS_kexec_load,
+            libc::SYS_reboot,
+            libc::SYS_open_by_handle_at,
+            libc::SYS_bpf,
+            libc::SYS_keyctl,
+            libc::SYS_userfaultfd,
+            libc::SYS_perf_event_open,
+        ];
+        for e in entries() {
+            assert!(!forbidden.contains(&e.nr), "{} must not be allowed", e.name);
+        }
+    }
+
+    #[test]
+    fn compiles() {
+        let prog = daemon_program().unwrap();
+        assert!(!prog.is_empty());
+        // The kernel limit is 4096 instructions.
+        assert!(prog.len() < 4096, "{} instructions", prog.len());
+    }
+
+    /// Fork; the child installs the filter, runs `body`, and `_exit(0)`s. Returns how it ended.
+    fn in_filtered_child(body: fn()) -> nix::sys::wait::WaitStatus {
+        use nix::sys::wait::waitpid;
+        use nix::unistd::{fork, ForkResult};
+        let prog = daemon_program().unwrap();
+        // SAFETY: the child only makes raw syscalls (the program was built before the fork,
+        // and `body` allocates nothing) and leaves with _exit; it never returns into the test
+        // harness.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                if seccompiler::apply_filter_all_threads(&prog).is_err() {
+                    // SAFETY: _exit is always safe to call.
+                    unsafe { libc::_exit(2) };
+                }
+                body();
+                // SAFETY: _exit is always safe to call.
+                unsafe { libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => waitpid(child, None).unwrap(),
+        }
+    }
+
+    fn killed_by_sigsys(st: nix::sys::wait::WaitStatus) -> bool {
+        matches!(
+            st,
+            nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+        )
+    }
+
+    #[test]
+    fn execve_kills_the_process() {
+        let st = in_filtered_child(|| {
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            // SAFETY: NUL-terminated path and NULL-terminated argv/envp arrays, all alive.
+            unsafe { libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        });
+        assert!(killed_by_sigsys(st), "{st:?}");
+    }
+
+    #[test]
+    fn unix_socket_and_exec_mmap_kill_the_process() {
+        let st = in_filtered_child(|| {
+            // SAFETY: plain socket(2) call.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        });
+        assert!(killed_by_sigsys(st), "AF_UNIX socket: {st:?}");
+        let st = in_filtered_child(|| {
+            // SAFETY: an anonymous mapping the child never uses.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+        });
+        assert!(killed_by_sigsys(st), "PROT_EXEC mmap: {st:?}");
+        let st = in_filtered_child(|| {
+            // SAFETY: plain fork(2) syscall; the child would _exit at once.
+            unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+        });
+        assert!(killed_by_sigsys(st), "fork: {st:?}");
+    }
+
+    #[test]
+    fn allowed_calls_survive() {
+        let st = in_filtered_child(|| {
+            // SAFETY: plain syscalls on fds the child creates and closes.
+            unsafe {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    libc::_exit(3);
+                }
+                let fl = libc::fcntl(s, libc::F_GETFL);
+                libc::fcntl(s, libc::F_SETFL, fl | libc::O_NONBLOCK);
+                libc::close(s);
+                let fd = libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_RDONLY);
+                libc::close(fd);
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                libc::munmap(p, 4096);
+            }
+        });
+        assert_eq!(st, nix::sys::wait::WaitStatus::Exited(st.pid().unwrap(), 0));
+    }
+
+    #[test]
+    fn opening_for_write_kills_the_process() {
+        let st = in_filtered_child(|| {
+            // SAFETY: NUL-terminated path; the call never returns under the filter.
+            unsafe { libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_WRONLY) };
+        });
+        assert!(killed_by_sigsys(st), "{st:?}");
+    }
+}
