@@ -20,7 +20,7 @@ use crate::cli::{Command, DaemonArgs, RunArgs};
 use crate::config::{IfConfig, NetConfig, Publish};
 use crate::engine::{Engine, Lifecycle};
 use crate::tap::Tap;
-use crate::{fd, filter, netns, sandbox};
+use crate::{fd, filter, netns, sandbox, supervisor};
 
 /// Run a parsed command; returns the process exit status.
 pub fn run(cmd: Command) -> i32 {
@@ -30,6 +30,7 @@ pub fn run(cmd: Command) -> i32 {
         Command::Daemon(args) => daemon(*args),
         Command::Run(args) => run_mode(*args),
         Command::Ctl(args) => return crate::ctl::run(&args),
+        Command::SeccompProfile(args) => return crate::supervisor::print_profile(&args),
     };
     match result {
         Ok(code) => code,
@@ -62,9 +63,6 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         .exit_fd
         .map(|n| fd::adopt(n, "--exit-fd"))
         .transpose()?;
-    if args.net.enable_ipv6 {
-        tracing::warn!("--enable-ipv6 is accepted but IPv6 is not implemented yet");
-    }
     if !args.net.disable_host_loopback {
         eprintln!(
             "WARNING: 127.0.0.1:* on the host is accessible as {} (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)",
@@ -82,11 +80,17 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         exit_fd,
         child: None,
     };
+    // Bypass for OCI runtimes: prepared before confinement, served by its own thread.
+    let bypass = match &args.seccomp_listener {
+        Some(path) => Some(supervisor::prepare_daemon(&args, path)?),
+        None => None,
+    };
     let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
     if let Some(path) = &args.api_socket {
         engine.listen_api(path)?;
     }
-    publish(&mut engine, &args.publish, &args.net)?;
+    let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
+    publish(&mut engine, &tap_publish, &args.net)?;
     if args.enable_sandbox {
         let userns = args.userns_path.clone().or(match &args.target {
             crate::cli::Target::Pid(pid) => Some(format!("/proc/{pid}/ns/user").into()),
@@ -99,6 +103,9 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     }
     if args.enable_seccomp {
         filter::apply()?;
+    }
+    if let Some(prep) = bypass {
+        prep.spawn(Vec::new())?;
     }
     if let Some(ready) = ready {
         signal_ready(ready)?;
@@ -114,14 +121,26 @@ fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
 
 fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     let ifcfg = IfConfig::from_net(&args.net);
-    let mut child = netns::spawn_run(&args.command, &args.tapname, &ifcfg, args.net.dns())?;
+    let filter = args
+        .bypass
+        .as_ref()
+        .map(|b| crate::seccomp::Program::new(b.udp));
+    let mut child = netns::spawn_run_filtered(
+        &args.command,
+        &args.tapname,
+        &ifcfg,
+        args.net.dns(),
+        filter.as_ref(),
+    )?;
+    let bypass = supervisor::prepare_run(&args)?;
     let tap = Tap::from_fd(child.tap.try_clone()?);
     let life = Lifecycle {
         exit_fd: None,
         child: Some(child.pid),
     };
     let mut engine = Engine::new(args.net.clone(), tap, life)?;
-    publish(&mut engine, &args.publish, &args.net)?;
+    let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
+    publish(&mut engine, &tap_publish, &args.net)?;
     // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
     let lowest = args.publish.iter().map(|p| p.host_port).min();
     let userns = Some(format!("/proc/{}/ns/user", child.pid).into());
@@ -129,7 +148,13 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         Ok(applied) => tracing::info!(?applied, "sandbox applied"),
         Err(e) => tracing::warn!("{e}; running without the sandbox"),
     }
-    child.start()?;
+    match bypass {
+        Some((prep, udp)) => {
+            let listener = child.start_with_listener()?;
+            prep.spawn(vec![(listener, udp)])?;
+        }
+        None => child.start()?,
+    }
     Ok(engine.run()?)
 }
 

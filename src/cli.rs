@@ -63,6 +63,28 @@ pub struct DaemonArgs {
     pub net: NetConfig,
     /// `-p/--publish`, in order.
     pub publish: Vec<Publish>,
+    /// `--seccomp-listener`: bypass for OCI runtimes, whose seccomp listeners arrive here.
+    pub seccomp_listener: Option<PathBuf>,
+    /// `--ignore` (with `--seccomp-listener`): destinations never bypassed.
+    pub ignore: Vec<crate::bypass::Cidr>,
+}
+
+/// Bypass mode options of `tapwire run --bypass`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bypass {
+    /// UDP connects are bypassed too (not `--no-bypass-udp`).
+    pub udp: bool,
+    /// `--ignore`: destinations never bypassed.
+    pub ignore: Vec<crate::bypass::Cidr>,
+}
+
+/// `tapwire seccomp-profile`: print the OCI seccomp profile for bypass mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileArgs {
+    /// Where tapwire's `--seccomp-listener` listens (the profile's `listenerPath`).
+    pub listener_path: PathBuf,
+    /// Trap the sends too, so that UDP can be bypassed.
+    pub udp: bool,
 }
 
 /// `tapwire run [OPTIONS] [-- CMD [ARGS...]]`.
@@ -74,6 +96,8 @@ pub struct RunArgs {
     pub publish: Vec<Publish>,
     /// Empty: the user's $SHELL (or /bin/sh).
     pub command: Vec<OsString>,
+    /// `--bypass`.
+    pub bypass: Option<Bypass>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +105,7 @@ pub enum Command {
     Daemon(Box<DaemonArgs>),
     Run(Box<RunArgs>),
     Ctl(Box<CtlArgs>),
+    SeccompProfile(Box<ProfileArgs>),
 }
 
 /// `tapwire ctl --api-socket PATH [--json] ACTION`: a client of the control socket.
@@ -127,6 +152,15 @@ where
         let cli = CtlCli::from_arg_matches(&cmd.try_get_matches_from_mut(args)?)?;
         return Ok(Command::Ctl(Box::new(cli.into_args())));
     }
+    if args.get(1).is_some_and(|a| a == "seccomp-profile") {
+        args.remove(1);
+        let mut cmd = ProfileCli::command().bin_name(format!("{bin} seccomp-profile"));
+        let cli = ProfileCli::from_arg_matches(&cmd.try_get_matches_from_mut(args)?)?;
+        return Ok(Command::SeccompProfile(Box::new(ProfileArgs {
+            listener_path: cli.listener_path,
+            udp: !cli.no_bypass_udp,
+        })));
+    }
     if args.get(1).is_some_and(|a| a == "run") {
         // Drop "run": clap parses the rest as the run command, named "tapwire run" in messages.
         args.remove(1);
@@ -156,7 +190,10 @@ Run mode: tapwire run [OPTIONS] [-- CMD [ARGS...]]
   runs CMD (default: $SHELL) in a new user+network namespace wired to tapwire.
   See 'tapwire run --help'.
 
-Control client: tapwire ctl --api-socket PATH <add-hostfwd|list-hostfwd|remove-hostfwd|connections|stats>";
+Control client: tapwire ctl --api-socket PATH <add-hostfwd|list-hostfwd|remove-hostfwd|connections|stats>
+
+Bypass for OCI runtimes: tapwire seccomp-profile prints the linux.seccomp profile
+  whose listenerPath is served by --seccomp-listener.";
 
 /// `--netns-type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -216,6 +253,18 @@ struct DaemonCli {
     #[arg(long)]
     enable_seccomp: bool,
 
+    /// Bypass mode for OCI runtimes: serve the seccomp listeners runc/crun send to this UNIX socket (listenerPath of `tapwire seccomp-profile`)
+    #[arg(
+        long,
+        value_name = "PATH",
+        value_parser = clap::builder::PathBufValueParser::new().try_map(parse_socket_path)
+    )]
+    seccomp_listener: Option<PathBuf>,
+
+    /// With --seccomp-listener: never bypass destinations in CIDR (IPv4 or IPv6; repeatable)
+    #[arg(long, value_name = "CIDR", requires = "seccomp_listener", value_parser = parse_ignore, action = ArgAction::Append)]
+    ignore: Vec<crate::bypass::Cidr>,
+
     #[command(flatten)]
     net: NetOpts,
 
@@ -267,6 +316,8 @@ impl DaemonCli {
             enable_seccomp: self.enable_seccomp,
             publish: self.net.publish.clone(),
             net: self.net.into_config(),
+            seccomp_listener: self.seccomp_listener,
+            ignore: self.ignore,
         })
     }
 }
@@ -288,6 +339,18 @@ struct RunCli {
     #[command(flatten)]
     net: NetOpts,
 
+    /// Bypass mode: give the command host sockets for its TCP and UDP connections (seccomp user notification; traffic runs at host speed)
+    #[arg(long)]
+    bypass: bool,
+
+    /// With --bypass: keep UDP on the tap (sendmsg/sendmmsg and sendto with an address are then not trapped)
+    #[arg(long, requires = "bypass")]
+    no_bypass_udp: bool,
+
+    /// With --bypass: never bypass destinations in CIDR (IPv4 or IPv6; repeatable)
+    #[arg(long, value_name = "CIDR", requires = "bypass", value_parser = parse_ignore, action = ArgAction::Append)]
+    ignore: Vec<crate::bypass::Cidr>,
+
     /// Command and arguments to run (default: $SHELL)
     #[arg(
         value_name = "CMD",
@@ -304,8 +367,39 @@ impl RunCli {
             publish: self.net.publish.clone(),
             net: self.net.into_config(),
             command: self.command,
+            bypass: self.bypass.then_some(Bypass {
+                udp: !self.no_bypass_udp,
+                ignore: self.ignore,
+            }),
         }
     }
+}
+
+/// `tapwire seccomp-profile`'s clap definition.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tapwire-seccomp-profile",
+    about = "Print the seccomp profile (config.json's linux.seccomp) that hands a runc/crun container's socket calls to `tapwire --seccomp-listener`",
+    override_usage = "tapwire seccomp-profile [--listener-path PATH] [--no-bypass-udp]"
+)]
+struct ProfileCli {
+    /// The socket tapwire serves with --seccomp-listener
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/tapwire/seccomp.sock",
+        value_parser = clap::builder::PathBufValueParser::new().try_map(parse_socket_path)
+    )]
+    listener_path: PathBuf,
+
+    /// Keep UDP on the tap (fewer calls trapped: sendmsg/sendmmsg and sendto with an address pass)
+    #[arg(long)]
+    no_bypass_udp: bool,
+}
+
+/// `--ignore`: an IPv4 or IPv6 CIDR (or a bare address).
+fn parse_ignore(s: &str) -> Result<crate::bypass::Cidr, String> {
+    s.parse()
 }
 
 /// `tapwire ctl`'s clap definition.
@@ -386,6 +480,10 @@ struct NetOpts {
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     cidr: Option<Cidr>,
 
+    /// IPv6 prefix of the guest (a /64; with -6) [default: fd00::/64]
+    #[arg(long, value_name = "PREFIX/64", value_parser = parse_cidr6)]
+    cidr6: Option<Ipv6Addr>,
+
     /// Do not let the gateway address reach the host's 127.0.0.1
     #[arg(long, visible_alias = "no-host-loopback")]
     disable_host_loopback: bool,
@@ -426,6 +524,7 @@ impl NetOpts {
             disable_host_loopback: self.disable_host_loopback,
             disable_dns: self.disable_dns,
             enable_ipv6: self.enable_ipv6,
+            prefix6: self.cidr6.unwrap_or(default.prefix6),
             outbound4: self.outbound_addr,
             outbound6: self.outbound_addr6,
         }
@@ -468,6 +567,24 @@ fn parse_publish(s: &str) -> Result<Publish, String> {
         host_port,
         guest_port,
     })
+}
+
+/// `--cidr6`: an IPv6 /64 network prefix (the host part must be zero).
+fn parse_cidr6(s: &str) -> Result<Ipv6Addr, String> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or("invalid CIDR (expected PREFIX/64)")?;
+    let prefix6: Ipv6Addr = addr.parse().map_err(|_| "invalid IPv6 prefix")?;
+    if prefix != "64" {
+        return Err("prefix length needs to be 64 (SLAAC)".to_owned());
+    }
+    if u128::from(prefix6) & u128::from(u64::MAX) != 0 {
+        return Err("CIDR needs to be a network address".to_owned());
+    }
+    if prefix6.is_multicast() || prefix6.is_loopback() || prefix6.segments()[0] & 0xffc0 == 0xfe80 {
+        return Err("prefix must be a unicast, non-link-local prefix".to_owned());
+    }
+    Ok(prefix6)
 }
 
 /// A validated `--cidr` value.
@@ -660,6 +777,8 @@ mod tests {
                 enable_seccomp: false,
                 net: NetConfig::default(),
                 publish: vec![],
+                seccomp_listener: None,
+                ignore: vec![],
             }
         );
         assert_eq!(d.net.mtu, 1500);

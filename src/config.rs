@@ -32,8 +32,10 @@ pub struct NetConfig {
     pub disable_host_loopback: bool,
     /// `--disable-dns`: no DNS forwarder at network+3.
     pub disable_dns: bool,
-    /// `-6`: IPv6 (accepted; implemented by a later issue).
+    /// `-6`: IPv6 (router advertisements, NDP, TCP/UDP over IPv6).
     pub enable_ipv6: bool,
+    /// `--cidr6`: the IPv6 /64 prefix (default fd00::).
+    pub prefix6: Ipv6Addr,
     /// `--outbound-addr`.
     pub outbound4: Option<Outbound<Ipv4Addr>>,
     /// `--outbound-addr6`.
@@ -50,6 +52,7 @@ impl Default for NetConfig {
             disable_host_loopback: false,
             disable_dns: false,
             enable_ipv6: false,
+            prefix6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
             outbound4: None,
             outbound6: None,
         }
@@ -84,6 +87,25 @@ impl NetConfig {
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         let mask = u32::from(self.netmask());
         u32::from(addr) & mask == u32::from(self.network) & mask
+    }
+    fn offset6(&self, n: u128) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.prefix6).wrapping_add(n))
+    }
+    /// prefix::2: the IPv6 gateway, which stands for host ::1.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.offset6(2)
+    }
+    /// prefix::3: the IPv6 DNS forwarder.
+    pub fn dns6(&self) -> Ipv6Addr {
+        self.offset6(3)
+    }
+    /// Our link-local address (the router in RAs), fe80::2.
+    pub fn link_local6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2)
+    }
+    /// Whether `addr` is inside the IPv6 /64.
+    pub fn contains6(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) >> 64 == u128::from(self.prefix6) >> 64
     }
     /// The MAC the daemon's end of the link uses (slirp4netns uses 52:55:0a:00:02:02).
     pub fn host_mac(&self) -> [u8; 6] {

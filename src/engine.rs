@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration as StdDuration;
 
@@ -53,8 +53,8 @@ use crate::tap::Tap;
 use crate::tcp::{Outcome, Phase, TcpFlow};
 use crate::udp::{self, UdpFlow, UdpHost};
 use crate::wire::{
-    self, Class, DropCounters, DropReason, EchoInfo, LinkInfo, TcpInfo, UdpInfo, Unreachable,
-    ETH_LEN, ICMP_OFFSET, L2, UDP_PAYLOAD,
+    self, Class, DropCounters, DropReason, EchoInfo, Link6, LinkInfo, RouterAdvert, TcpInfo,
+    UdpInfo, Unreachable, ETH_LEN, ICMP_OFFSET, L2, UDP_PAYLOAD,
 };
 
 /// Frames read from the TAP per loop turn before host sockets get a turn.
@@ -89,7 +89,7 @@ enum FwdSocket {
 
 struct FwdEntry {
     id: u64,
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     sock: FwdSocket,
 }
 
@@ -125,7 +125,7 @@ pub enum EngineError {
     Poll(#[source] io::Error),
 }
 
-type TcpKey = (SocketAddrV4, SocketAddrV4);
+type TcpKey = (SocketAddr, SocketAddr);
 
 /// The forwarder; see the module documentation.
 pub struct Engine {
@@ -165,6 +165,8 @@ pub struct Engine {
     tap_readable: bool,
     indices: Vec<usize>,
     last_sweep_ms: u64,
+    /// When the last router advertisement went out (unsolicited ones every minute).
+    last_ra_ms: Option<u64>,
     ip_ident: u16,
     exit: Option<i32>,
 }
@@ -230,6 +232,11 @@ impl Engine {
             mac: net.host_mac(),
             gateway: net.gateway(),
             dns: net.dns(),
+            ipv6: net.enable_ipv6.then(|| Link6 {
+                gateway: net.gateway6(),
+                dns: net.dns6(),
+                link_local: net.link_local6(),
+            }),
         };
         Ok(Engine {
             poll,
@@ -265,6 +272,7 @@ impl Engine {
             tap_readable: true,
             indices: Vec::new(),
             last_sweep_ms: 0,
+            last_ra_ms: None,
             ip_ident: 0,
             exit: None,
             net,
@@ -337,6 +345,12 @@ impl Engine {
             if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
                 self.last_sweep_ms = now_ms;
                 self.sweep(now_ms);
+                if self
+                    .last_ra_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= 60_000)
+                {
+                    self.send_router_advert();
+                }
                 if let Some(c) = &mut self.control {
                     c.sweep(now_ms);
                 }
@@ -420,6 +434,7 @@ impl Engine {
             Class::Udp(u) => self.udp_from_guest(&u, frame),
             Class::Echo(e) => self.echo_from_guest(&e),
             Class::Dhcp(msg) => self.dhcp_from_guest(msg),
+            Class::RouterSolicit(_) => self.send_router_advert(),
         }
     }
 
@@ -473,7 +488,17 @@ impl Engine {
         let Some(ip) = frame.get(ETH_LEN..) else {
             return;
         };
-        if let Some(n) = wire::icmp_error(&mut self.out, &self.l2, self.net.gateway(), code, ip) {
+        let n = if frame.get(12..14) == Some(&[0x86, 0xdd]) {
+            let code6 = match code {
+                Unreachable::Net => 0,
+                Unreachable::Host => 3,
+                Unreachable::Port => 4,
+            };
+            wire::icmp6_error(&mut self.out, &self.l2, self.net.link_local6(), code6, ip)
+        } else {
+            wire::icmp_error(&mut self.out, &self.l2, self.net.gateway(), code, ip)
+        };
+        if let Some(n) = n {
             self.send_out(n);
         }
     }
@@ -484,8 +509,12 @@ impl Engine {
         }
     }
 
-    fn resolver_for(&mut self, dst: SocketAddrV4) -> Option<SocketAddr> {
-        if *dst.ip() == self.net.dns() && !self.net.disable_dns {
+    fn resolver_for(&mut self, dst: SocketAddr) -> Option<SocketAddr> {
+        let is_dns = match dst.ip() {
+            std::net::IpAddr::V4(ip) => ip == self.net.dns(),
+            std::net::IpAddr::V6(ip) => self.net.enable_ipv6 && ip == self.net.dns6(),
+        };
+        if is_dns && !self.net.disable_dns {
             let now_ms = self.now_ms();
             self.resolver.upstream(now_ms)
         } else {
@@ -558,7 +587,7 @@ impl Engine {
             }
         };
         let endpoint = IpListenEndpoint {
-            addr: Some((*info.dst.ip()).into()),
+            addr: Some(info.dst.ip().into()),
             port: info.dst.port(),
         };
         let Some(sock) = stack::new_tcp_socket(endpoint, self.tcp_buffer) else {
@@ -566,10 +595,11 @@ impl Engine {
             return false;
         };
         let handle = self.sockets.add(sock);
-        let mut syn_quote = [0u8; 28];
-        if let Some(q) = frame.get(ETH_LEN..ETH_LEN + 28) {
-            syn_quote.copy_from_slice(q);
-        }
+        // The SYN's IP header and TCP header start, to quote in an ICMP error later.
+        let mut syn_quote = [0u8; 48];
+        let quote = frame.get(ETH_LEN..).unwrap_or(&[]);
+        let quote_len = quote.len().min(syn_quote.len());
+        syn_quote[..quote_len].copy_from_slice(&quote[..quote_len]);
         let flow = TcpFlow {
             host,
             handle,
@@ -586,6 +616,7 @@ impl Engine {
             bytes_to_guest: 0,
             segments_from_guest: 0,
             syn_quote,
+            syn_quote_len: quote_len,
             syn_seq: info.seq,
         };
         let now_ms = self.now_ms();
@@ -661,10 +692,15 @@ impl Engine {
                     seq: flow.syn_seq,
                     seq_len: 1,
                 };
-                let mut quote = [0u8; ETH_LEN + 28];
-                quote[ETH_LEN..].copy_from_slice(&flow.syn_quote);
+                let mut quote = [0u8; ETH_LEN + 48];
+                let qlen = flow.syn_quote_len;
+                if flow.guest.is_ipv6() {
+                    quote[12..14].copy_from_slice(&[0x86, 0xdd]);
+                }
+                quote[ETH_LEN..ETH_LEN + qlen].copy_from_slice(&flow.syn_quote[..qlen]);
+                let quote = &quote[..ETH_LEN + qlen];
                 self.remove_tcp(idx);
-                self.connect_failed(&syn, &quote, &e);
+                self.connect_failed(&syn, quote, &e);
             }
         }
     }
@@ -698,6 +734,30 @@ impl Engine {
             to_host = flow.bytes_to_host, to_guest = flow.bytes_to_guest,
             "tcp flow closed"
         );
+    }
+
+    // ---- IPv6 router advertisements ----
+
+    /// Announce the prefix (SLAAC), MTU and DNS server to all nodes on the link.
+    fn send_router_advert(&mut self) {
+        if !self.net.enable_ipv6 {
+            return;
+        }
+        self.last_ra_ms = Some(self.now_ms());
+        let all_nodes = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let ra = RouterAdvert {
+            router: self.net.link_local6(),
+            prefix: self.net.prefix6,
+            mtu: self.net.mtu,
+            dns: (!self.net.disable_dns).then(|| self.net.dns6()),
+        };
+        let l2 = L2 {
+            src: self.link.mac,
+            dst: wire::multicast_mac(all_nodes),
+        };
+        if let Some(n) = wire::router_advert(&mut self.out, &l2, &ra, all_nodes) {
+            self.send_out(n);
+        }
     }
 
     // ---- DHCP ----
@@ -810,7 +870,8 @@ impl Engine {
             let UdpHost::Connected(sock) = &flow.host else {
                 return;
             };
-            match sock.recv(&mut self.out[UDP_PAYLOAD..]) {
+            let at = wire::udp_payload_offset(flow.guest.is_ipv6());
+            match sock.recv(&mut self.out[at..]) {
                 Ok(n) => {
                     flow.datagrams_in += 1;
                     let (src, dst) = (flow.dst, flow.guest);
@@ -834,7 +895,7 @@ impl Engine {
     }
 
     /// Send the `len` bytes at `self.out[UDP_PAYLOAD..]` to the guest as a datagram.
-    fn udp_to_guest(&mut self, src: SocketAddrV4, dst: SocketAddrV4, len: usize) {
+    fn udp_to_guest(&mut self, src: SocketAddr, dst: SocketAddr, len: usize) {
         let ident = self.next_ident();
         if let Some(n) = wire::finish_udp(&mut self.out, &self.l2, src, dst, len, ident) {
             self.send_out(n);
@@ -842,8 +903,8 @@ impl Engine {
     }
 
     /// Tell the guest that `dst` refused its datagrams (quote a synthetic header).
-    fn udp_port_unreachable(&mut self, guest: SocketAddrV4, dst: SocketAddrV4) {
-        let mut pkt = [0u8; UDP_PAYLOAD];
+    fn udp_port_unreachable(&mut self, guest: SocketAddr, dst: SocketAddr) {
+        let mut pkt = [0u8; wire::UDP6_PAYLOAD];
         let to_us = L2 {
             src: self.l2.dst,
             dst: self.l2.src,
@@ -873,16 +934,29 @@ impl Engine {
 
     // ---- Port forwarding ----
 
-    /// The address a host client appears from inside the guest: its own IPv4 address, or the
-    /// gateway for clients on host loopback and IPv6 clients (an IPv4 guest cannot see those).
-    fn guest_visible(&self, client: SocketAddr) -> Ipv4Addr {
+    /// The address a host client appears from inside the guest: its own address when the
+    /// guest can route back to it (same family, not loopback, not inside the virtual network),
+    /// else the gateway of the guest's family.
+    fn guest_visible(&self, client: SocketAddr, v6: bool) -> IpAddr {
         let ip = match client.ip() {
-            std::net::IpAddr::V4(v4) => Some(v4),
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            IpAddr::V6(a) => a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)),
+            v4 => v4,
         };
-        match ip {
-            Some(v4) if !v4.is_loopback() && !v4.is_unspecified() && !self.net.contains(v4) => v4,
-            _ => self.net.gateway(),
+        let routable = match ip {
+            IpAddr::V4(a) => {
+                !v6 && !a.is_loopback() && !a.is_unspecified() && !self.net.contains(a)
+            }
+            IpAddr::V6(a) => {
+                v6 && !a.is_loopback()
+                    && !a.is_unspecified()
+                    && !self.net.contains6(a)
+                    && a.segments()[0] & 0xffc0 != 0xfe80
+            }
+        };
+        match (routable, v6) {
+            (true, _) => ip,
+            (false, false) => self.net.gateway().into(),
+            (false, true) => self.net.gateway6().into(),
         }
     }
 
@@ -890,13 +964,13 @@ impl Engine {
     /// port when free, else another one (two loopback clients may share a port number).
     fn inbound_source(
         &self,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         client: SocketAddr,
         tcp: bool,
-    ) -> Option<SocketAddrV4> {
-        let ip = self.guest_visible(client);
+    ) -> Option<SocketAddr> {
+        let ip = self.guest_visible(client, guest.is_ipv6());
         let taken = |p: u16| {
-            let key = (guest, SocketAddrV4::new(ip, p));
+            let key = (guest, SocketAddr::new(ip, p));
             if tcp {
                 self.tcp.find(&key).is_some()
             } else {
@@ -904,21 +978,22 @@ impl Engine {
             }
         };
         if client.port() != 0 && !taken(client.port()) {
-            return Some(SocketAddrV4::new(ip, client.port()));
+            return Some(SocketAddr::new(ip, client.port()));
         }
         let start = (self.now_ms() as u16) | 0x8000;
         (0..4096u16)
             .map(|i| 0x8000 | start.wrapping_add(i))
             .find(|p| !taken(*p))
-            .map(|p| SocketAddrV4::new(ip, p))
+            .map(|p| SocketAddr::new(ip, p))
     }
 
     /// Open the host side of a forward and start serving it; returns its id. The error is the
     /// API desc.
     pub fn add_forward(&mut self, fwd: Forward) -> Result<u64, String> {
-        let std::net::SocketAddr::V4(guest) = fwd.guest else {
+        let guest = fwd.guest;
+        if guest.is_ipv6() && !self.net.enable_ipv6 {
             return Err("bad request: add_hostfwd: bad arguments.guest_addr".into());
-        };
+        }
         const FAILED: &str = "bad request: add_hostfwd: slirp_add_hostfwd failed";
         if self.forwards.conflicts(&fwd) {
             return Err(FAILED.into());
@@ -1007,7 +1082,8 @@ impl Engine {
                 else {
                     return;
                 };
-                match sock.recv_from(&mut self.out[UDP_PAYLOAD..]) {
+                let at = wire::udp_payload_offset(guest.is_ipv6());
+                match sock.recv_from(&mut self.out[at..]) {
                     Ok((n, client)) => self.inbound_udp(idx, id, guest, client, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1020,12 +1096,13 @@ impl Engine {
         }
     }
 
-    /// A datagram of `len` bytes (at `self.out[UDP_PAYLOAD..]`) from `client` for `guest`.
+    /// A datagram of `len` bytes (at the UDP payload offset of `self.out`) from `client` for
+    /// `guest`.
     fn inbound_udp(
         &mut self,
         fwd: usize,
         id: u64,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         client: SocketAddr,
         len: usize,
     ) {
@@ -1066,12 +1143,7 @@ impl Engine {
 
     /// An accepted host connection for `guest`: connect a smoltcp socket to the guest from the
     /// client's (guest-visible) address.
-    fn inbound_tcp(
-        &mut self,
-        stream: mio::net::TcpStream,
-        client: SocketAddr,
-        guest: SocketAddrV4,
-    ) {
+    fn inbound_tcp(&mut self, stream: mio::net::TcpStream, client: SocketAddr, guest: SocketAddr) {
         if self.tcp.len() >= MAX_TCP_FLOWS {
             self.stats.drops.bump(DropReason::Policy);
             return;
@@ -1082,8 +1154,8 @@ impl Engine {
             return;
         };
         let mut sock = stack::new_tcp_socket_unbound(self.tcp_buffer);
-        let remote = IpEndpoint::new((*guest.ip()).into(), guest.port());
-        let local = IpEndpoint::new((*src.ip()).into(), src.port());
+        let remote = IpEndpoint::new(guest.ip().into(), guest.port());
+        let local = IpEndpoint::new(src.ip().into(), src.port());
         if let Err(e) = sock.connect(self.iface.context(), remote, local) {
             tracing::debug!("inbound connect to {guest}: {e}");
             self.stats.drops.bump(DropReason::Policy);
@@ -1105,7 +1177,8 @@ impl Engine {
             bytes_to_host: 0,
             bytes_to_guest: 0,
             segments_from_guest: 0,
-            syn_quote: [0; 28],
+            syn_quote: [0; 48],
+            syn_quote_len: 0,
             syn_seq: 0,
         };
         let now_ms = self.now_ms();
@@ -1300,7 +1373,7 @@ impl Engine {
         let idx = match self.icmp.find(&key) {
             Some(idx) => idx,
             None => {
-                let dst = SocketAddrV4::new(e.dst, 0);
+                let dst = SocketAddr::new(e.dst.into(), 0);
                 let target = match self.nat.translate(dst, None) {
                     Verdict::Connect(t) => t,
                     _ => {

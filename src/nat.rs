@@ -16,7 +16,7 @@
 //! | anything else | the same address | - |
 #![forbid(unsafe_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::NetConfig;
 use crate::wire::Unreachable;
@@ -44,27 +44,44 @@ impl Nat {
     }
 
     /// Translate a guest destination. `resolver` is the current upstream nameserver, if any.
-    pub fn translate(&self, dst: SocketAddrV4, resolver: Option<SocketAddr>) -> Verdict {
-        let ip = *dst.ip();
-        if ip == self.net.gateway() {
+    pub fn translate(&self, dst: SocketAddr, resolver: Option<SocketAddr>) -> Verdict {
+        let (gateway, dns, inside, loopback): (IpAddr, IpAddr, bool, IpAddr) = match dst.ip() {
+            IpAddr::V4(ip) => (
+                self.net.gateway().into(),
+                self.net.dns().into(),
+                self.net.contains(ip),
+                Ipv4Addr::LOCALHOST.into(),
+            ),
+            IpAddr::V6(ip) => {
+                if !self.net.enable_ipv6 {
+                    return Verdict::Unreachable(Unreachable::Net);
+                }
+                let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+                (
+                    self.net.gateway6().into(),
+                    self.net.dns6().into(),
+                    self.net.contains6(ip) || link_local,
+                    Ipv6Addr::LOCALHOST.into(),
+                )
+            }
+        };
+        let ip = dst.ip();
+        if ip == gateway {
             if self.net.disable_host_loopback {
                 return Verdict::Unreachable(Unreachable::Net);
             }
-            return Verdict::Connect(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::LOCALHOST,
-                dst.port(),
-            )));
+            return Verdict::Connect(SocketAddr::new(loopback, dst.port()));
         }
-        if ip == self.net.dns() {
+        if ip == dns {
             return match (dst.port(), self.net.disable_dns, resolver) {
                 (53, false, Some(r)) => Verdict::Connect(r),
                 _ => Verdict::Refused,
             };
         }
-        if self.net.contains(ip) {
+        if inside {
             return Verdict::Unreachable(Unreachable::Host);
         }
-        Verdict::Connect(SocketAddr::V4(dst))
+        Verdict::Connect(dst)
     }
 
     /// Whether a host target is on the host's loopback (outbound binding does not apply).
@@ -77,8 +94,38 @@ impl Nat {
 mod tests {
     use super::*;
 
-    fn v4(a: [u8; 4], port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(a), port)
+    fn v4(a: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::from(a).into(), port)
+    }
+
+    #[test]
+    fn ipv6_destinations() {
+        let nat = Nat::new(&NetConfig {
+            enable_ipv6: true,
+            ..Default::default()
+        });
+        let r: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        assert_eq!(
+            nat.translate("[fd00::2]:80".parse().unwrap(), None),
+            Verdict::Connect("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            nat.translate("[fd00::3]:53".parse().unwrap(), Some(r)),
+            Verdict::Connect(r)
+        );
+        assert_eq!(
+            nat.translate("[fd00::99]:80".parse().unwrap(), None),
+            Verdict::Unreachable(Unreachable::Host)
+        );
+        assert_eq!(
+            nat.translate("[2001:db8::1]:80".parse().unwrap(), None),
+            Verdict::Connect("[2001:db8::1]:80".parse().unwrap())
+        );
+        let off = Nat::new(&NetConfig::default());
+        assert_eq!(
+            off.translate("[2001:db8::1]:80".parse().unwrap(), None),
+            Verdict::Unreachable(Unreachable::Net)
+        );
     }
 
     #[test]

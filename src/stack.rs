@@ -130,9 +130,14 @@ pub fn new_interface(net: &NetConfig, device: &mut TapDevice<'_>, now: Instant) 
     config.random_seed = random_seed();
     let mut iface = Interface::new(config, device, now);
     iface.update_ip_addrs(|addrs| {
-        // Capacity is 4 (iface-max-addr-count-4); these two cannot fail.
+        // Capacity is 5 (iface-max-addr-count-5): two IPv4 and three IPv6 addresses fit.
         let _ = addrs.push(IpCidr::new(net.gateway().into(), net.prefix));
         let _ = addrs.push(IpCidr::new(net.dns().into(), net.prefix));
+        if net.enable_ipv6 {
+            let _ = addrs.push(IpCidr::new(net.gateway6().into(), 64));
+            let _ = addrs.push(IpCidr::new(net.dns6().into(), 64));
+            let _ = addrs.push(IpCidr::new(net.link_local6().into(), 64));
+        }
     });
     iface.set_any_ip(true);
     iface

@@ -34,7 +34,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::net::{Shutdown, SocketAddr};
 
 use smoltcp::socket::tcp::{self, RecvError, State};
 
@@ -69,8 +69,8 @@ pub struct TcpFlow<H> {
     pub handle: smoltcp::iface::SocketHandle,
     pub phase: Phase,
     /// The guest's endpoint and the destination it connected to.
-    pub guest: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub guest: SocketAddr,
+    pub dst: SocketAddr,
     /// Where the host socket connects.
     pub target: SocketAddr,
     pub host_readable: bool,
@@ -85,8 +85,9 @@ pub struct TcpFlow<H> {
     pub bytes_to_guest: u64,
     /// Segments the guest sent on this flow.
     pub segments_from_guest: u64,
-    /// The guest's SYN (IPv4 header + 8 bytes), to quote in an ICMP error.
-    pub syn_quote: [u8; 28],
+    /// The start of the guest's SYN (IP header + TCP header start), to quote in an ICMP error.
+    pub syn_quote: [u8; 48],
+    pub syn_quote_len: usize,
     /// The guest's SYN sequence number (for a RST built without smoltcp).
     pub syn_seq: u32,
 }

@@ -15,7 +15,7 @@
 //! DNS). The table is capped at [`MAX_FLOWS`]; a datagram that would exceed it is dropped and
 //! counted.
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use crate::config::{NetConfig, Outbound};
 
@@ -43,8 +43,8 @@ pub enum UdpHost {
 pub struct UdpFlow {
     pub host: UdpHost,
     /// The guest endpoint and the destination it sent to (the replies' source).
-    pub guest: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub guest: SocketAddr,
+    pub dst: SocketAddr,
     pub idle_ms: u64,
     pub datagrams_out: u64,
     pub datagrams_in: u64,
@@ -88,8 +88,8 @@ pub fn bind_outbound(
 impl UdpFlow {
     pub fn open(
         net: &NetConfig,
-        guest: SocketAddrV4,
-        dst: SocketAddrV4,
+        guest: SocketAddr,
+        dst: SocketAddr,
         target: SocketAddr,
         idle_ms: u64,
     ) -> io::Result<UdpFlow> {

@@ -24,11 +24,11 @@
 //! that does not fit the MTU (rare: large UDP replies).
 #![forbid(unsafe_code)]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress,
-    IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
+    ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv6Packet,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
 };
 
 /// Ethernet header length.
@@ -41,6 +41,20 @@ pub const IP_LEN: usize = 20;
 pub const ICMP_OFFSET: usize = ETH_LEN + IP_LEN;
 /// Offset of a UDP payload in a frame.
 pub const UDP_PAYLOAD: usize = ETH_LEN + IP_LEN + 8;
+/// IPv6 header length (we never emit extension headers).
+pub const IP6_LEN: usize = 40;
+/// Offset of a UDP payload in an IPv6 frame.
+pub const UDP6_PAYLOAD: usize = ETH_LEN + IP6_LEN + 8;
+
+/// Offset of the transport header in a frame of this family.
+pub fn l4_offset(v6: bool) -> usize {
+    ETH_LEN + if v6 { IP6_LEN } else { IP_LEN }
+}
+
+/// Offset of a UDP payload in a frame of this family.
+pub fn udp_payload_offset(v6: bool) -> usize {
+    l4_offset(v6) + 8
+}
 
 /// Why a frame was dropped. Each has a counter in [`DropCounters`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +82,8 @@ pub enum DropReason {
     TcpFlags,
     /// Malformed DHCP request.
     Dhcp,
+    /// Malformed or unexpected neighbor discovery (NS/NA/RS), or NS for an address not ours.
+    Ndp,
     /// IP protocol we do not proxy.
     Protocol,
     /// ICMP other than echo request.
@@ -80,7 +96,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// All reasons, in counter order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::NotOurMac,
         DropReason::Ethertype,
@@ -92,6 +108,7 @@ impl DropReason {
         DropReason::Address,
         DropReason::TcpFlags,
         DropReason::Dhcp,
+        DropReason::Ndp,
         DropReason::Protocol,
         DropReason::Icmp,
         DropReason::Ipv6,
@@ -112,6 +129,7 @@ impl DropReason {
             DropReason::Address => "address",
             DropReason::TcpFlags => "tcp_flags",
             DropReason::Dhcp => "dhcp",
+            DropReason::Ndp => "ndp",
             DropReason::Protocol => "protocol",
             DropReason::Icmp => "icmp",
             DropReason::Ipv6 => "ipv6",
@@ -149,13 +167,33 @@ pub struct LinkInfo {
     pub gateway: Ipv4Addr,
     /// DNS forwarder address (network+3).
     pub dns: Ipv4Addr,
+    /// IPv6 addresses, when IPv6 is enabled.
+    pub ipv6: Option<Link6>,
+}
+
+/// Our IPv6 addresses on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link6 {
+    /// Gateway (prefix::2), stands for host ::1.
+    pub gateway: Ipv6Addr,
+    /// DNS forwarder (prefix::3).
+    pub dns: Ipv6Addr,
+    /// Our link-local address: the router address in RAs.
+    pub link_local: Ipv6Addr,
+}
+
+impl Link6 {
+    /// Whether `a` is one of our own IPv6 addresses.
+    pub fn is_ours(&self, a: Ipv6Addr) -> bool {
+        a == self.gateway || a == self.dns || a == self.link_local
+    }
 }
 
 /// Flags of a TCP segment that matter to flow creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpInfo {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub syn: bool,
     pub ack: bool,
     pub rst: bool,
@@ -168,8 +206,8 @@ pub struct TcpInfo {
 /// A UDP datagram from the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpInfo<'a> {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub payload: &'a [u8],
 }
 
@@ -193,6 +231,8 @@ pub enum Class<'a> {
     Echo(EchoInfo<'a>),
     /// A DHCP request (UDP 68 -> 67); the payload.
     Dhcp(&'a [u8]),
+    /// An IPv6 router solicitation from this address (unspecified before SLAAC).
+    RouterSolicit(Ipv6Addr),
     Drop(DropReason),
 }
 
@@ -213,7 +253,10 @@ pub fn classify<'a>(frame: &'a [u8], link: &LinkInfo) -> Class<'a> {
     match eth.ethertype() {
         EthernetProtocol::Arp => classify_arp(payload, link),
         EthernetProtocol::Ipv4 => classify_ipv4(payload, link),
-        EthernetProtocol::Ipv6 => Class::Drop(DropReason::Ipv6),
+        EthernetProtocol::Ipv6 => match &link.ipv6 {
+            Some(l6) => classify_ipv6(payload, l6),
+            None => Class::Drop(DropReason::Ipv6),
+        },
         _ => Class::Drop(DropReason::Ethertype),
     }
 }
@@ -264,54 +307,21 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
     let (src_ip, dst_ip) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
     let body = ip.payload();
     match ip.next_header() {
-        IpProtocol::Tcp => {
-            let Ok(tcp) = TcpPacket::new_checked(body) else {
-                return Class::Drop(DropReason::Truncated);
-            };
-            if !tcp.verify_checksum(&src_ip, &dst_ip) {
-                return Class::Drop(DropReason::Checksum);
-            }
-            let info = TcpInfo {
-                src: SocketAddrV4::new(src, tcp.src_port()),
-                dst: SocketAddrV4::new(dst, tcp.dst_port()),
-                syn: tcp.syn(),
-                ack: tcp.ack(),
-                rst: tcp.rst(),
-                fin: tcp.fin(),
-                seq: tcp.seq_number().0 as u32,
-                seq_len: u32::try_from(tcp.segment_len()).unwrap_or(u32::MAX),
-            };
-            let nonsense = info.src.port() == 0
-                || info.dst.port() == 0
-                || (info.syn && (info.fin || info.rst))
-                || (info.rst && info.fin)
-                || (!info.syn && !info.rst && !info.ack);
-            if nonsense {
-                Class::Drop(DropReason::TcpFlags)
-            } else {
-                Class::Tcp(info)
-            }
-        }
+        IpProtocol::Tcp => classify_tcp(body, src.into(), dst.into()),
         IpProtocol::Udp => {
             let Ok(udp) = UdpPacket::new_checked(body) else {
                 return Class::Drop(DropReason::Truncated);
             };
-            if udp.checksum() != 0 && !udp.verify_checksum(&src_ip, &dst_ip) {
-                return Class::Drop(DropReason::Checksum);
-            }
-            let len = usize::from(udp.len());
-            let payload = body.get(8..len).unwrap_or(&[]);
             if maybe_dhcp && udp.src_port() == 68 && udp.dst_port() == 67 {
-                return Class::Dhcp(payload);
+                if udp.checksum() != 0 && !udp.verify_checksum(&src_ip, &dst_ip) {
+                    return Class::Drop(DropReason::Checksum);
+                }
+                return Class::Dhcp(body.get(8..usize::from(udp.len())).unwrap_or(&[]));
             }
-            if !unicast(src) || !unicast(dst) || udp.src_port() == 0 || udp.dst_port() == 0 {
+            if !unicast(src) || !unicast(dst) {
                 return Class::Drop(DropReason::Address);
             }
-            Class::Udp(UdpInfo {
-                src: SocketAddrV4::new(src, udp.src_port()),
-                dst: SocketAddrV4::new(dst, udp.dst_port()),
-                payload,
-            })
+            classify_udp(body, src.into(), dst.into())
         }
         IpProtocol::Icmp => {
             if body.len() < 8 {
@@ -339,6 +349,114 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
     }
 }
 
+/// A TCP segment (`body`, bounded by the IP length) between two addresses of one family.
+fn classify_tcp(body: &[u8], src: IpAddr, dst: IpAddr) -> Class<'_> {
+    let Ok(tcp) = TcpPacket::new_checked(body) else {
+        return Class::Drop(DropReason::Truncated);
+    };
+    if !tcp.verify_checksum(&src.into(), &dst.into()) {
+        return Class::Drop(DropReason::Checksum);
+    }
+    let info = TcpInfo {
+        src: SocketAddr::new(src, tcp.src_port()),
+        dst: SocketAddr::new(dst, tcp.dst_port()),
+        syn: tcp.syn(),
+        ack: tcp.ack(),
+        rst: tcp.rst(),
+        fin: tcp.fin(),
+        seq: tcp.seq_number().0 as u32,
+        seq_len: u32::try_from(tcp.segment_len()).unwrap_or(u32::MAX),
+    };
+    let nonsense = info.src.port() == 0
+        || info.dst.port() == 0
+        || (info.syn && (info.fin || info.rst))
+        || (info.rst && info.fin)
+        || (!info.syn && !info.rst && !info.ack);
+    if nonsense {
+        Class::Drop(DropReason::TcpFlags)
+    } else {
+        Class::Tcp(info)
+    }
+}
+
+/// A UDP datagram between two unicast addresses. IPv6 requires a checksum.
+fn classify_udp(body: &[u8], src: IpAddr, dst: IpAddr) -> Class<'_> {
+    let Ok(udp) = UdpPacket::new_checked(body) else {
+        return Class::Drop(DropReason::Truncated);
+    };
+    let ok = match (src, udp.checksum()) {
+        (IpAddr::V4(_), 0) => true,
+        (IpAddr::V6(_), 0) => false,
+        _ => udp.verify_checksum(&src.into(), &dst.into()),
+    };
+    if !ok {
+        return Class::Drop(DropReason::Checksum);
+    }
+    if udp.src_port() == 0 || udp.dst_port() == 0 {
+        return Class::Drop(DropReason::Address);
+    }
+    Class::Udp(UdpInfo {
+        src: SocketAddr::new(src, udp.src_port()),
+        dst: SocketAddr::new(dst, udp.dst_port()),
+        payload: body.get(8..usize::from(udp.len())).unwrap_or(&[]),
+    })
+}
+
+fn unicast6(a: Ipv6Addr) -> bool {
+    !(a.is_unspecified() || a.is_multicast() || a.is_loopback())
+}
+
+fn classify_ipv6<'a>(payload: &'a [u8], link: &Link6) -> Class<'a> {
+    let Ok(ip) = Ipv6Packet::new_checked(payload) else {
+        return Class::Drop(DropReason::Truncated);
+    };
+    if ip.version() != 6 {
+        return Class::Drop(DropReason::BadIpHeader);
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if src.is_multicast() || src.is_loopback() {
+        return Class::Drop(DropReason::Address);
+    }
+    let body = ip.payload();
+    match ip.next_header() {
+        IpProtocol::Tcp | IpProtocol::Udp if !unicast6(src) || !unicast6(dst) => {
+            Class::Drop(DropReason::Address)
+        }
+        IpProtocol::Tcp => classify_tcp(body, src.into(), dst.into()),
+        IpProtocol::Udp => classify_udp(body, src.into(), dst.into()),
+        IpProtocol::Icmpv6 => {
+            let Ok(icmp) = Icmpv6Packet::new_checked(body) else {
+                return Class::Drop(DropReason::Truncated);
+            };
+            if !icmp.verify_checksum(&src, &dst) {
+                return Class::Drop(DropReason::Checksum);
+            }
+            let ndp_ok = ip.hop_limit() == 255 && body[1] == 0;
+            match body[0] {
+                // Echo request to one of our addresses: smoltcp answers.
+                128 if link.is_ours(dst) => Class::Stack,
+                133 if ndp_ok && body.len() >= 8 => Class::RouterSolicit(src),
+                // Neighbor solicitation for one of our addresses (not the guest's DAD probes).
+                135 if ndp_ok && body.len() >= 24 => {
+                    let mut t = [0u8; 16];
+                    t.copy_from_slice(&body[8..24]);
+                    if link.is_ours(Ipv6Addr::from(t)) {
+                        Class::Stack
+                    } else {
+                        Class::Drop(DropReason::Ndp)
+                    }
+                }
+                136 if ndp_ok && body.len() >= 24 => Class::Stack,
+                133 | 135 | 136 => Class::Drop(DropReason::Ndp),
+                _ => Class::Drop(DropReason::Icmp),
+            }
+        }
+        IpProtocol::HopByHop => Class::Drop(DropReason::IpOptions),
+        IpProtocol::Ipv6Frag => Class::Drop(DropReason::Fragment),
+        _ => Class::Drop(DropReason::Protocol),
+    }
+}
+
 /// Internet checksum (RFC 1071) of `data`, starting from a partial sum `initial`.
 /// Returns the folded, complemented value: 0 for a buffer whose checksum field is right.
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
@@ -348,16 +466,22 @@ pub fn checksum(data: &[u8], initial: u32) -> u16 {
     !ck::combine(&[ck::data(data), initial])
 }
 
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
-    let s = src.octets();
-    let d = dst.octets();
-    u32::from(u16::from_be_bytes([s[0], s[1]]))
-        + u32::from(u16::from_be_bytes([s[2], s[3]]))
-        + u32::from(u16::from_be_bytes([d[0], d[1]]))
-        + u32::from(u16::from_be_bytes([d[2], d[3]]))
-        + u32::from(proto)
-        + (len as u32 & 0xffff)
-        + (len as u32 >> 16)
+fn pseudo_header_sum(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let words = |a: IpAddr| -> u32 {
+        match a {
+            IpAddr::V4(a) => a
+                .octets()
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum(),
+            IpAddr::V6(a) => a
+                .octets()
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum(),
+        }
+    };
+    words(src) + words(dst) + u32::from(proto) + (len as u32 & 0xffff) + (len as u32 >> 16)
 }
 
 /// Ethernet addressing of frames sent to the guest.
@@ -405,32 +529,79 @@ fn finish_ipv4(
     Some(frame_len)
 }
 
-/// Complete a UDP frame whose payload (`len` bytes) is already at `frame[UDP_PAYLOAD..]`.
-/// Returns the frame length (`None` if it cannot fit in an IPv4 packet or the buffer).
+/// Write Ethernet + IPv6 headers for a payload of `payload_len` bytes already at
+/// `frame[l4_offset(true)..]`.
+fn finish_ipv6(
+    frame: &mut [u8],
+    l2: &L2,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: u8,
+    payload_len: usize,
+) -> Option<usize> {
+    let frame_len = ETH_LEN + IP6_LEN + payload_len;
+    if payload_len > usize::from(u16::MAX) || frame.len() < frame_len {
+        return None;
+    }
+    frame[0..6].copy_from_slice(&l2.dst);
+    frame[6..12].copy_from_slice(&l2.src);
+    frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut frame[ETH_LEN..ETH_LEN + IP6_LEN];
+    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    ip[6] = proto;
+    ip[7] = if proto == 58 { 255 } else { 64 };
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    Some(frame_len)
+}
+
+/// Ethernet + IP headers for either family (`None` if the families differ).
+fn finish_ip(
+    frame: &mut [u8],
+    l2: &L2,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    payload_len: usize,
+    ident: u16,
+) -> Option<usize> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => finish_ipv4(frame, l2, s, d, proto, payload_len, ident),
+        (IpAddr::V6(s), IpAddr::V6(d)) => finish_ipv6(frame, l2, s, d, proto, payload_len),
+        _ => None,
+    }
+}
+
+/// Complete a UDP frame whose payload (`len` bytes) is already at
+/// `frame[udp_payload_offset(v6)..]`. Returns the frame length (`None` if it cannot fit in an
+/// IP packet or the buffer, or the families differ).
 pub fn finish_udp(
     frame: &mut [u8],
     l2: &L2,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     len: usize,
     ident: u16,
 ) -> Option<usize> {
+    let v6 = src.is_ipv6();
+    let (l4, payload) = (l4_offset(v6), udp_payload_offset(v6));
     let udp_len = 8 + len;
-    if udp_len > usize::from(u16::MAX) - IP_LEN || frame.len() < UDP_PAYLOAD + len {
+    if udp_len > usize::from(u16::MAX) - IP_LEN || frame.len() < payload + len {
         return None;
     }
-    let udp = &mut frame[ICMP_OFFSET..UDP_PAYLOAD + len];
+    let udp = &mut frame[l4..payload + len];
     udp[0..2].copy_from_slice(&src.port().to_be_bytes());
     udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
     udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]);
-    let pseudo = pseudo_header_sum(*src.ip(), *dst.ip(), 17, udp_len);
+    let pseudo = pseudo_header_sum(src.ip(), dst.ip(), 17, udp_len);
     let mut c = checksum(udp, pseudo);
     if c == 0 {
         c = 0xffff;
     }
     udp[6..8].copy_from_slice(&c.to_be_bytes());
-    finish_ipv4(frame, l2, *src.ip(), *dst.ip(), 17, udp_len, ident)
+    finish_ip(frame, l2, src.ip(), dst.ip(), 17, udp_len, ident)
 }
 
 /// Complete a DHCP reply (payload of `len` bytes at `frame[UDP_PAYLOAD..]`) broadcast from
@@ -448,8 +619,8 @@ pub fn finish_dhcp(
     finish_udp(
         frame,
         &l2,
-        SocketAddrV4::new(server, 67),
-        SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+        SocketAddrV4::new(server, 67).into(),
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 68).into(),
         len,
         0,
     )
@@ -514,7 +685,8 @@ pub fn icmp_error(
 /// Build a RST|ACK answering a guest SYN (`syn` from [`classify`]): the guest sees
 /// "connection refused".
 pub fn tcp_rst(out: &mut [u8], l2: &L2, syn: &TcpInfo) -> Option<usize> {
-    let seg = out.get_mut(ICMP_OFFSET..ICMP_OFFSET + 20)?;
+    let l4 = l4_offset(syn.src.is_ipv6());
+    let seg = out.get_mut(l4..l4 + 20)?;
     seg[0..2].copy_from_slice(&syn.dst.port().to_be_bytes());
     seg[2..4].copy_from_slice(&syn.src.port().to_be_bytes());
     seg[4..8].copy_from_slice(&0u32.to_be_bytes());
@@ -522,10 +694,101 @@ pub fn tcp_rst(out: &mut [u8], l2: &L2, syn: &TcpInfo) -> Option<usize> {
     seg[12] = 5 << 4;
     seg[13] = 0x14; // RST | ACK
     seg[14..20].copy_from_slice(&[0; 6]);
-    let pseudo = pseudo_header_sum(*syn.dst.ip(), *syn.src.ip(), 6, 20);
+    let pseudo = pseudo_header_sum(syn.dst.ip(), syn.src.ip(), 6, 20);
     let c = checksum(seg, pseudo);
     seg[16..18].copy_from_slice(&c.to_be_bytes());
-    finish_ipv4(out, l2, *syn.dst.ip(), *syn.src.ip(), 6, 20, 0)
+    finish_ip(out, l2, syn.dst.ip(), syn.src.ip(), 6, 20, 0)
+}
+
+/// Build an ICMPv6 destination unreachable (type 1; `code` 0 no route, 3 address
+/// unreachable, 4 port unreachable) from `router` to the sender of `offending` (an IPv6
+/// packet from the guest; its start is quoted).
+pub fn icmp6_error(
+    out: &mut [u8],
+    l2: &L2,
+    router: Ipv6Addr,
+    code: u8,
+    offending: &[u8],
+) -> Option<usize> {
+    if offending.len() < IP6_LEN {
+        return None;
+    }
+    let quote_len = offending.len().min(512);
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&offending[8..24]);
+    let guest = Ipv6Addr::from(g);
+    let l4 = l4_offset(true);
+    let len = 8 + quote_len;
+    let msg = out.get_mut(l4..l4 + len)?;
+    msg[0] = 1;
+    msg[1] = code;
+    msg[2..8].copy_from_slice(&[0; 6]);
+    msg[8..].copy_from_slice(&offending[..quote_len]);
+    let pseudo = pseudo_header_sum(router.into(), guest.into(), 58, len);
+    let c = checksum(msg, pseudo);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    finish_ipv6(out, l2, router, guest, 58, len)
+}
+
+/// What a router advertisement announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterAdvert {
+    /// Our link-local address (the router).
+    pub router: Ipv6Addr,
+    /// The /64 prefix for SLAAC.
+    pub prefix: Ipv6Addr,
+    pub mtu: u32,
+    /// RDNSS option (RFC 8106), if DNS is enabled.
+    pub dns: Option<Ipv6Addr>,
+}
+
+/// Build a router advertisement to `dst` (ff02::1 for unsolicited ones) with the prefix
+/// (on-link, autonomous), MTU, source link-layer address and RDNSS options.
+pub fn router_advert(out: &mut [u8], l2: &L2, ra: &RouterAdvert, dst: Ipv6Addr) -> Option<usize> {
+    let l4 = l4_offset(true);
+    let mut len = 16; // type, code, checksum, hop limit, flags, lifetime, reachable, retrans
+    let opts_len = 8 + 8 + 32 + if ra.dns.is_some() { 24 } else { 0 };
+    let msg = out.get_mut(l4..l4 + len + opts_len)?;
+    msg.fill(0);
+    msg[0] = 134;
+    msg[4] = 64; // cur hop limit
+    msg[6..8].copy_from_slice(&1800u16.to_be_bytes()); // router lifetime
+                                                       // Source link-layer address.
+    msg[len] = 1;
+    msg[len + 1] = 1;
+    msg[len + 2..len + 8].copy_from_slice(&l2.src);
+    len += 8;
+    // MTU.
+    msg[len] = 5;
+    msg[len + 1] = 1;
+    msg[len + 4..len + 8].copy_from_slice(&ra.mtu.to_be_bytes());
+    len += 8;
+    // Prefix information: /64, on-link + autonomous.
+    msg[len] = 3;
+    msg[len + 1] = 4;
+    msg[len + 2] = 64;
+    msg[len + 3] = 0xc0;
+    msg[len + 4..len + 8].copy_from_slice(&86_400u32.to_be_bytes());
+    msg[len + 8..len + 12].copy_from_slice(&14_400u32.to_be_bytes());
+    msg[len + 16..len + 32].copy_from_slice(&ra.prefix.octets());
+    len += 32;
+    if let Some(dns) = ra.dns {
+        msg[len] = 25;
+        msg[len + 1] = 3;
+        msg[len + 4..len + 8].copy_from_slice(&1800u32.to_be_bytes());
+        msg[len + 8..len + 24].copy_from_slice(&dns.octets());
+        len += 24;
+    }
+    let pseudo = pseudo_header_sum(ra.router.into(), dst.into(), 58, len);
+    let c = checksum(&msg[..len], pseudo);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    finish_ipv6(out, l2, ra.router, dst, 58, len)
+}
+
+/// The Ethernet address of an IPv6 multicast group (33:33 + low 32 bits).
+pub fn multicast_mac(group: Ipv6Addr) -> [u8; 6] {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
 }
 
 /// Split the IPv4 packet in `frame` (Ethernet + IPv4 without options) into fragments whose IP
@@ -537,6 +800,10 @@ pub fn fragment(frame: &[u8], mtu: usize, scratch: &mut [u8], mut emit: impl FnM
     }
     if frame.len() - ETH_LEN <= mtu {
         emit(frame);
+        return;
+    }
+    if frame[12..14] != [0x08, 0x00] {
+        // Only IPv4 is fragmented here; an oversized IPv6 datagram is not sent.
         return;
     }
     let payload = &frame[ICMP_OFFSET..];
@@ -567,11 +834,18 @@ pub fn fragment(frame: &[u8], mtu: usize, scratch: &mut [u8], mut emit: impl FnM
 mod tests {
     use super::*;
 
+    const LINK6: Link6 = Link6 {
+        gateway: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+        dns: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3),
+        link_local: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2),
+    };
     const LINK: LinkInfo = LinkInfo {
         mac: [0x52, 0x55, 10, 0, 2, 2],
         gateway: Ipv4Addr::new(10, 0, 2, 2),
         dns: Ipv4Addr::new(10, 0, 2, 3),
+        ipv6: Some(LINK6),
     };
+    const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
     const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
     const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
     // From the guest's point of view: frames go from GUEST_MAC to our MAC.
@@ -586,8 +860,8 @@ mod tests {
         let n = finish_udp(
             &mut f,
             &TO_US,
-            SocketAddrV4::new(GUEST, 40000),
-            dst,
+            SocketAddrV4::new(GUEST, 40000).into(),
+            dst.into(),
             payload.len(),
             7,
         )
@@ -605,7 +879,7 @@ mod tests {
         seg[12] = 5 << 4;
         seg[13] = flags;
         seg[14..16].copy_from_slice(&64000u16.to_be_bytes());
-        let pseudo = pseudo_header_sum(GUEST, *dst.ip(), 6, 20);
+        let pseudo = pseudo_header_sum(GUEST.into(), (*dst.ip()).into(), 6, 20);
         let c = checksum(seg, pseudo);
         seg[16..18].copy_from_slice(&c.to_be_bytes());
         finish_ipv4(&mut f, &TO_US, GUEST, *dst.ip(), 6, 20, 1).unwrap();
@@ -618,8 +892,8 @@ mod tests {
         let f = udp_frame(dst, b"hello");
         match classify(&f, &LINK) {
             Class::Udp(u) => {
-                assert_eq!(u.dst, dst);
-                assert_eq!(u.src, SocketAddrV4::new(GUEST, 40000));
+                assert_eq!(u.dst, dst.into());
+                assert_eq!(u.src, SocketAddrV4::new(GUEST, 40000).into());
                 assert_eq!(u.payload, b"hello");
             }
             other => panic!("unexpected {other:?}"),
@@ -702,8 +976,8 @@ mod tests {
                 src: GUEST_MAC,
                 dst: [0xff; 6],
             },
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68).into(),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 67).into(),
             300,
             1,
         )
@@ -716,8 +990,8 @@ mod tests {
                 src: GUEST_MAC,
                 dst: [0xff; 6],
             },
-            SocketAddrV4::new(GUEST, 5000),
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, 5000),
+            SocketAddrV4::new(GUEST, 5000).into(),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 5000).into(),
             300,
             1,
         )
@@ -768,7 +1042,8 @@ mod tests {
 
         let mut f = udp_frame(dst, b"data");
         f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        assert_eq!(classify(&f, &LINK), Class::Drop(DropReason::Ipv6));
+        let v4only = LinkInfo { ipv6: None, ..LINK };
+        assert_eq!(classify(&f, &v4only), Class::Drop(DropReason::Ipv6));
 
         let mut f = udp_frame(dst, b"data");
         f[0] = 0x02; // another unicast MAC
@@ -915,5 +1190,157 @@ mod tests {
             n += 1
         });
         assert_eq!(n, 1);
+    }
+
+    fn icmp6_frame(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8], hop_limit: u8) -> Vec<u8> {
+        let l4 = l4_offset(true);
+        let mut f = vec![0u8; l4 + msg.len()];
+        f[l4..].copy_from_slice(msg);
+        let pseudo = pseudo_header_sum(src.into(), dst.into(), 58, msg.len());
+        let c = checksum(&f[l4..], pseudo);
+        f[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+        finish_ipv6(&mut f, &TO_US, src, dst, 58, msg.len()).unwrap();
+        f[ETH_LEN + 7] = hop_limit;
+        f
+    }
+
+    fn ns(target: Ipv6Addr) -> Vec<u8> {
+        let mut m = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&target.octets());
+        m
+    }
+
+    #[test]
+    fn ndp_only_for_our_addresses() {
+        let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2);
+        assert_eq!(
+            classify(
+                &icmp6_frame(GUEST6, solicited, &ns(LINK6.gateway), 255),
+                &LINK
+            ),
+            Class::Stack
+        );
+        assert_eq!(
+            classify(
+                &icmp6_frame(GUEST6, solicited, &ns(LINK6.link_local), 255),
+                &LINK
+            ),
+            Class::Stack
+        );
+        // The guest's duplicate address detection must go unanswered.
+        assert_eq!(
+            classify(
+                &icmp6_frame(Ipv6Addr::UNSPECIFIED, solicited, &ns(GUEST6), 255),
+                &LINK
+            ),
+            Class::Drop(DropReason::Ndp)
+        );
+        // NDP with a hop limit other than 255 is forged.
+        assert_eq!(
+            classify(
+                &icmp6_frame(GUEST6, solicited, &ns(LINK6.gateway), 64),
+                &LINK
+            ),
+            Class::Drop(DropReason::Ndp)
+        );
+        let rs = [133u8, 0, 0, 0, 0, 0, 0, 0];
+        let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+        assert_eq!(
+            classify(&icmp6_frame(GUEST6, all_routers, &rs, 255), &LINK),
+            Class::RouterSolicit(GUEST6)
+        );
+        // IPv6 disabled: everything is dropped.
+        let v4only = LinkInfo { ipv6: None, ..LINK };
+        assert_eq!(
+            classify(&icmp6_frame(GUEST6, all_routers, &rs, 255), &v4only),
+            Class::Drop(DropReason::Ipv6)
+        );
+    }
+
+    #[test]
+    fn tcp6_syn_and_rst() {
+        let dst: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let l4 = l4_offset(true);
+        let mut f = vec![0u8; l4 + 20];
+        let seg = &mut f[l4..];
+        seg[0..2].copy_from_slice(&40001u16.to_be_bytes());
+        seg[2..4].copy_from_slice(&443u16.to_be_bytes());
+        seg[4..8].copy_from_slice(&77u32.to_be_bytes());
+        seg[12] = 5 << 4;
+        seg[13] = 0x02;
+        let pseudo = pseudo_header_sum(GUEST6.into(), dst.ip(), 6, 20);
+        let c = checksum(seg, pseudo);
+        seg[16..18].copy_from_slice(&c.to_be_bytes());
+        finish_ip(&mut f, &TO_US, GUEST6.into(), dst.ip(), 6, 20, 0).unwrap();
+        let Class::Tcp(info) = classify(&f, &LINK) else {
+            panic!("not tcp: {:?}", classify(&f, &LINK))
+        };
+        assert_eq!(info.dst, dst);
+        let mut out = [0u8; 128];
+        let l2 = L2 {
+            src: LINK.mac,
+            dst: GUEST_MAC,
+        };
+        let n = tcp_rst(&mut out, &l2, &info).unwrap();
+        let ip = Ipv6Packet::new_checked(&out[ETH_LEN..n]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&dst.ip().into(), &IpAddress::Ipv6(GUEST6)));
+        assert!(tcp.rst());
+        assert_eq!(tcp.ack_number().0, 78);
+        // ICMPv6 error quoting the SYN.
+        let n = icmp6_error(&mut out, &l2, LINK6.link_local, 4, &f[ETH_LEN..]).unwrap();
+        let ip = Ipv6Packet::new_checked(&out[ETH_LEN..n]).unwrap();
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(&LINK6.link_local, &GUEST6));
+        assert_eq!(ip.dst_addr(), GUEST6);
+    }
+
+    #[test]
+    fn udp6_requires_checksum() {
+        let mut f = vec![0u8; UDP6_PAYLOAD + 4];
+        let src: SocketAddr = SocketAddr::new(GUEST6.into(), 5000);
+        let dst: SocketAddr = SocketAddr::new(LINK6.dns.into(), 53);
+        let n = finish_udp(&mut f, &TO_US, src, dst, 4, 0).unwrap();
+        assert!(
+            matches!(classify(&f[..n], &LINK), Class::Udp(u) if u.dst == dst && u.payload.len() == 4)
+        );
+        f[l4_offset(true) + 6..l4_offset(true) + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(classify(&f[..n], &LINK), Class::Drop(DropReason::Checksum));
+    }
+
+    #[test]
+    fn router_advert_parses() {
+        use smoltcp::wire::{Icmpv6Repr, NdiscPrefixInfoFlags, NdiscRepr};
+        let mut out = [0u8; 256];
+        let l2 = L2 {
+            src: LINK.mac,
+            dst: multicast_mac(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)),
+        };
+        let ra = RouterAdvert {
+            router: LINK6.link_local,
+            prefix: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
+            mtu: 1500,
+            dns: Some(LINK6.dns),
+        };
+        let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let n = router_advert(&mut out, &l2, &ra, all).unwrap();
+        assert_eq!(&out[..6], &[0x33, 0x33, 0, 0, 0, 1]);
+        let ip = Ipv6Packet::new_checked(&out[ETH_LEN..n]).unwrap();
+        assert_eq!(ip.hop_limit(), 255);
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(&LINK6.link_local, &all));
+        let repr = Icmpv6Repr::parse(&LINK6.link_local, &all, &icmp, &Default::default()).unwrap();
+        let Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+            prefix_info, mtu, ..
+        }) = repr
+        else {
+            panic!("not an RA: {repr:?}")
+        };
+        assert_eq!(mtu, Some(1500));
+        let p = prefix_info.unwrap();
+        assert_eq!((p.prefix_len, p.prefix), (64, ra.prefix));
+        assert!(p
+            .flags
+            .contains(NdiscPrefixInfoFlags::ADDRCONF | NdiscPrefixInfoFlags::ON_LINK));
     }
 }
