@@ -10,11 +10,14 @@
 //! - [`stack`]: the smoltcp interface and its TAP device adapter.
 //! - [`tcp`], [`udp`], [`icmp`], [`dns`]: the proxies.
 //! - [`engine`]: the single-threaded event loop that drives it all.
+//! - [`bypass`] (sans-IO decision), [`seccomp`] (filter, listener, pidfds) and [`supervisor`]
+//!   (its own thread): bypass mode, which hands containers host sockets.
 //! - [`sandbox`], [`filter`]: the daemon's confinement (mount namespace, capabilities,
 //!   seccomp allow-list).
 
 pub mod api;
 pub mod app;
+pub mod bypass;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -30,7 +33,9 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod sandbox;
+pub mod seccomp;
 pub mod stack;
+pub mod supervisor;
 pub mod tap;
 pub mod tcp;
 pub mod udp;

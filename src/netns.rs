@@ -74,6 +74,8 @@ use crate::tap::{self, Tap, TapError};
 const MAX_REPLY: usize = 4096;
 const TAG_OK: u8 = b'K';
 const TAG_ERR: u8 = b'E';
+/// Run child, bypass mode: "the listener is fd N" (4 bytes, native endian) follows.
+const TAG_LISTENER: u8 = b'L';
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Errors from entering namespaces, opening the TAP there and running the `tapwire run` child.
@@ -490,6 +492,64 @@ impl RunChild {
             }
         }
     }
+
+    /// Bypass mode ([`spawn_run_filtered`] with a filter): let the child install its seccomp
+    /// filter and take the listener from it (`pidfd_getfd`); the child then execs the command.
+    pub fn start_with_listener(&mut self) -> Result<OwnedFd, NetnsError> {
+        let pid = self.pid;
+        let go = self.go.take().ok_or(NetnsError::AlreadyStarted { pid })?;
+        let start_err = |e: io::Error| NetnsError::Start { pid, source: e };
+        loop {
+            match send(go.as_raw_fd(), &[1], MsgFlags::MSG_NOSIGNAL) {
+                Ok(_) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(start_err(errno(e))),
+            }
+        }
+        let mut buf = [0u8; MAX_REPLY];
+        let n = loop {
+            match nix::sys::socket::recv(go.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(NetnsError::Recv {
+                        pid,
+                        source: errno(e),
+                    })
+                }
+            }
+        };
+        let fd_num = match buf.get(..n).unwrap_or(&[]) {
+            [TAG_LISTENER, a, b, c, d] => RawFd::from_ne_bytes([*a, *b, *c, *d]),
+            [TAG_ERR, text @ ..] => {
+                return Err(NetnsError::Child {
+                    pid,
+                    message: String::from_utf8_lossy(text).into_owned(),
+                })
+            }
+            [] => {
+                return Err(NetnsError::ChildDied {
+                    pid,
+                    how: describe(wait_child(pid)?),
+                })
+            }
+            _ => {
+                return Err(NetnsError::BadReply {
+                    pid,
+                    reason: "expected the seccomp listener",
+                })
+            }
+        };
+        let pidfd = crate::seccomp::pidfd_open_child(pid.as_raw()).map_err(start_err)?;
+        let listener = crate::seccomp::pidfd_getfd(pidfd.as_fd(), fd_num).map_err(start_err)?;
+        loop {
+            match send(go.as_raw_fd(), &[1], MsgFlags::MSG_NOSIGNAL) {
+                Ok(_) => return Ok(listener),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(start_err(errno(e))),
+            }
+        }
+    }
 }
 
 /// Everything the run child needs, prepared before `fork`.
@@ -505,6 +565,8 @@ struct RunPrep<'a> {
     resolv: String,
     tapname: &'a str,
     cfg: &'a IfConfig,
+    /// Bypass mode: the seccomp filter to install right before exec.
+    filter: Option<&'a crate::seccomp::Program>,
 }
 
 /// Run mode (`tapwire run -- CMD`): fork a child in new user, network and mount namespaces
@@ -516,6 +578,22 @@ pub fn spawn_run(
     tapname: &str,
     cfg: &IfConfig,
     dns: Ipv4Addr,
+) -> Result<RunChild, NetnsError> {
+    spawn_run_filtered(command, tapname, cfg, dns, None)
+}
+
+/// [`spawn_run`] for bypass mode: with `filter`, the child sets no_new_privs and installs the
+/// seccomp filter after everything else and right before `execvp`, and hands the listener to
+/// [`RunChild::start_with_listener`] before it makes any trapped call: it writes the
+/// listener's fd number (a plain `send` without an address, which the filter lets through),
+/// the parent takes the fd with `pidfd_getfd` and acknowledges with one byte, and the child
+/// closes its copy and execs.
+pub fn spawn_run_filtered(
+    command: &[OsString],
+    tapname: &str,
+    cfg: &IfConfig,
+    dns: Ipv4Addr,
+    filter: Option<&crate::seccomp::Program>,
 ) -> Result<RunChild, NetnsError> {
     tap::check_name(tapname)?;
     let shell;
@@ -546,6 +624,7 @@ pub fn spawn_run(
         resolv: format!("nameserver {dns}\n"),
         tapname,
         cfg,
+        filter,
     };
 
     let (parent_sock, child_sock) = seqpacket_pair()?;
@@ -612,9 +691,47 @@ fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
             _ => exit_now(1),
         }
     }
-    drop(sock);
     reset_signals();
+    if let Some(filter) = prep.filter {
+        hand_over_listener(&sock, filter);
+    }
+    drop(sock);
     exec(prep)
+}
+
+/// Run child, bypass mode: install the filter and give the parent the listener (see
+/// [`spawn_run_filtered`]). Exits on any failure: the command must not run unsupervised.
+fn hand_over_listener(sock: &OwnedFd, filter: &crate::seccomp::Program) {
+    let listener = match crate::seccomp::install_listener(filter) {
+        Ok(fd) => fd,
+        Err(e) => {
+            send_error(
+                sock.as_fd(),
+                &setup_err("install the seccomp filter (bypass mode)", e),
+            );
+            exit_now(1)
+        }
+    };
+    let n = listener.to_ne_bytes();
+    let msg = [TAG_LISTENER, n[0], n[1], n[2], n[3]];
+    loop {
+        match send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(_) => exit_now(1),
+        }
+    }
+    let mut ack = [0u8; 1];
+    loop {
+        match nix::unistd::read(sock, &mut ack) {
+            Ok(1) => break,
+            Err(Errno::EINTR) => continue,
+            _ => exit_now(1),
+        }
+    }
+    // SAFETY: `listener` is the fd seccomp() just returned to us; nothing else in this process
+    // refers to it, and the parent holds its own copy now.
+    unsafe { libc::close(listener) };
 }
 
 fn run_setup(parent: Pid, prep: &RunPrep<'_>) -> Result<Tap, NetnsError> {

@@ -1,0 +1,879 @@
+//! Bypass mode (`tapwire run --bypass`, `--seccomp-listener`), tapwire only.
+//!
+//! Every test starts tapwire inside its own private host namespace (see tests/common): the
+//! "host" is that namespace (lo, and with [`HostNs::peer`] a veth to a peer namespace at
+//! 192.168.77.2), so a bypassed socket can only ever reach those. The programs under the seccomp
+//! filter are small Python clients (and one C program for the sockaddr race); they print one
+//! JSON object per line, which the test reads.
+//!
+//! How bypass is proven: a bypassed socket lives in the host namespace, so the program's own
+//! `getsockname()` shows the host-side address (127.0.0.1 for the gateway, 192.168.77.1 towards
+//! the peer) instead of its tap address 10.0.2.100, the server sees exactly that address and
+//! port as its peer, and `ss -tnp` in the host namespace shows the socket owned by the
+//! program's process rather than by tapwire.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A deadline for one `tapwire run` invocation.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The system python (not a pyenv shim under /root).
+fn python3() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Root, tools, the binary, and a kernel that can do bypass (probed once per test).
+fn preflight_bypass(tools: &[&str]) -> bool {
+    if !(preflight(tools) && tapwire_only("bypass mode")) {
+        return false;
+    }
+    let host = HostNs::new();
+    let probe = run(
+        host.cmd(bin()).args(["run", "--bypass", "--", "true"]),
+        RUN_TIMEOUT,
+    );
+    if !probe.success() {
+        return skip(&format!(
+            "`tapwire run --bypass -- true` fails here (kernel without seccomp user notification / pidfd_getfd / SO_NETNS_COOKIE?): {probe}"
+        ));
+    }
+    true
+}
+
+/// Shared Python prelude: `emit(**kw)` prints one JSON line.
+const PRELUDE: &str = r#"
+import errno, hashlib, json, os, select, socket, struct, sys, threading, time
+def emit(**kw):
+    print(json.dumps(kw), flush=True)
+"#;
+
+fn script(body: &str) -> String {
+    format!("{PRELUDE}\n{body}")
+}
+
+/// `tapwire run [flags] -- python3 -c SCRIPT ARGS...` in `host`, to completion.
+fn run_py(host: &HostNs, flags: &[&str], body: &str, args: &[String]) -> Out {
+    let mut cmd = host.cmd(bin());
+    cmd.arg("run").args(flags).args(["--", python3(), "-c"]);
+    cmd.arg(script(body)).args(args);
+    run(&mut cmd, RUN_TIMEOUT)
+}
+
+/// The JSON lines a program printed.
+fn json_lines(out: &Out) -> Vec<serde_json::Value> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The only JSON object printed, asserting the run succeeded.
+#[track_caller]
+fn one_json(out: &Out) -> serde_json::Value {
+    assert!(out.success(), "{out}");
+    let mut v = json_lines(out);
+    assert_eq!(v.len(), 1, "expected one JSON line: {out}");
+    v.remove(0)
+}
+
+fn addr_of(v: &serde_json::Value) -> SocketAddr {
+    let ip = v[0].as_str().unwrap_or_else(|| panic!("address in {v}"));
+    let port = v[1].as_u64().unwrap_or_else(|| panic!("port in {v}"));
+    SocketAddr::new(ip.parse().unwrap(), port as u16)
+}
+
+/// Accept connections on `l` until `stop`, answering each with `reply` and closing; counts.
+fn acceptor(
+    l: TcpListener,
+    reply: &'static [u8],
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+) -> thread::JoinHandle<()> {
+    l.set_nonblocking(true).unwrap();
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(reply);
+                }
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const GATEWAY_CLIENT: &str = r#"
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("10.0.2.2", port), timeout=30)
+emit(pid=os.getpid(), sock=s.getsockname(), peer=s.getpeername())
+assert s.recv(2) == b"go"
+data = (bytes(range(256)) * (n // 256 + 1))[:n]
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+h, total = hashlib.sha256(), 0
+while True:
+    b = s.recv(1 << 20)
+    if not b:
+        break
+    h.update(b)
+    total += len(b)
+emit(up=hashlib.sha256(data).hexdigest(), down=h.hexdigest(), n=total)
+"#;
+
+#[test]
+fn bypass_gateway_is_host_loopback_at_kernel_level() {
+    if !preflight_bypass(&["python3", "ss"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let port = 22001;
+    let n = 20 << 20;
+    let down = Arc::new(random_bytes(8 << 20, 7));
+    let l = host.listen(port);
+    let (out, peer, ss, up) = thread::scope(|sc| {
+        let down = down.clone();
+        let host = &host;
+        let srv = sc.spawn(move || {
+            let (mut s, peer) = accept_timeout(&l, RUN_TIMEOUT).expect("accept");
+            // The connection is up: who owns the client end in the host namespace?
+            let ss = host.sh(&format!("ss -tnpH state established '( dport = :{port} )'"));
+            s.write_all(b"go").unwrap();
+            let up = read_hash(&mut s).expect("upload");
+            s.write_all(&down).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            (peer, ss.stdout, up)
+        });
+        let out = run_py(
+            host,
+            &["--bypass"],
+            GATEWAY_CLIENT,
+            &[port.to_string(), n.to_string()],
+        );
+        let (peer, ss, up) = srv.join().unwrap();
+        (out, peer, ss, up)
+    });
+    assert!(out.success(), "{out}");
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 2, "{out}");
+    let sock = addr_of(&v[0]["sock"]);
+    // The program's socket is the host's: its local address is the server's peer.
+    assert_eq!(sock, peer, "program's getsockname vs server's peer: {out}");
+    assert!(sock.ip().is_loopback(), "bypassed to host loopback: {out}");
+    // getpeername reports what the program asked for, not 127.0.0.1.
+    assert_eq!(
+        addr_of(&v[0]["peer"]),
+        SocketAddr::from(([10, 0, 2, 2], port)),
+        "{out}"
+    );
+    let pid = v[0]["pid"].as_u64().unwrap();
+    assert!(
+        ss.contains(&format!("pid={pid},")) && ss.contains("python3"),
+        "ss -tnp in the host namespace shows the program ({pid}) owning the socket:\n{ss}"
+    );
+    assert!(!ss.contains("tapwire"), "not tapwire:\n{ss}");
+    assert_eq!(up.0, n as u64, "{out}");
+    assert_eq!(Some(up.1.as_str()), v[1]["up"].as_str(), "upload checksum");
+    assert_eq!(v[1]["n"].as_u64(), Some(down.len() as u64));
+    assert_eq!(v[1]["down"].as_str(), Some(sha256_hex(&down).as_str()));
+}
+
+const OPTIONS_CLIENT: &str = r#"
+port = int(sys.argv[1])
+def opts(s):
+    return dict(
+        nodelay=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        keepalive=s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        keepidle=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        keepintvl=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        keepcnt=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        tos=s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS),
+        sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+        linger=list(struct.unpack("ii", s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))),
+        rcvtimeo=list(struct.unpack("ll", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))),
+        inheritable=s.get_inheritable(),
+    )
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 7)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 100000)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 5))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 500000))
+before = opts(s)
+s.connect(("10.0.2.2", port))
+after = opts(s)
+t = socket.socket()
+t.set_inheritable(True)
+t.connect(("10.0.2.2", port))
+emit(before=before, after=after, sock=s.getsockname(), inh_sock=t.getsockname(), inh=t.get_inheritable())
+"#;
+
+#[test]
+fn bypass_carries_socket_options_and_close_on_exec() {
+    if !preflight_bypass(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let port = 22002;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let acc = acceptor(host.listen(port), b"", stop.clone(), count.clone());
+    let out = run_py(&host, &["--bypass"], OPTIONS_CLIENT, &[port.to_string()]);
+    stop.store(true, Ordering::Relaxed);
+    acc.join().unwrap();
+    let v = one_json(&out);
+    assert!(addr_of(&v["sock"]).ip().is_loopback(), "bypassed: {out}");
+    assert!(
+        addr_of(&v["inh_sock"]).ip().is_loopback(),
+        "bypassed: {out}"
+    );
+    // Every option reads back on the host socket as the program set it on its own.
+    assert_eq!(
+        v["before"], v["after"],
+        "options before/after connect: {out}"
+    );
+    assert_eq!(v["after"]["nodelay"], 1, "TCP_NODELAY read back: {out}");
+    assert_eq!(v["after"]["keepidle"], 77, "{out}");
+    assert_eq!(v["after"]["tos"], 0x10, "{out}");
+    assert_eq!(
+        v["after"]["inheritable"], false,
+        "close-on-exec kept: {out}"
+    );
+    assert_eq!(
+        v["inh"], true,
+        "an inheritable socket stays inheritable: {out}"
+    );
+}
+
+const NONBLOCKING_CLIENT: &str = r#"
+port, closed = int(sys.argv[1]), int(sys.argv[2])
+res = {}
+s = socket.socket()
+s.setblocking(False)
+res["first"] = s.connect_ex(("10.0.2.2", port))
+r, w, x = select.select([], [s], [], 10)
+res["writable"] = bool(w)
+res["so_error"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+res["sock"] = s.getsockname()
+res["peer"] = s.getpeername()
+s.setblocking(True)
+res["greeting"] = s.recv(10).decode()
+# Non-blocking connect to a closed port: EINPROGRESS then ECONNREFUSED, or refused at once.
+c = socket.socket()
+c.setblocking(False)
+first = c.connect_ex(("10.0.2.2", closed))
+if first == errno.EINPROGRESS:
+    select.select([], [c], [], 10)
+    first = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+res["refused_nb"] = first
+# Blocking connect to a closed port.
+b = socket.socket()
+try:
+    b.connect(("10.0.2.2", closed))
+    res["refused_b"] = 0
+except OSError as e:
+    res["refused_b"] = e.errno
+emit(**res)
+"#;
+
+#[test]
+fn bypass_nonblocking_and_refused_connects() {
+    if !preflight_bypass(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let (port, closed) = (22003, 22004);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let acc = acceptor(host.listen(port), b"hello", stop.clone(), count.clone());
+    let out = run_py(
+        &host,
+        &["--bypass"],
+        NONBLOCKING_CLIENT,
+        &[port.to_string(), closed.to_string()],
+    );
+    stop.store(true, Ordering::Relaxed);
+    acc.join().unwrap();
+    let v = one_json(&out);
+    assert_eq!(v["first"], libc::EINPROGRESS, "non-blocking connect: {out}");
+    assert_eq!(v["writable"], true, "{out}");
+    assert_eq!(v["so_error"], 0, "{out}");
+    assert!(addr_of(&v["sock"]).ip().is_loopback(), "bypassed: {out}");
+    assert_eq!(addr_of(&v["peer"]), SocketAddr::from(([10, 0, 2, 2], port)));
+    assert_eq!(v["greeting"], "hello", "{out}");
+    assert_eq!(v["refused_nb"], libc::ECONNREFUSED, "{out}");
+    assert_eq!(v["refused_b"], libc::ECONNREFUSED, "{out}");
+}
+
+const ROUTES_CLIENT: &str = r#"
+peer_port, lo_port = int(sys.argv[1]), int(sys.argv[2])
+res = {}
+# The container's own loopback: our own server, never the host's (which listens on the same port).
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", lo_port))
+srv.listen(4)
+def serve():
+    c, _ = srv.accept()
+    c.sendall(b"container")
+    c.close()
+threading.Thread(target=serve, daemon=True).start()
+c = socket.create_connection(("127.0.0.1", lo_port), timeout=10)
+res["loopback"] = c.recv(20).decode()
+# A remote host: bypassed unless ignored.
+p = socket.create_connection(("192.168.77.2", peer_port), timeout=10)
+res["peer_sock"] = p.getsockname()
+res["peer_greeting"] = p.recv(20).decode()
+# The gateway.
+try:
+    g = socket.create_connection(("10.0.2.2", lo_port), timeout=10)
+    res["gw_sock"] = g.getsockname()
+    res["gw_greeting"] = g.recv(20).decode()
+except OSError as e:
+    res["gw_errno"] = e.errno
+# UDP to the gateway.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    u.connect(("10.0.2.2", lo_port))
+    res["udp_sock"] = u.getsockname()
+except OSError as e:
+    res["udp_errno"] = e.errno
+emit(**res)
+"#;
+
+fn routes(flags: &[&str]) -> (serde_json::Value, Out) {
+    let host = HostNs::new();
+    let peer = host.peer();
+    let (peer_port, lo_port) = (22010, 22011);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let a1 = acceptor(peer.listen(peer_port), b"peer", stop.clone(), count.clone());
+    let a2 = acceptor(host.listen(lo_port), b"host", stop.clone(), count.clone());
+    let out = run_py(
+        &host,
+        flags,
+        ROUTES_CLIENT,
+        &[peer_port.to_string(), lo_port.to_string()],
+    );
+    stop.store(true, Ordering::Relaxed);
+    a1.join().unwrap();
+    a2.join().unwrap();
+    (one_json(&out), out)
+}
+
+#[test]
+fn bypass_routes_default_ignore_and_disable_host_loopback() {
+    if !preflight_bypass(&["python3"]) {
+        return;
+    }
+    let guest = "10.0.2.100".parse::<std::net::IpAddr>().unwrap();
+    // Default: the peer and the gateway are bypassed; 127.0.0.1 stays the container's.
+    let (v, out) = routes(&["--bypass"]);
+    assert_eq!(v["loopback"], "container", "{out}");
+    assert_eq!(v["peer_greeting"], "peer", "{out}");
+    assert_eq!(
+        addr_of(&v["peer_sock"]).ip(),
+        PEER_HOST_ADDR,
+        "bypassed: {out}"
+    );
+    assert_eq!(v["gw_greeting"], "host", "{out}");
+    assert!(addr_of(&v["gw_sock"]).ip().is_loopback(), "bypassed: {out}");
+    assert!(
+        addr_of(&v["udp_sock"]).ip().is_loopback(),
+        "UDP bypassed: {out}"
+    );
+
+    // --ignore: the peer's network stays on the tap (the tap still reaches it).
+    let (v, out) = routes(&[
+        "--bypass",
+        "--ignore",
+        "192.168.77.0/24",
+        "--ignore",
+        "fd99::/16",
+    ]);
+    assert_eq!(v["peer_greeting"], "peer", "{out}");
+    assert_eq!(addr_of(&v["peer_sock"]).ip(), guest, "on the tap: {out}");
+    assert!(addr_of(&v["gw_sock"]).ip().is_loopback(), "{out}");
+
+    // --no-bypass-udp: UDP stays on the tap.
+    let (v, out) = routes(&["--bypass", "--no-bypass-udp"]);
+    assert_eq!(addr_of(&v["udp_sock"]).ip(), guest, "{out}");
+    assert!(addr_of(&v["gw_sock"]).ip().is_loopback(), "{out}");
+
+    // --disable-host-loopback: the gateway is refused, as on the tap; the rest is unchanged.
+    let (v, out) = routes(&["--bypass", "--disable-host-loopback"]);
+    assert_eq!(v["gw_errno"], libc::ENETUNREACH, "{out}");
+    assert_eq!(v["udp_errno"], libc::ENETUNREACH, "{out}");
+    assert_eq!(v["loopback"], "container", "{out}");
+    assert_eq!(addr_of(&v["peer_sock"]).ip(), PEER_HOST_ADDR, "{out}");
+}
+
+const UDP_CLIENT: &str = r#"
+port, other = int(sys.argv[1]), int(sys.argv[2])
+res = {}
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(10)
+u.connect(("10.0.2.2", port))
+res["sock"] = u.getsockname()
+res["peer"] = u.getpeername()
+u.send(b"one")
+res["one"] = u.recv(100).decode()
+# sendto/sendmsg with the gateway again: performed by the supervisor, translated.
+u.sendto(b"two", ("10.0.2.2", port))
+res["two"] = u.recv(100).decode()
+u.sendmsg([b"thr", b"ee"], [], 0, ("10.0.2.2", port))
+res["three"] = u.recv(100).decode()
+# A destination the host socket must not reach: the container's own loopback.
+for name, f in (("sendto", lambda: u.sendto(b"x", ("127.0.0.1", other))),
+                ("sendmsg", lambda: u.sendmsg([b"x"], [], 0, ("127.0.0.1", other))),
+                ("connect", lambda: u.connect(("127.0.0.1", other)))):
+    try:
+        f()
+        res[name] = 0
+    except OSError as e:
+        res[name] = e.errno
+emit(**res)
+"#;
+
+#[test]
+fn bypass_udp_connect_and_sends_are_policed() {
+    if !preflight_bypass(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let (port, other) = (22020, 22021);
+    let echo = serve_udp_echo(host.udp(port), Duration::from_secs(5));
+    // A host UDP socket on 127.0.0.1:other must never receive anything.
+    let trap = host.udp(other);
+    trap.set_nonblocking(true).unwrap();
+    let out = run_py(
+        &host,
+        &["--bypass"],
+        UDP_CLIENT,
+        &[port.to_string(), other.to_string()],
+    );
+    let v = one_json(&out);
+    let _ = echo.join(RUN_TIMEOUT);
+    assert!(addr_of(&v["sock"]).ip().is_loopback(), "bypassed: {out}");
+    assert_eq!(
+        addr_of(&v["peer"]),
+        SocketAddr::from(([10, 0, 2, 2], port)),
+        "{out}"
+    );
+    assert_eq!(
+        (&v["one"], &v["two"], &v["three"]),
+        (&"one".into(), &"two".into(), &"three".into()),
+        "{out}"
+    );
+    for call in ["sendto", "sendmsg", "connect"] {
+        assert_eq!(
+            v[call],
+            libc::ENETUNREACH,
+            "{call} to 127.0.0.1 on a host socket: {out}"
+        );
+    }
+    let mut b = [0u8; 16];
+    assert!(
+        trap.recv_from(&mut b).is_err(),
+        "host 127.0.0.1:{other} got a datagram"
+    );
+}
+
+const THREADS_CLIENT: &str = r#"
+port, procs, threads, per = (int(a) for a in sys.argv[1:5])
+def worker(results):
+    for _ in range(per):
+        try:
+            s = socket.create_connection(("10.0.2.2", port), timeout=30)
+            ok = s.recv(1) == b"x" and s.getsockname()[0] == "127.0.0.1"
+            s.close()
+            results.append(ok)
+        except OSError as e:
+            results.append(repr(e))
+children = []
+for p in range(procs):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        results = []
+        ts = [threading.Thread(target=worker, args=(results,)) for _ in range(threads)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        os.write(w, json.dumps(results).encode())
+        os._exit(0)
+    os.close(w)
+    children.append((pid, r))
+good, bad = 0, []
+for pid, r in children:
+    data = b""
+    while True:
+        b = os.read(r, 65536)
+        if not b: break
+        data += b
+    os.waitpid(pid, 0)
+    for x in json.loads(data or b"[]"):
+        if x is True: good += 1
+        else: bad.append(x)
+emit(good=good, bad=bad[:5], nbad=len(bad))
+"#;
+
+#[test]
+fn bypass_many_threads_and_processes_connect_at_once() {
+    if !preflight_bypass(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let port = 22030;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let l = host.listen(port);
+    let acc = acceptor(l, b"x", stop.clone(), count.clone());
+    let (procs, threads, per) = (6, 8, 10);
+    let out = run_py(
+        &host,
+        &["--bypass"],
+        THREADS_CLIENT,
+        &[port, procs, threads, per].map(|x| x.to_string()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    acc.join().unwrap();
+    let v = one_json(&out);
+    let total = (procs * threads * per) as u64;
+    assert_eq!(
+        v["good"], total,
+        "every connect bypassed and answered: {out}"
+    );
+    assert_eq!(count.load(Ordering::Relaxed) as u64, total);
+}
+
+const SLOW_CLIENT: &str = r#"
+port = int(sys.argv[1])
+res = {}
+t0 = time.time()
+def slow():
+    s = socket.socket()
+    try:
+        s.connect(("192.168.77.3", 80))   # nobody answers ARP: takes seconds
+        res["slow"] = 0
+    except OSError as e:
+        res["slow"] = e.errno
+    res["slow_t"] = time.time() - t0
+th = threading.Thread(target=slow)
+th.start()
+time.sleep(0.3)
+n = 0
+for _ in range(20):
+    s = socket.create_connection(("10.0.2.2", port), timeout=10)
+    n += s.getsockname()[0] == "127.0.0.1"
+    s.close()
+res["fast"], res["fast_t"] = n, time.time() - t0
+# SO_SNDTIMEO bounds a blocking connect: EINPROGRESS after it, as the kernel does.
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 400000))
+t1 = time.time()
+try:
+    s.connect(("192.168.77.4", 80))
+    res["sndtimeo"] = 0
+except OSError as e:
+    res["sndtimeo"] = e.errno
+res["sndtimeo_t"] = time.time() - t1
+th.join()
+# A process killed while its connect is pending in the supervisor.
+pid = os.fork()
+if pid == 0:
+    socket.socket().connect(("192.168.77.5", 80))
+    os._exit(0)
+time.sleep(0.5)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+# tapwire (our parent) must stay idle meanwhile: no spinning on the dead notification.
+def cpu(p):
+    f = open("/proc/%d/stat" % p).read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+tw = os.getppid()
+c0 = cpu(tw)
+time.sleep(2)
+res["idle_ticks"] = cpu(tw) - c0
+s = socket.create_connection(("10.0.2.2", port), timeout=10)
+res["after"] = s.getsockname()[0]
+emit(**res)
+"#;
+
+#[test]
+fn bypass_slow_connect_never_stalls_others_and_dead_processes_are_dropped() {
+    if !preflight_bypass(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let _peer = host.peer();
+    let port = 22040;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let acc = acceptor(host.listen(port), b"", stop.clone(), count.clone());
+    let out = run_py(&host, &["--bypass"], SLOW_CLIENT, &[port.to_string()]);
+    stop.store(true, Ordering::Relaxed);
+    acc.join().unwrap();
+    let v = one_json(&out);
+    let slow_t = v["slow_t"].as_f64().unwrap();
+    let fast_t = v["fast_t"].as_f64().unwrap();
+    assert_eq!(v["slow"], libc::EHOSTUNREACH, "{out}");
+    assert!(slow_t > 1.0, "the slow connect really was slow: {out}");
+    assert_eq!(v["fast"], 20, "{out}");
+    assert!(
+        fast_t < slow_t,
+        "20 connects finished while the slow one was pending: {out}"
+    );
+    assert_eq!(v["sndtimeo"], libc::EINPROGRESS, "{out}");
+    let st = v["sndtimeo_t"].as_f64().unwrap();
+    assert!((0.3..2.0).contains(&st), "SO_SNDTIMEO honoured: {out}");
+    assert!(
+        v["idle_ticks"].as_u64().unwrap() <= 30,
+        "tapwire idle after a process died mid-notification: {out}"
+    );
+    assert_eq!(v["after"], "127.0.0.1", "{out}");
+}
+
+/// Two threads: one connects again and again to a shared `struct sockaddr_in`, the other
+/// rewrites that struct as fast as it can with one of three addresses: an allowed one (the
+/// peer), the container's own 127.0.0.1 and the gateway, both of which must never reach the
+/// host's loopback (`--disable-host-loopback`).
+const RACE_C: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static struct sockaddr_in target;
+static struct sockaddr_in choices[3];
+static volatile int stop;
+static volatile unsigned long flips;
+
+static void *flip(void *arg) {
+    unsigned i = 0;
+    volatile struct sockaddr_in *t = &target;
+    (void)arg;
+    while (!stop) {
+        const struct sockaddr_in *c = &choices[i++ % 3];
+        t->sin_port = c->sin_port;
+        t->sin_addr.s_addr = c->sin_addr.s_addr;
+        flips++;
+    }
+    return NULL;
+}
+
+static void set(struct sockaddr_in *a, const char *ip, int port) {
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    inet_pton(AF_INET, ip, &a->sin_addr);
+}
+
+int main(int argc, char **argv) {
+    int rounds = atoi(argv[3]), ok = 0, refused = 0, unreach = 0, other = 0;
+    pthread_t t;
+    set(&choices[0], "192.168.77.2", atoi(argv[1]));
+    set(&choices[1], "127.0.0.1", atoi(argv[2]));
+    set(&choices[2], "10.0.2.2", atoi(argv[2]));
+    target = choices[0];
+    pthread_create(&t, NULL, flip, NULL);
+    for (int i = 0; i < rounds; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)&target, sizeof target) == 0) ok++;
+        else if (errno == ECONNREFUSED) refused++;
+        else if (errno == ENETUNREACH) unreach++;
+        else other++;
+        close(fd);
+    }
+    stop = 1;
+    pthread_join(t, NULL);
+    printf("{\"ok\": %d, \"refused\": %d, \"unreach\": %d, \"other\": %d, \"flips\": %lu}\n", ok, refused, unreach, other, flips);
+    return 0;
+}
+"#;
+
+#[test]
+fn bypass_sockaddr_rewrite_race_never_lands_where_policy_forbids() {
+    if !preflight_bypass(&["gcc"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let peer = host.peer();
+    let (peer_port, lo_port) = (22050, 22051);
+    let src = host.dir.join("race.c");
+    let exe = host.dir.join("race");
+    std::fs::write(&src, RACE_C).unwrap();
+    let cc = run(
+        std::process::Command::new("gcc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&exe)
+            .arg(&src),
+        RUN_TIMEOUT,
+    );
+    if !cc.success() {
+        skip(&format!("cannot compile the race client: {cc}"));
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let allowed = Arc::new(AtomicUsize::new(0));
+    let forbidden = Arc::new(AtomicUsize::new(0));
+    let a1 = acceptor(peer.listen(peer_port), b"", stop.clone(), allowed.clone());
+    let a2 = acceptor(host.listen(lo_port), b"", stop.clone(), forbidden.clone());
+    let out = run(
+        host.cmd(bin())
+            .args(["run", "--bypass", "--disable-host-loopback", "--"])
+            .arg(&exe)
+            .args([peer_port.to_string(), lo_port.to_string(), "3000".into()]),
+        Duration::from_secs(120),
+    );
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    a1.join().unwrap();
+    a2.join().unwrap();
+    let v = one_json(&out);
+    eprintln!("race results: {v}");
+    assert_eq!(
+        forbidden.load(Ordering::Relaxed),
+        0,
+        "a connection reached the host's loopback: {out}"
+    );
+    let ok = v["ok"].as_u64().unwrap();
+    assert!(ok > 0, "some connects went to the allowed peer: {out}");
+    assert_eq!(ok as usize, allowed.load(Ordering::Relaxed), "{out}");
+    assert!(
+        v["refused"].as_u64().unwrap() + v["unreach"].as_u64().unwrap() > 0,
+        "the race did flip the address: {out}"
+    );
+    assert_eq!(v["other"], 0, "{out}");
+}
+
+const PUBLISH_SERVER: &str = r#"
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80))
+s.listen(8)
+emit(pid=os.getpid(), listening=s.getsockname())
+c, a = s.accept()
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+c.sendall(("%s %d" % (h.hexdigest(), n)).encode())
+c.close()
+emit(client=a)
+"#;
+
+#[test]
+fn bypass_published_port_is_a_host_socket() {
+    if !preflight_bypass(&["python3", "ss"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let hp = 22060;
+    let mut cmd = host.cmd(bin());
+    cmd.args(["run", "--bypass", "-p", &format!("127.0.0.1:{hp}:80"), "--"])
+        .args([python3(), "-c"])
+        .arg(script(PUBLISH_SERVER))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut proc = Proc::spawn(&mut cmd);
+    let mut lines = BufReader::new(proc.child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("server output").expect("read");
+    let v: serde_json::Value = serde_json::from_str(&first).expect("json");
+    let addr = SocketAddr::from(([127, 0, 0, 1], hp));
+    // The program's listening socket is the host's 127.0.0.1:hp, owned by the program.
+    let ss = host.sh(&format!("ss -tlnpH '( sport = :{hp} )'"));
+    let pid = v["pid"].as_u64().unwrap();
+    assert!(
+        ss.stdout.contains(&format!("pid={pid},")),
+        "listening socket owned by the program: {ss}"
+    );
+    let data = random_bytes(4 << 20, 9);
+    let (mut s, local) = host
+        .in_ns(|| {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+            let local = s.local_addr()?;
+            Ok::<_, std::io::Error>((s, local))
+        })
+        .expect("connect to the published port");
+    set_timeouts(&s);
+    s.write_all(&data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, format!("{} {}", sha256_hex(&data), data.len()));
+    let second = lines.next().expect("server output").expect("read");
+    let v: serde_json::Value = serde_json::from_str(&second).expect("json");
+    // accept() ran on the host: the program sees the host client's own address.
+    assert_eq!(addr_of(&v["client"]), local, "{second}");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while proc.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tapwire run did not exit");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bypass_seccomp_profile_is_valid_json() {
+    if !tapwire_only("tapwire seccomp-profile") {
+        return;
+    }
+    let out = run(
+        std::process::Command::new(bin()).args([
+            "seccomp-profile",
+            "--listener-path",
+            "/run/x.sock",
+        ]),
+        RUN_TIMEOUT,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("profile JSON");
+    assert_eq!(v["listenerPath"], "/run/x.sock");
+    assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
+    let names: Vec<&str> = v["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["names"].as_array().unwrap())
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for n in [
+        "connect",
+        "bind",
+        "getpeername",
+        "sendmsg",
+        "io_uring_setup",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+}
