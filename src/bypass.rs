@@ -323,6 +323,39 @@ pub fn decode_connect(bytes: &[u8], v6: bool, dgram: bool) -> Result<Dest, i32> 
     }
 }
 
+/// Decode the destination of a UDP `sendto`/`sendmsg` on an AF_INET (`v6 == false`) or
+/// AF_INET6 socket as the kernel reads it: `Ok(None)` means "no address" (use the connected
+/// peer). Unlike connect, an AF_INET socket takes an AF_UNSPEC address as an IPv4 one, and an
+/// AF_INET6 socket ignores it.
+pub fn decode_send(bytes: &[u8], v6: bool) -> Result<Option<SocketAddr>, i32> {
+    let fam = family(bytes).ok_or(libc::EINVAL)?;
+    let v4 = |bytes: &[u8]| -> Result<Option<SocketAddr>, i32> {
+        if bytes.len() < SOCKADDR_IN_LEN {
+            return Err(libc::EINVAL);
+        }
+        let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+        let a: [u8; 4] = bytes[4..8].try_into().map_err(|_| libc::EINVAL)?;
+        Ok(Some(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(a),
+            port,
+        ))))
+    };
+    match (v6, fam) {
+        (false, AF_INET | AF_UNSPEC) => v4(bytes),
+        (false, _) if bytes.len() < SOCKADDR_IN_LEN => Err(libc::EINVAL),
+        (false, _) => Err(libc::EAFNOSUPPORT),
+        (true, AF_INET6) => {
+            if bytes.len() < SIN6_LEN_RFC2133 {
+                return Err(libc::EINVAL);
+            }
+            decode_inet(bytes).map(Some).ok_or(libc::EINVAL)
+        }
+        (true, AF_INET) => v4(bytes),
+        (true, AF_UNSPEC) => Ok(None),
+        (true, _) => Err(libc::EINVAL),
+    }
+}
+
 /// An AF_INET (>= 16 bytes) or AF_INET6 (>= 24 bytes; the scope id is 0 if absent) sockaddr;
 /// `None` for anything else.
 pub fn decode_inet(bytes: &[u8]) -> Option<SocketAddr> {
@@ -731,6 +764,38 @@ mod tests {
     }
 
     #[test]
+    fn decode_send_mirrors_udp_sendmsg() {
+        let v4 = encode(&sa("10.0.2.2:53"));
+        let v6 = encode(&sa("[2001:db8::1]:53"));
+        let mut unspec4 = v4;
+        unspec4.buf[..2].copy_from_slice(&AF_UNSPEC.to_ne_bytes());
+        assert_eq!(
+            decode_send(v4.as_bytes(), false),
+            Ok(Some(sa("10.0.2.2:53")))
+        );
+        // AF_UNSPEC on an AF_INET socket still carries an address (udp_sendmsg reads it).
+        assert_eq!(
+            decode_send(unspec4.as_bytes(), false),
+            Ok(Some(sa("10.0.2.2:53")))
+        );
+        assert_eq!(decode_send(&v4.as_bytes()[..15], false), Err(libc::EINVAL));
+        assert_eq!(decode_send(v6.as_bytes(), false), Err(libc::EAFNOSUPPORT));
+        assert_eq!(
+            decode_send(v6.as_bytes(), true),
+            Ok(Some(sa("[2001:db8::1]:53")))
+        );
+        assert_eq!(
+            decode_send(v4.as_bytes(), true),
+            Ok(Some(sa("10.0.2.2:53")))
+        );
+        assert_eq!(decode_send(unspec4.as_bytes(), true), Ok(None));
+        assert_eq!(decode_send(&[], true), Err(libc::EINVAL));
+        let mut unix = [0u8; 110];
+        unix[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        assert_eq!(decode_send(&unix, true), Err(libc::EINVAL));
+    }
+
+    #[test]
     fn decoders_never_panic() {
         // Every length and a spread of contents, including every family value's low byte.
         let mut buf = [0u8; SOCKADDR_MAX + 8];
@@ -749,6 +814,7 @@ mod tests {
             let _ = decode_inet(bytes);
             for (v6, dgram) in [(false, false), (false, true), (true, false), (true, true)] {
                 let _ = decode_connect(bytes, v6, dgram);
+                let _ = decode_send(bytes, v6);
             }
             let _ = family(bytes);
         }

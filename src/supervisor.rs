@@ -82,8 +82,11 @@ const MAX_OCI_CLIENTS: usize = 64;
 const OCI_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest container state message accepted.
 const MAX_OCI_STATE: usize = 1 << 20;
-/// Largest datagram the supervisor sends for the program (UDP bypass).
-const MAX_SEND: usize = 65_536;
+/// Most bytes the supervisor sends in one call for the program (UDP bypass traps every
+/// sendmsg): a whole datagram, or a chunk of a stream (a short write, which the program
+/// continues).
+const MAX_SEND_DGRAM: usize = 65_536;
+const MAX_SEND_STREAM: usize = 1 << 20;
 /// Largest iovec array / control buffer read from the program.
 const MAX_IOV: usize = 1024;
 const MAX_CONTROL: usize = 64 * 1024;
@@ -261,6 +264,20 @@ enum Then {
     /// A connect performed on an existing socket (the container's, or a host socket being
     /// reconnected): answer with its result.
     Answer,
+    /// A send on a blocking socket that had no room: try again.
+    Send(SendJob),
+}
+
+/// A send performed for the program.
+struct SendJob {
+    /// The destination as the kernel gets it (already checked for a host socket).
+    name: Option<Vec<u8>>,
+    data: Vec<Vec<u8>>,
+    control: Vec<u8>,
+    flags: i32,
+    /// sendmmsg: where the first message's `msg_len` goes.
+    mmsg_len_at: Option<u64>,
+    tid: i32,
 }
 
 /// A host socket to install in the program.
@@ -618,12 +635,12 @@ impl Supervisor {
 
     /// Write to the target's memory through `/proc/TID/mem`, opened before the `ID_VALID`
     /// check, so the write cannot land in another process that reused the thread id.
-    fn write(&self, li: usize, n: &Notif, addr: u64, data: &[u8]) -> Result<(), Fail> {
+    fn write(&self, li: usize, tid: i32, id: u64, addr: u64, data: &[u8]) -> Result<(), Fail> {
         let mem = self
             .proc
-            .file(&format!("{}/mem", n.tid), true)
+            .file(&format!("{tid}/mem"), true)
             .map_err(|_| Fail::Gone)?;
-        if !self.id_valid(li, n.id) {
+        if !self.id_valid(li, id) {
             return Err(Fail::Gone);
         }
         match mem.write_at(data, addr) {
@@ -961,6 +978,7 @@ impl Supervisor {
         let answer = match p.then {
             Then::Install(inst) => self.finish_install(p.lst, p.id, p.sock, inst),
             Then::Answer => Ok(Some(answer_of(take_error(&p.sock)))),
+            Then::Send(job) => self.try_send(p.lst, p.id, p.sock, job, Some(p.deadline)),
         };
         self.finish(p.lst, p.id, answer);
     }
@@ -976,6 +994,8 @@ impl Supervisor {
                 .install(p.lst, p.id, p.sock, &inst)
                 .map(|()| Some(Reply::Error(libc::EINPROGRESS))),
             Then::Answer => Ok(Some(Reply::Error(libc::EINPROGRESS))),
+            // A blocking send's SO_SNDTIMEO: EAGAIN, as the kernel says.
+            Then::Send(_) => Ok(Some(Reply::Error(libc::EAGAIN))),
         };
         self.finish(p.lst, p.id, answer);
     }
@@ -1159,8 +1179,14 @@ impl Supervisor {
         let raw = encode(&orig);
         let bytes = raw.as_bytes();
         let k = bytes.len().min(len as usize);
-        self.write(li, n, n.args[1], bytes.get(..k).unwrap_or(&[]))?;
-        self.write(li, n, n.args[2], &(bytes.len() as u32).to_ne_bytes())?;
+        self.write(li, n.tid, n.id, n.args[1], bytes.get(..k).unwrap_or(&[]))?;
+        self.write(
+            li,
+            n.tid,
+            n.id,
+            n.args[2],
+            &(bytes.len() as u32).to_ne_bytes(),
+        )?;
         Ok(Some(Reply::Value(0)))
     }
 
@@ -1177,23 +1203,20 @@ impl Supervisor {
         if len < 0 || len as usize > SOCKADDR_MAX {
             return Ok(Some(Reply::Error(libc::EINVAL)));
         }
-        let mut name = [0u8; SOCKADDR_MAX];
-        let name = name.get_mut(..len as usize).unwrap_or(&mut []);
-        self.read(li, n, n.args[4], name)?;
-        let size = (n.args[2] as usize).min(MAX_SEND);
+        let mut name = vec![0u8; len as usize];
+        self.read(li, n, n.args[4], &mut name)?;
+        let size = (n.args[2] as usize).min(max_send(info));
         let mut data = vec![0u8; size];
         self.read(li, n, n.args[1], &mut data)?;
-        let name: &[u8] = name;
-        self.send_as(
-            li,
-            n,
-            &sock,
-            info,
-            Some(name),
-            &[IoSlice::new(&data)],
-            &[],
+        let job = SendJob {
+            name: Some(name),
+            data: vec![data],
+            control: Vec::new(),
             flags,
-        )
+            mmsg_len_at: None,
+            tid: n.tid,
+        };
+        self.send_as(li, n.id, sock, info, job)
     }
 
     fn on_sendmsg(&mut self, li: usize, n: &Notif) -> Answer {
@@ -1201,18 +1224,16 @@ impl Supervisor {
         let Some((_, sock, info)) = self.target_socket(li, n)? else {
             return Ok(Some(Reply::Continue));
         };
-        let msg = self.read_msghdr(li, n, n.args[1])?;
-        let iov: Vec<IoSlice<'_>> = msg.data.iter().map(|d| IoSlice::new(d)).collect();
-        self.send_as(
-            li,
-            n,
-            &sock,
-            info,
-            msg.name.as_deref(),
-            &iov,
-            &msg.control,
+        let msg = self.read_msghdr(li, n, n.args[1], max_send(info))?;
+        let job = SendJob {
+            name: msg.name,
+            data: msg.data,
+            control: msg.control,
             flags,
-        )
+            mmsg_len_at: None,
+            tid: n.tid,
+        };
+        self.send_as(li, n.id, sock, info, job)
     }
 
     /// sendmmsg on an IP socket: the first message only (the kernel may send fewer than asked;
@@ -1226,31 +1247,22 @@ impl Supervisor {
         if vlen == 0 {
             return Ok(Some(Reply::Value(0)));
         }
-        let msg = self.read_msghdr(li, n, n.args[1])?;
-        let iov: Vec<IoSlice<'_>> = msg.data.iter().map(|d| IoSlice::new(d)).collect();
-        match self.send_as(
-            li,
-            n,
-            &sock,
-            info,
-            msg.name.as_deref(),
-            &iov,
-            &msg.control,
+        let msg = self.read_msghdr(li, n, n.args[1], max_send(info))?;
+        let job = SendJob {
+            name: msg.name,
+            data: msg.data,
+            control: msg.control,
             flags,
-        )? {
-            Some(Reply::Value(sent)) => {
-                // struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; }
-                let len_at = n.args[1] + size_of_msghdr() as u64;
-                self.write(li, n, len_at, &(sent as u32).to_ne_bytes())?;
-                Ok(Some(Reply::Value(1)))
-            }
-            other => Ok(other),
-        }
+            // struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; }
+            mmsg_len_at: Some(n.args[1] + size_of_msghdr() as u64),
+            tid: n.tid,
+        };
+        self.send_as(li, n.id, sock, info, job)
     }
 
-    /// Read a `struct msghdr` and everything it points to (name, up to [`MAX_SEND`] bytes of
-    /// data, control), once.
-    fn read_msghdr(&self, li: usize, n: &Notif, addr: u64) -> Result<MsgCopy, Fail> {
+    /// Read a `struct msghdr` and everything it points to (name, up to `max` bytes of data,
+    /// control), once.
+    fn read_msghdr(&self, li: usize, n: &Notif, addr: u64, max: usize) -> Result<MsgCopy, Fail> {
         let mut hdr = [0u8; 56];
         self.read(li, n, addr, &mut hdr)?;
         let u64_at = |o: usize| {
@@ -1290,7 +1302,7 @@ impl Supervisor {
         for c in iovs.chunks_exact(16) {
             let base = u64::from_ne_bytes(c[..8].try_into().unwrap_or([0; 8]));
             let len = u64::from_ne_bytes(c[8..].try_into().unwrap_or([0; 8])) as usize;
-            let take = len.min(MAX_SEND - total);
+            let take = len.min(max - total);
             if take == 0 {
                 continue;
             }
@@ -1298,7 +1310,7 @@ impl Supervisor {
             self.read(li, n, base, &mut b)?;
             total += take;
             data.push(b);
-            if total >= MAX_SEND {
+            if total >= max {
                 break;
             }
         }
@@ -1319,30 +1331,32 @@ impl Supervisor {
         })
     }
 
-    /// Perform a send for the program on `sock` (its own socket or a host socket), with the
-    /// destination checked: on a host socket only destinations the policy sends to the host;
-    /// on a container socket as given (it is in the container's namespace anyway).
-    #[allow(clippy::too_many_arguments)]
+    /// Perform a send for the program on `sock` (its own socket or a host socket). On a host
+    /// socket the destination is checked (only destinations the policy sends to the host) and
+    /// re-encoded, never passed as the program wrote it; on a container socket it is passed as
+    /// given (the kernel checks it there, in the container's namespace).
     fn send_as(
         &mut self,
-        _li: usize,
-        _n: &Notif,
-        sock: &OwnedFd,
+        li: usize,
+        id: u64,
+        sock: OwnedFd,
         info: SockInfo,
-        name: Option<&[u8]>,
-        iov: &[IoSlice<'_>],
-        control: &[u8],
-        flags: i32,
+        mut job: SendJob,
     ) -> Answer {
-        if flags & libc::MSG_FASTOPEN != 0 && info.tcp() {
+        if job.flags & libc::MSG_FASTOPEN != 0 && info.tcp() {
             return Ok(Some(Reply::Error(libc::EOPNOTSUPP)));
         }
-        let mut target = None;
-        if info.host && !info.tcp() {
-            if let Some(raw) = name {
-                match decode_connect(raw, info.v6(), info.udp()) {
-                    Ok(Dest::Inet(dst)) => match self.policy.connect(normalize(dst)) {
-                        Route::Host(t) => target = Some(encode(&to_family(t, info.v6()))),
+        if info.host {
+            job.name = match job.name.take() {
+                // TCP ignores the address of a send (without MSG_FASTOPEN): pass none.
+                _ if !info.udp() => None,
+                None => None,
+                Some(raw) => match bypass::decode_send(&raw, info.v6()) {
+                    Ok(None) => None,
+                    Ok(Some(dst)) => match self.policy.connect(normalize(dst)) {
+                        Route::Host(t) => {
+                            Some(encode(&to_family(t, info.v6())).as_bytes().to_vec())
+                        }
                         Route::Tap => {
                             self.stats.refused += 1;
                             return Ok(Some(Reply::Error(libc::ENETUNREACH)));
@@ -1352,21 +1366,50 @@ impl Supervisor {
                             return Ok(Some(Reply::Error(e)));
                         }
                     },
-                    Ok(Dest::Unspec) => {}
                     Err(e) => return Ok(Some(Reply::Error(e))),
-                }
-            }
+                },
+            };
         }
-        let name = match (&target, name) {
-            (Some(t), _) => Some(t.as_bytes()),
-            (None, n) => n,
-        };
         self.stats.sends += 1;
-        // Never block: a blocking socket whose buffer is full gets EAGAIN like a non-blocking
-        // one would (rare for datagrams; a stream socket's program sees a short write or
-        // retries).
-        match seccomp::sendmsg_raw(sock.as_fd(), name, iov, control, flags | libc::MSG_DONTWAIT) {
-            Ok(k) => Ok(Some(Reply::Value(k as i64))),
+        let deadline = if info.nonblock() || job.flags & libc::MSG_DONTWAIT != 0 {
+            None
+        } else {
+            Some(send_timeout(&sock).map(|t| Instant::now() + t))
+        };
+        self.try_send(li, id, sock, job, deadline)
+    }
+
+    /// One non-blocking attempt; a blocking socket without room waits in [`Pending`]
+    /// (`deadline`: `None` = the program's socket is non-blocking; `Some(None)` = no timeout).
+    fn try_send(
+        &mut self,
+        li: usize,
+        id: u64,
+        sock: OwnedFd,
+        job: SendJob,
+        deadline: Option<Option<Instant>>,
+    ) -> Answer {
+        let iov: Vec<IoSlice<'_>> = job.data.iter().map(|d| IoSlice::new(d)).collect();
+        let r = seccomp::sendmsg_raw(
+            sock.as_fd(),
+            job.name.as_deref(),
+            &iov,
+            &job.control,
+            job.flags | libc::MSG_DONTWAIT,
+        );
+        drop(iov);
+        match r {
+            Ok(k) => match job.mmsg_len_at {
+                Some(at) => {
+                    self.write(li, job.tid, id, at, &(k as u32).to_ne_bytes())?;
+                    Ok(Some(Reply::Value(1)))
+                }
+                None => Ok(Some(Reply::Value(k as i64))),
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => match deadline {
+                Some(d) => self.park(li, id, sock, d, Then::Send(job)),
+                None => Ok(Some(Reply::Error(libc::EAGAIN))),
+            },
             Err(e) => Ok(Some(Reply::Error(e.raw_os_error().unwrap_or(libc::EIO)))),
         }
     }
@@ -1483,6 +1526,14 @@ struct MsgCopy {
     name: Option<Vec<u8>>,
     data: Vec<Vec<u8>>,
     control: Vec<u8>,
+}
+
+fn max_send(info: SockInfo) -> usize {
+    if info.ty == libc::SOCK_STREAM {
+        MAX_SEND_STREAM
+    } else {
+        MAX_SEND_DGRAM
+    }
 }
 
 fn size_of_msghdr() -> usize {

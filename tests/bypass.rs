@@ -877,3 +877,47 @@ fn bypass_seccomp_profile_is_valid_json() {
         assert!(names.contains(&n), "{n} in {names:?}");
     }
 }
+
+const SENDS_CLIENT: &str = r#"
+port = int(sys.argv[1])
+res = {}
+# DNS through the tap's forwarder: glibc's resolver sends with sendmmsg/sendto, which the
+# supervisor performs on the container's own socket.
+res["dns"] = socket.gethostbyname("tapwire.test")
+# UNIX sockets are not IP: their calls pass through (SCM_RIGHTS included).
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+socket.send_fds(a, [b"fd"], [w])
+msg, fds, _, _ = socket.recv_fds(b, 10, 1)
+res["unix"] = [msg.decode(), len(fds)]
+# Bulk sendmsg on a blocking bypassed TCP socket: performed by the supervisor in chunks.
+s = socket.create_connection(("10.0.2.2", port), timeout=60)
+s.settimeout(None)
+data = bytes(range(256)) * 16384
+view, sent = memoryview(data), 0
+while sent < len(data):
+    sent += s.sendmsg([view[sent:sent + 3000000]])
+s.shutdown(socket.SHUT_WR)
+res["sha"] = hashlib.sha256(data).hexdigest()
+res["sock"] = s.getsockname()
+emit(**res)
+"#;
+
+#[test]
+fn bypass_dns_unix_sockets_and_sendmsg_still_work() {
+    if !preflight_bypass(&["python3", "dnsmasq"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let _dns = host.dnsmasq();
+    let port = 22070;
+    let sink = serve_sink(host.listen(port));
+    let out = run_py(&host, &["--bypass"], SENDS_CLIENT, &[port.to_string()]);
+    let (n, h, _) = sink.join(RUN_TIMEOUT);
+    let v = one_json(&out);
+    assert_eq!(v["dns"], "10.9.8.7", "{out}");
+    assert_eq!(v["unix"], serde_json::json!(["fd", 1]), "{out}");
+    assert!(addr_of(&v["sock"]).ip().is_loopback(), "bypassed: {out}");
+    assert_eq!(n, 4 << 20, "{out}");
+    assert_eq!(Some(h.as_str()), v["sha"].as_str(), "{out}");
+}
