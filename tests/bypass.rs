@@ -921,3 +921,236 @@ fn bypass_dns_unix_sockets_and_sendmsg_still_work() {
     assert_eq!(n, 4 << 20, "{out}");
     assert_eq!(Some(h.as_str()), v["sha"].as_str(), "{out}");
 }
+
+/// The container's client: connect, print our address, wait for "go", upload NBYTES of a
+/// fixed pattern, half-close, copy the download to stdout. Static, so the rootfs needs nothing
+/// but busybox.
+const RUNC_CLIENT_C: &str = r#"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sockaddr_in a = {0}, me;
+    socklen_t ml = sizeof me;
+    long n = atol(argv[3]);
+    static char buf[65536];
+    char go[2];
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (argc != 4) return 2;
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[2]));
+    inet_pton(AF_INET, argv[1], &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { perror("connect"); return 1; }
+    getsockname(fd, (struct sockaddr *)&me, &ml);
+    fprintf(stderr, "client local %s:%d\n", inet_ntoa(me.sin_addr), ntohs(me.sin_port));
+    if (read(fd, go, 2) != 2) { perror("go"); return 1; }
+    for (long i = 0; i < (long)sizeof buf; i++) buf[i] = (char)(i * 7 + 3);
+    while (n > 0) {
+        long k = n < (long)sizeof buf ? n : (long)sizeof buf;
+        long w = write(fd, buf, k);
+        if (w <= 0) { perror("write"); return 1; }
+        n -= w;
+    }
+    shutdown(fd, SHUT_WR);
+    for (;;) {
+        long r = read(fd, buf, sizeof buf);
+        if (r < 0) { perror("read"); return 1; }
+        if (r == 0) break;
+        if (fwrite(buf, 1, r, stdout) != (size_t)r) return 1;
+    }
+    return 0;
+}
+"#;
+
+/// The pattern RUNC_CLIENT_C uploads.
+fn runc_pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i % 65536) * 7 + 3) as u8).collect()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// runc runs a container from a bundle built here (busybox + a static client) whose network
+/// namespace tapwire serves in tap mode and whose seccomp listener (listenerPath) is tapwire's
+/// `--seccomp-listener`: the container's transfer to the host is bypassed (owned by the
+/// container's process in the host namespace) and checksummed both ways; when the container
+/// exits, tapwire drops the listener and stays idle.
+#[test]
+fn bypass_runc_container_through_seccomp_listener() {
+    if !preflight_bypass(&["runc", "gcc", "busybox", "ss"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let dir = &host.dir;
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox = which("busybox").unwrap();
+    std::fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
+    for tool in ["sh", "sha256sum", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(dir.join("client.c"), RUNC_CLIENT_C).unwrap();
+    let cc = run(
+        std::process::Command::new("gcc")
+            .args(["-O2", "-static", "-o"])
+            .arg(rootfs.join("client"))
+            .arg(dir.join("client.c")),
+        RUN_TIMEOUT,
+    );
+    if !cc.success() {
+        skip(&format!("cannot build a static client (libc6-dev?): {cc}"));
+        return;
+    }
+    run(
+        std::process::Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&bundle),
+        RUN_TIMEOUT,
+    )
+    .ok();
+
+    // tapwire: tap mode for the guest namespace, plus the runtimes' seccomp listener socket.
+    let sock = dir.join("seccomp.sock");
+    let log = dir.join("daemon.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut daemon_cmd = host.cmd(bin());
+    daemon_cmd
+        .args(["-c", "--seccomp-listener"])
+        .arg(&sock)
+        .arg(guest.pid().to_string())
+        .arg("tap0")
+        .env("TAPWIRE_LOG", "info")
+        .stderr(logf);
+    let mut daemon = Proc::spawn(&mut daemon_cmd);
+    wait_until(SETUP_TIMEOUT, "the seccomp listener socket", || {
+        if let Ok(Some(st)) = daemon.child.try_wait() {
+            panic!(
+                "tapwire exited: {st}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        sock.exists()
+    });
+    let profile = run(
+        std::process::Command::new(bin())
+            .args(["seccomp-profile", "--listener-path"])
+            .arg(&sock),
+        RUN_TIMEOUT,
+    )
+    .ok();
+
+    let port = 22080;
+    let up_len = 3 << 20;
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!([
+        "/bin/sh",
+        "-c",
+        format!("/client 10.0.2.2 {port} {up_len} | sha256sum")
+    ]);
+    let netns = format!("/proc/{}/ns/net", guest.pid());
+    for ns in cfg["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = netns.clone().into();
+        }
+    }
+    cfg["linux"]["seccomp"] = serde_json::from_str(&profile.stdout).unwrap();
+    // No /sys: not needed, and the network namespace belongs to another user namespace.
+    cfg["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| !m["destination"].as_str().unwrap_or("").starts_with("/sys"));
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+
+    let down = Arc::new(random_bytes(4 << 20, 80));
+    let id = format!("tapwire-bypass-{}", std::process::id());
+    let runc_root = dir.join("runc-root");
+    let l = host.listen(port);
+    let (out, peer, ss, up) = thread::scope(|sc| {
+        let host = &host;
+        let down = down.clone();
+        let srv = sc.spawn(move || {
+            let (mut s, peer) = accept_timeout(&l, RUN_TIMEOUT).expect("accept");
+            let ss = host.sh(&format!("ss -tnpH state established '( dport = :{port} )'"));
+            s.write_all(b"go").unwrap();
+            let up = read_hash(&mut s).expect("upload");
+            s.write_all(&down).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            (peer, ss.stdout, up)
+        });
+        let out = run(
+            host.cmd("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(&id),
+            Duration::from_secs(120),
+        );
+        let r = srv.join();
+        let _ = run(
+            host.cmd("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "-f", &id]),
+            RUN_TIMEOUT,
+        );
+        let (peer, ss, up) = r.unwrap();
+        (out, peer, ss, up)
+    });
+    let dlog = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(out.success(), "runc run: {out}\ntapwire log:\n{}", dlog());
+    assert!(peer.ip().is_loopback(), "{peer}");
+    assert!(
+        out.stderr.contains(&format!("client local {peer}")),
+        "the container's socket is the host socket the server saw ({peer}): {out}"
+    );
+    assert!(
+        ss.contains("\"client\",pid=") && !ss.contains("tapwire"),
+        "ss -tnp: the container's process owns the socket in the host namespace:\n{ss}"
+    );
+    let pattern = runc_pattern(up_len);
+    assert_eq!(up, (up_len as u64, sha256_hex(&pattern)), "upload checksum");
+    assert_eq!(
+        out.stdout.split_whitespace().next(),
+        Some(sha256_hex(&down).as_str()),
+        "download checksum inside the container: {out}"
+    );
+    // The container is gone: its listener is dropped and tapwire does not spin.
+    wait_until(
+        SETUP_TIMEOUT,
+        "tapwire to drop the container's listener",
+        || dlog().contains("closed (its processes are gone)"),
+    );
+    let c0 = cpu_ticks(daemon.pid());
+    thread::sleep(Duration::from_millis(1500));
+    let idle = cpu_ticks(daemon.pid()) - c0;
+    assert!(
+        idle <= 20,
+        "tapwire idle after the container exited: {idle} ticks"
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "tapwire still serves the tap"
+    );
+    assert!(
+        dlog().contains("serving seccomp listener of container"),
+        "{}",
+        dlog()
+    );
+}
