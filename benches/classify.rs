@@ -2,7 +2,7 @@
 //! (checksums included) of a full-size TCP segment and of a small UDP datagram, and building
 //! a UDP reply frame.
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tapwire::wire::{self, LinkInfo, L2, UDP_PAYLOAD};
@@ -11,6 +11,7 @@ const LINK: LinkInfo = LinkInfo {
     mac: [0x52, 0x55, 10, 0, 2, 2],
     gateway: Ipv4Addr::new(10, 0, 2, 2),
     dns: Ipv4Addr::new(10, 0, 2, 3),
+    ipv6: None,
 };
 const TO_US: L2 = L2 {
     src: [2, 0, 0, 0, 0, 0x64],
@@ -22,8 +23,8 @@ fn udp_frame(len: usize) -> Vec<u8> {
     let n = wire::finish_udp(
         &mut f,
         &TO_US,
-        SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100), 40000),
-        SocketAddrV4::new(LINK.gateway, 5201),
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100), 40000)),
+        SocketAddr::V4(SocketAddrV4::new(LINK.gateway, 5201)),
         len,
         1,
     )
@@ -49,8 +50,8 @@ fn bench(c: &mut Criterion) {
             wire::finish_udp(
                 black_box(&mut out),
                 &TO_US,
-                SocketAddrV4::new(LINK.gateway, 53),
-                SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100), 40000),
+                SocketAddr::V4(SocketAddrV4::new(LINK.gateway, 53)),
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100), 40000)),
                 1472,
                 7,
             )
