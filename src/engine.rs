@@ -22,7 +22,7 @@
 //! Exit: SIGTERM/SIGINT (daemon mode), the exit fd becoming readable or hung up, the TAP going
 //! away (the guest's namespace died), or, in run mode, the command exiting (its status is ours).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -158,6 +158,9 @@ pub struct Engine {
     fwd_clients: HashMap<(u64, SocketAddr), usize>,
     control: Option<Control>,
     connecting: usize,
+    /// Pending host connects in the order they started (with stale entries; see
+    /// `prune_connecting_order`).
+    connecting_order: VecDeque<(usize, TcpKey)>,
     stats: Stats,
     start: std::time::Instant,
     signals: SignalFd,
@@ -265,6 +268,7 @@ impl Engine {
             fwd_clients: HashMap::new(),
             control: None,
             connecting: 0,
+            connecting_order: VecDeque::new(),
             stats: Stats::default(),
             start,
             signals,
@@ -574,6 +578,11 @@ impl Engine {
                 return false;
             }
         };
+        if self.connecting >= MAX_CONNECTING {
+            // A flood of SYNs to hosts that never answer must not lock everyone out until the
+            // host's connect() times out: the oldest pending handshake makes room.
+            self.evict_oldest_connecting();
+        }
         if self.connecting >= MAX_CONNECTING || self.tcp.len() >= MAX_TCP_FLOWS {
             self.stats.drops.bump(DropReason::Policy);
             return false;
@@ -639,8 +648,50 @@ impl Engine {
             return false;
         }
         self.connecting += 1;
+        self.connecting_order.push_back((idx, (info.src, info.dst)));
         self.stats.tcp_flows += 1;
         true
+    }
+
+    /// Whether `entry` of `connecting_order` still names a flow that is connecting.
+    fn is_connecting(&self, (idx, key): (usize, TcpKey)) -> bool {
+        self.tcp.key(idx) == Some(&key)
+            && self.tcp.get(idx).is_some_and(|f| f.phase == Phase::Connecting)
+    }
+
+    /// Drop `connecting_order` entries at the front that are no longer connecting (keeps the
+    /// queue bounded by the handshakes started during the oldest pending one).
+    fn prune_connecting_order(&mut self) {
+        while let Some(&front) = self.connecting_order.front() {
+            if self.is_connecting(front) {
+                return;
+            }
+            self.connecting_order.pop_front();
+        }
+    }
+
+    /// Abandon the oldest pending host connect; the guest gets a RST.
+    fn evict_oldest_connecting(&mut self) {
+        self.prune_connecting_order();
+        let Some((idx, (guest, dst))) = self.connecting_order.pop_front() else {
+            return;
+        };
+        let Some(seq) = self.tcp.get(idx).map(|f| f.syn_seq) else {
+            return;
+        };
+        self.remove_tcp(idx);
+        self.stats.drops.bump(DropReason::Policy);
+        let syn = TcpInfo {
+            src: guest,
+            dst,
+            syn: true,
+            ack: false,
+            rst: false,
+            fin: false,
+            seq,
+            seq_len: 1,
+        };
+        self.send_rst(&syn);
     }
 
     /// The guest's connect must fail the way the host's did.
@@ -1448,6 +1499,7 @@ impl Engine {
     }
 
     fn sweep(&mut self, now_ms: u64) {
+        self.prune_connecting_order();
         for (_, flow) in self.udp.expire(now_ms, |f| f.idle_ms) {
             self.release_udp(flow);
         }
