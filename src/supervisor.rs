@@ -649,13 +649,33 @@ impl Supervisor {
         }
     }
 
+    /// A pidfd for the calling thread; only valid once an `ID_VALID` after it succeeded.
+    fn pidfd(&self, n: &Notif) -> Result<OwnedFd, Fail> {
+        seccomp::pidfd_open(&self.proc, n.tid).map_err(|_| Fail::Gone)
+    }
+
     /// A copy of the target's fd `fd`. The pidfd is opened before `ID_VALID`, so it is the
     /// calling thread's.
-    fn getfd(&mut self, li: usize, n: &Notif, fd: RawFd) -> Result<OwnedFd, Fail> {
-        let pidfd = seccomp::pidfd_open(&self.proc, n.tid).map_err(|_| Fail::Gone)?;
-        if !self.id_valid(li, n.id) {
-            return Err(Fail::Gone);
-        }
+    ///
+    /// `pidfd`: one from [`Self::pidfd`] that a later [`Self::read`] already proved to be the
+    /// calling thread's (saves an `ID_VALID`), or `None`.
+    fn getfd(
+        &mut self,
+        li: usize,
+        n: &Notif,
+        fd: RawFd,
+        pidfd: Option<OwnedFd>,
+    ) -> Result<OwnedFd, Fail> {
+        let pidfd = match pidfd {
+            Some(p) => p,
+            None => {
+                let p = self.pidfd(n)?;
+                if !self.id_valid(li, n.id) {
+                    return Err(Fail::Gone);
+                }
+                p
+            }
+        };
         match seccomp::pidfd_getfd(pidfd.as_fd(), fd) {
             Ok(f) => Ok(f),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
@@ -698,9 +718,10 @@ impl Supervisor {
         &mut self,
         li: usize,
         n: &Notif,
+        pidfd: Option<OwnedFd>,
     ) -> Result<Option<(RawFd, OwnedFd, SockInfo)>, Fail> {
         let fd = n.args[0] as i32;
-        let sock = match self.getfd(li, n, fd) {
+        let sock = match self.getfd(li, n, fd, pidfd) {
             Ok(s) => s,
             // Without ptrace rights we can do nothing but let the call through.
             Err(Fail::Errno(libc::EPERM)) => return Ok(None),
@@ -719,11 +740,12 @@ impl Supervisor {
         if len < 0 || len as usize > SOCKADDR_MAX {
             return Ok(Some(Reply::Error(libc::EINVAL)));
         }
+        let pidfd = self.pidfd(n)?;
         let mut buf = [0u8; SOCKADDR_MAX];
         let raw = buf.get_mut(..len as usize).unwrap_or(&mut []);
         self.read(li, n, n.args[1], raw)?;
         let raw: &[u8] = raw;
-        let Some((fd, sock, info)) = self.target_socket(li, n)? else {
+        let Some((fd, sock, info)) = self.target_socket(li, n, Some(pidfd))? else {
             return Ok(Some(Reply::Continue));
         };
         if info.host {
@@ -835,18 +857,11 @@ impl Supervisor {
 
     /// Put the host socket in the program's fd table at `inst.newfd`.
     fn install(&mut self, li: usize, id: u64, host: OwnedFd, inst: &Install) -> Result<(), Fail> {
-        let flags = OFlag::from_bits_truncate(
-            fcntl(host.as_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?,
-        );
-        let want = if inst.nonblock {
-            flags | OFlag::O_NONBLOCK
-        } else {
-            flags - OFlag::O_NONBLOCK
-        };
-        if want != flags {
-            fcntl(host.as_fd(), FcntlArg::F_SETFL(want)).map_err(io::Error::from)?;
+        // Host sockets are made non-blocking (socket() with SOCK_NONBLOCK), nothing else.
+        if !inst.nonblock {
+            fcntl(host.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).map_err(io::Error::from)?;
         }
-        let ino = inode(&host);
+        let ino = inst.original.and_then(|_| inode(&host));
         if let (Some(orig), Some(ino)) = (inst.original, ino) {
             self.peers.insert(ino, orig);
         }
@@ -1075,11 +1090,12 @@ impl Supervisor {
         if len < 0 || len as usize > SOCKADDR_MAX {
             return Ok(Some(Reply::Error(libc::EINVAL)));
         }
+        let pidfd = self.pidfd(n)?;
         let mut buf = [0u8; SOCKADDR_MAX];
         let raw = buf.get_mut(..len as usize).unwrap_or(&mut []);
         self.read(li, n, n.args[1], raw)?;
         let raw: &[u8] = raw;
-        let Some((fd, sock, info)) = self.target_socket(li, n)? else {
+        let Some((fd, sock, info)) = self.target_socket(li, n, Some(pidfd))? else {
             return Ok(Some(Reply::Continue));
         };
         if info.host {
@@ -1134,7 +1150,7 @@ impl Supervisor {
 
     fn on_listen(&mut self, li: usize, n: &Notif) -> Answer {
         let backlog = n.args[1] as i32;
-        let Some((_, sock, info)) = self.target_socket(li, n)? else {
+        let Some((_, sock, info)) = self.target_socket(li, n, None)? else {
             return Ok(Some(Reply::Continue));
         };
         if info.host {
@@ -1158,7 +1174,7 @@ impl Supervisor {
             return Ok(Some(Reply::Continue));
         }
         let fd = n.args[0] as i32;
-        let sock = match self.getfd(li, n, fd) {
+        let sock = match self.getfd(li, n, fd, None) {
             Ok(s) => s,
             Err(Fail::Gone) => return Err(Fail::Gone),
             Err(_) => return Ok(Some(Reply::Continue)),
@@ -1197,7 +1213,7 @@ impl Supervisor {
     fn on_sendto(&mut self, li: usize, n: &Notif) -> Answer {
         let flags = n.args[3] as i32;
         let len = n.args[5] as u32 as i32;
-        let Some((_, sock, info)) = self.target_socket(li, n)? else {
+        let Some((_, sock, info)) = self.target_socket(li, n, None)? else {
             return Ok(Some(Reply::Continue));
         };
         if len < 0 || len as usize > SOCKADDR_MAX {
@@ -1221,7 +1237,7 @@ impl Supervisor {
 
     fn on_sendmsg(&mut self, li: usize, n: &Notif) -> Answer {
         let flags = n.args[2] as i32;
-        let Some((_, sock, info)) = self.target_socket(li, n)? else {
+        let Some((_, sock, info)) = self.target_socket(li, n, None)? else {
             return Ok(Some(Reply::Continue));
         };
         let msg = self.read_msghdr(li, n, n.args[1], max_send(info))?;
@@ -1241,7 +1257,7 @@ impl Supervisor {
     fn on_sendmmsg(&mut self, li: usize, n: &Notif) -> Answer {
         let flags = n.args[3] as i32;
         let vlen = n.args[2] as u32;
-        let Some((_, sock, info)) = self.target_socket(li, n)? else {
+        let Some((_, sock, info)) = self.target_socket(li, n, None)? else {
             return Ok(Some(Reply::Continue));
         };
         if vlen == 0 {
@@ -1627,78 +1643,95 @@ fn connected(sock: &OwnedFd) -> bool {
     nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(sock.as_raw_fd()).is_ok()
 }
 
+/// Which sockets an option is carried for (besides its level: TCP options for TCP...).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum For {
+    Any,
+    Stream,
+    Dgram,
+}
+use For::{Any, Dgram, Stream};
+
 /// Socket options carried from the container's socket to the host socket: (level, name,
-/// bytes). Buffer sizes are reported doubled by the kernel and set halved.
-const OPTIONS: &[(i32, i32, usize)] = &[
-    (libc::SOL_SOCKET, libc::SO_REUSEADDR, 4),
-    (libc::SOL_SOCKET, libc::SO_REUSEPORT, 4),
-    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4),
-    (libc::SOL_SOCKET, libc::SO_LINGER, 8),
-    (libc::SOL_SOCKET, libc::SO_RCVBUF, 4),
-    (libc::SOL_SOCKET, libc::SO_SNDBUF, 4),
-    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, 16),
-    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, 16),
-    (libc::SOL_SOCKET, libc::SO_BROADCAST, 4),
-    (libc::SOL_SOCKET, libc::SO_OOBINLINE, 4),
-    (libc::SOL_SOCKET, libc::SO_PRIORITY, 4),
-    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, 4),
-    (libc::SOL_SOCKET, libc::SO_TIMESTAMP, 4),
-    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 4),
-    (libc::SOL_SOCKET, libc::SO_ZEROCOPY, 4),
-    (libc::SOL_SOCKET, libc::SO_MARK, 4),
-    (libc::IPPROTO_TCP, libc::TCP_NODELAY, 4),
-    (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 4),
-    (libc::IPPROTO_TCP, libc::TCP_CORK, 4),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 4),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 4),
-    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
-    (libc::IPPROTO_TCP, libc::TCP_SYNCNT, 4),
-    (libc::IPPROTO_TCP, libc::TCP_LINGER2, 4),
-    (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, 4),
-    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 4),
-    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 4),
-    (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, 4),
-    (libc::IPPROTO_TCP, libc::TCP_CONGESTION, 16),
-    (libc::IPPROTO_IP, libc::IP_TOS, 4),
-    (libc::IPPROTO_IP, libc::IP_TTL, 4),
-    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, 4),
-    (libc::IPPROTO_IP, libc::IP_RECVERR, 4),
-    (libc::IPPROTO_IP, libc::IP_PKTINFO, 4),
-    (libc::IPPROTO_IP, libc::IP_RECVTOS, 4),
-    (libc::IPPROTO_IP, libc::IP_RECVTTL, 4),
-    (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 4),
-    (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4),
-    (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4),
-    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4),
-    (libc::IPPROTO_UDP, libc::UDP_SEGMENT, 4),
-    (libc::IPPROTO_UDP, libc::UDP_GRO, 4),
-    (libc::IPPROTO_UDP, libc::UDP_CORK, 4),
+/// bytes, sockets). Buffer sizes are reported doubled by the kernel and set halved. Left out:
+/// SO_MARK and SO_BINDTODEVICE (they name things of the container's namespace), TCP_REPAIR,
+/// TCP_FASTOPEN_CONNECT (the supervisor performs the connect), filters (not readable).
+/// Every connect reads each applicable one (one getsockopt each): the list is what matters,
+/// not everything that exists.
+const OPTIONS: &[(i32, i32, usize, For)] = &[
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR, 4, Any),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT, 4, Any),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4, Any),
+    (libc::SOL_SOCKET, libc::SO_LINGER, 8, Any),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF, 4, Any),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF, 4, Any),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO, 16, Any),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO, 16, Any),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST, 4, Dgram),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE, 4, Stream),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY, 4, Any),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT, 4, Any),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP, 4, Dgram),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 4, Dgram),
+    (libc::SOL_SOCKET, libc::SO_ZEROCOPY, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_CORK, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_SYNCNT, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_LINGER2, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 4, Any),
+    (libc::IPPROTO_TCP, libc::TCP_CONGESTION, 16, Any),
+    (libc::IPPROTO_IP, libc::IP_TOS, 4, Any),
+    (libc::IPPROTO_IP, libc::IP_TTL, 4, Any),
+    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, 4, Any),
+    (libc::IPPROTO_IP, libc::IP_RECVERR, 4, Any),
+    (libc::IPPROTO_IP, libc::IP_PKTINFO, 4, Dgram),
+    (libc::IPPROTO_IP, libc::IP_RECVTOS, 4, Dgram),
+    (libc::IPPROTO_IP, libc::IP_RECVTTL, 4, Dgram),
+    (libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 4, Any),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4, Dgram),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 4, Dgram),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 4, Any),
+    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 4, Any),
+    (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 4, Any),
+    (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, 4, Any),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 4, Any),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 4, Dgram),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 4, Dgram),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4, Dgram),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4, Dgram),
+    (libc::IPPROTO_UDP, libc::UDP_SEGMENT, 4, Any),
+    (libc::IPPROTO_UDP, libc::UDP_GRO, 4, Any),
+    (libc::IPPROTO_UDP, libc::UDP_CORK, 4, Any),
 ];
 
-/// Whether option `(level, _)` applies to a socket like `info`.
-fn applies(level: i32, info: SockInfo) -> bool {
-    match level {
+/// Whether option `(level, _, _, for)` applies to a socket like `info`.
+fn applies(level: i32, only: For, info: SockInfo) -> bool {
+    let level_ok = match level {
         libc::IPPROTO_TCP => info.tcp(),
         libc::IPPROTO_UDP => info.udp(),
         libc::IPPROTO_IPV6 => info.v6(),
         _ => true,
-    }
+    };
+    level_ok
+        && match only {
+            Any => true,
+            Stream => info.ty == libc::SOCK_STREAM,
+            Dgram => info.ty == libc::SOCK_DGRAM,
+        }
 }
 
 /// The value of every applicable option of `sock` (None: not applicable or unreadable).
 fn read_options(sock: &OwnedFd, info: SockInfo) -> OptionValues {
     OPTIONS
         .iter()
-        .map(|&(level, name, size)| {
-            if !applies(level, info) {
+        .map(|&(level, name, size, only)| {
+            if !applies(level, only, info) {
                 return None;
             }
             let mut b = vec![0u8; size];
@@ -1714,8 +1747,8 @@ fn read_options(sock: &OwnedFd, info: SockInfo) -> OptionValues {
 /// the container's namespace granted but the host does not.
 fn copy_options(guest: &OwnedFd, host: &OwnedFd, info: SockInfo, defaults: &[Option<Vec<u8>>]) {
     let mut b = [0u8; 16];
-    for (i, &(level, name, size)) in OPTIONS.iter().enumerate() {
-        if !applies(level, info) {
+    for (i, &(level, name, size, only)) in OPTIONS.iter().enumerate() {
+        if !applies(level, only, info) {
             continue;
         }
         let Some(buf) = b.get_mut(..size) else {
@@ -1772,7 +1805,7 @@ mod tests {
     #[test]
     fn options_table_has_no_duplicates() {
         let mut seen = std::collections::HashSet::new();
-        for &(l, n, s) in OPTIONS {
+        for &(l, n, s, _) in OPTIONS {
             assert!(seen.insert((l, n)), "({l}, {n}) twice");
             assert!(s <= 16);
         }

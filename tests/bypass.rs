@@ -1030,6 +1030,7 @@ fn bypass_runc_container_through_seccomp_listener() {
     daemon_cmd
         .args(["-c", "--seccomp-listener"])
         .arg(&sock)
+        .args(extra_flags())
         .arg(guest.pid().to_string())
         .arg("tap0")
         .env("TAPWIRE_LOG", "info")
@@ -1081,17 +1082,32 @@ fn bypass_runc_container_through_seccomp_listener() {
     let id = format!("tapwire-bypass-{}", std::process::id());
     let runc_root = dir.join("runc-root");
     let l = host.listen(port);
-    let (out, peer, ss, up) = thread::scope(|sc| {
+    let runc_done = AtomicBool::new(false);
+    let (out, served) = thread::scope(|sc| {
         let host = &host;
         let down = down.clone();
+        let runc_done = &runc_done;
         let srv = sc.spawn(move || {
-            let (mut s, peer) = accept_timeout(&l, RUN_TIMEOUT).expect("accept");
+            // Accept until runc has given up (then there is nobody to wait for).
+            l.set_nonblocking(true).unwrap();
+            let deadline = Instant::now() + RUN_TIMEOUT;
+            let (mut s, peer) = loop {
+                match l.accept() {
+                    Ok(c) => break c,
+                    Err(_) if runc_done.load(Ordering::Relaxed) || Instant::now() > deadline => {
+                        return None
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            };
+            s.set_nonblocking(false).unwrap();
+            set_timeouts(&s);
             let ss = host.sh(&format!("ss -tnpH state established '( dport = :{port} )'"));
             s.write_all(b"go").unwrap();
             let up = read_hash(&mut s).expect("upload");
             s.write_all(&down).unwrap();
             s.shutdown(Shutdown::Write).unwrap();
-            (peer, ss.stdout, up)
+            Some((peer, ss.stdout, up))
         });
         let out = run(
             host.cmd("runc")
@@ -1102,6 +1118,7 @@ fn bypass_runc_container_through_seccomp_listener() {
                 .arg(&id),
             Duration::from_secs(120),
         );
+        runc_done.store(true, Ordering::Relaxed);
         let r = srv.join();
         let _ = run(
             host.cmd("runc")
@@ -1110,11 +1127,11 @@ fn bypass_runc_container_through_seccomp_listener() {
                 .args(["delete", "-f", &id]),
             RUN_TIMEOUT,
         );
-        let (peer, ss, up) = r.unwrap();
-        (out, peer, ss, up)
+        (out, r.unwrap())
     });
     let dlog = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(out.success(), "runc run: {out}\ntapwire log:\n{}", dlog());
+    let (peer, ss, up) = served.expect("the container connected");
     assert!(peer.ip().is_loopback(), "{peer}");
     assert!(
         out.stderr.contains(&format!("client local {peer}")),
