@@ -48,6 +48,7 @@ use crate::dns::Resolver;
 use crate::flow::FlowTable;
 use crate::icmp::{self, IcmpFlow};
 use crate::nat::{Nat, Verdict};
+use crate::reasm::{Fed, Reassembler};
 use crate::stack::{self, DeviceStats, TapDevice};
 use crate::tap::Tap;
 use crate::tcp::{Outcome, Phase, TcpFlow};
@@ -149,6 +150,8 @@ pub struct Engine {
     nat: Nat,
     resolver: Resolver,
     dhcp: DhcpServer,
+    /// IPv4 reassembly (taken out while a completed packet is handled).
+    reasm: Option<Reassembler>,
     tcp: FlowTable<TcpKey, TcpFlow<mio::net::TcpStream>>,
     udp: FlowTable<TcpKey, UdpFlow>,
     icmp: FlowTable<(Ipv4Addr, Ipv4Addr, u16), IcmpFlow>,
@@ -259,6 +262,7 @@ impl Engine {
             },
             nat: Nat::new(&net),
             dhcp: DhcpServer::new(&net),
+            reasm: Some(Reassembler::default()),
             resolver: Resolver::new("/etc/resolv.conf"),
             tcp: FlowTable::new(MAX_TCP_FLOWS),
             udp: FlowTable::new(udp::MAX_FLOWS),
@@ -432,6 +436,7 @@ impl Engine {
             }
         }
         match class {
+            Class::Drop(DropReason::Fragment) => self.fragment_from_guest(frame),
             Class::Drop(reason) => self.stats.drops.bump(reason),
             Class::Stack => self.ingress(frame),
             Class::Tcp(info) => self.tcp_from_guest(&info, frame),
@@ -440,6 +445,23 @@ impl Engine {
             Class::Dhcp(msg) => self.dhcp_from_guest(msg),
             Class::RouterSolicit(_) => self.send_router_advert(),
         }
+    }
+
+    /// Collect an IPv4 fragment; a completed packet is handled like any other frame.
+    fn fragment_from_guest(&mut self, frame: &[u8]) {
+        let now_ms = self.now_ms();
+        let Some(mut reasm) = self.reasm.take() else {
+            return;
+        };
+        match reasm.feed(frame, now_ms) {
+            Fed::Complete(whole) => {
+                // Counted once more as a frame; that is the packet the guest meant to send.
+                self.handle_frame(whole);
+            }
+            Fed::Pending => {}
+            Fed::Invalid => self.stats.drops.bump(DropReason::Fragment),
+        }
+        self.reasm = Some(reasm);
     }
 
     fn ingress(&mut self, frame: &[u8]) {
@@ -656,7 +678,10 @@ impl Engine {
     /// Whether `entry` of `connecting_order` still names a flow that is connecting.
     fn is_connecting(&self, (idx, key): (usize, TcpKey)) -> bool {
         self.tcp.key(idx) == Some(&key)
-            && self.tcp.get(idx).is_some_and(|f| f.phase == Phase::Connecting)
+            && self
+                .tcp
+                .get(idx)
+                .is_some_and(|f| f.phase == Phase::Connecting)
     }
 
     /// Drop `connecting_order` entries at the front that are no longer connecting (keeps the

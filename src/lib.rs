@@ -32,6 +32,7 @@ pub mod icmp;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub mod reasm;
 pub mod sandbox;
 pub mod seccomp;
 pub mod stack;

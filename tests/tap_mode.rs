@@ -1093,8 +1093,7 @@ fn udp_large_datagram_fragmented() {
         );
     }
     assert!(server.join(SETUP_TIMEOUT) >= 4);
-    // Guest -> host above the MTU: the guest's kernel fragments and the daemon drops IPv4
-    // fragments, so this does not work (see udp_large_datagram_from_guest). Only report it.
+    // Guest -> host above the MTU is udp_large_datagram_from_guest's job. Only report it here.
     let echo = serve_udp_echo(host.udp(20161), Duration::from_secs(2));
     let s = guest.udp_to(gw(20161));
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -1111,10 +1110,8 @@ fn udp_large_datagram_fragmented() {
 }
 
 /// Guest -> host datagrams above the MTU. The guest's kernel sends them as IPv4 fragments,
-/// which the daemon drops (slirp4netns reassembles them). Ignored until fragment reassembly
-/// exists: `cargo test --release --test tap_mode -- --ignored udp_large_datagram_from_guest`.
+/// which the daemon reassembles (as slirp4netns does) before proxying the datagram.
 #[test]
-#[ignore = "the daemon drops IPv4 fragments from the guest (no reassembly yet)"]
 fn udp_large_datagram_from_guest() {
     if !preflight(&[]) {
         return;

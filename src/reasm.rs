@@ -1,0 +1,305 @@
+//! IPv4 reassembly of fragments from the guest (sans-IO).
+//!
+//! # Theory of operation
+//! The guest's kernel fragments a UDP datagram larger than the MTU (slirp4netns reassembles
+//! them; a forwarder that drops them loses every large UDP send silently). Fragments are
+//! collected per (source, destination, protocol, identification) in one of [`SLOTS`] buffers;
+//! a bitmap of 8-byte blocks records what arrived. When the last fragment is in and no block is
+//! missing, the whole packet is rebuilt as an unfragmented frame (Ethernet + IPv4 header +
+//! payload) that the engine classifies like any other frame, checksums included.
+//!
+//! Limits and defences: at most [`SLOTS`] datagrams in flight (the oldest is dropped for a new
+//! one), each complete within [`TIMEOUT_MS`]; overlapping fragments that disagree, fragments
+//! past 65535 bytes and a second "last" fragment with another length discard the datagram
+//! (teardrop-style tricks). Buffers are allocated on first use and reused.
+#![forbid(unsafe_code)]
+
+use crate::wire::{self, ETH_LEN, IP_LEN};
+
+/// Datagrams reassembled at once.
+pub const SLOTS: usize = 8;
+/// A datagram must be complete within this time.
+pub const TIMEOUT_MS: u64 = 15_000;
+const MAX_PAYLOAD: usize = 65_535 - IP_LEN;
+const BLOCKS: usize = MAX_PAYLOAD.div_ceil(8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    ident: u16,
+}
+
+struct Slot {
+    key: Option<Key>,
+    started_ms: u64,
+    /// Ethernet + IPv4 header of the first fragment, then the payload.
+    buf: Vec<u8>,
+    have: Vec<u64>,
+    /// Payload length, known once the last fragment arrived.
+    total: Option<usize>,
+}
+
+impl Slot {
+    fn reset(&mut self, key: Key, now_ms: u64) {
+        self.key = Some(key);
+        self.started_ms = now_ms;
+        if self.buf.len() != ETH_LEN + IP_LEN + MAX_PAYLOAD {
+            self.buf = vec![0u8; ETH_LEN + IP_LEN + MAX_PAYLOAD];
+            self.have = vec![0u64; BLOCKS.div_ceil(64)];
+        }
+        self.have.iter_mut().for_each(|w| *w = 0);
+        self.total = None;
+    }
+
+    fn block(&self, i: usize) -> bool {
+        self.have[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn complete(&self) -> bool {
+        self.total
+            .is_some_and(|t| (0..t.div_ceil(8)).all(|i| self.block(i)))
+    }
+}
+
+/// The reassembly state; see the module documentation.
+pub struct Reassembler {
+    slots: Vec<Slot>,
+}
+
+/// Outcome of feeding one fragment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fed<'a> {
+    /// Stored; more fragments needed.
+    Pending,
+    /// The whole packet, as an unfragmented frame.
+    Complete(&'a [u8]),
+    /// Malformed or inconsistent; the datagram (if any) was discarded.
+    Invalid,
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Reassembler {
+            slots: (0..SLOTS)
+                .map(|_| Slot {
+                    key: None,
+                    started_ms: 0,
+                    buf: Vec::new(),
+                    have: Vec::new(),
+                    total: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Reassembler {
+    /// Feed one fragment frame (Ethernet + IPv4 without options, header checksum already
+    /// verified by the caller).
+    pub fn feed(&mut self, frame: &[u8], now_ms: u64) -> Fed<'_> {
+        let Some(ip) = frame.get(ETH_LEN..ETH_LEN + IP_LEN) else {
+            return Fed::Invalid;
+        };
+        let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let Some(data) = frame.get(ETH_LEN + IP_LEN..ETH_LEN + total_len.max(IP_LEN)) else {
+            return Fed::Invalid;
+        };
+        let flags_off = u16::from_be_bytes([ip[6], ip[7]]);
+        let more = flags_off & 0x2000 != 0;
+        let offset = usize::from(flags_off & 0x1fff) * 8;
+        let key = Key {
+            src: [ip[12], ip[13], ip[14], ip[15]],
+            dst: [ip[16], ip[17], ip[18], ip[19]],
+            proto: ip[9],
+            ident: u16::from_be_bytes([ip[4], ip[5]]),
+        };
+        let end = offset + data.len();
+        // Non-final fragments carry multiples of 8 bytes; nothing goes past 64 KiB.
+        if data.is_empty() || end > MAX_PAYLOAD || (more && data.len() % 8 != 0) {
+            self.discard(key);
+            return Fed::Invalid;
+        }
+        for s in &mut self.slots {
+            if s.key.is_some() && now_ms.saturating_sub(s.started_ms) > TIMEOUT_MS {
+                s.key = None;
+            }
+        }
+        let idx = match self.slots.iter().position(|s| s.key == Some(key)) {
+            Some(i) => i,
+            None => {
+                let i = self
+                    .slots
+                    .iter()
+                    .position(|s| s.key.is_none())
+                    .unwrap_or_else(|| {
+                        (0..SLOTS)
+                            .min_by_key(|&i| self.slots[i].started_ms)
+                            .unwrap_or(0)
+                    });
+                self.slots[i].reset(key, now_ms);
+                i
+            }
+        };
+        let slot = &mut self.slots[idx];
+        if !more {
+            if slot.total.is_some_and(|t| t != end) {
+                slot.key = None;
+                return Fed::Invalid;
+            }
+            slot.total = Some(end);
+        }
+        if slot.total.is_some_and(|t| end > t) {
+            slot.key = None;
+            return Fed::Invalid;
+        }
+        let base = ETH_LEN + IP_LEN;
+        let first = offset / 8;
+        let last = end.div_ceil(8);
+        // Overlaps must carry the same bytes (retransmitted duplicates), never new content.
+        if (first..last).any(|b| slot.block(b)) && slot.buf[base + offset..base + end] != *data {
+            slot.key = None;
+            return Fed::Invalid;
+        }
+        slot.buf[base + offset..base + end].copy_from_slice(data);
+        for b in first..last {
+            slot.have[b / 64] |= 1 << (b % 64);
+        }
+        if offset == 0 {
+            slot.buf[..base].copy_from_slice(&frame[..base]);
+        }
+        if !slot.complete() {
+            return Fed::Pending;
+        }
+        let total = slot.total.unwrap_or(0);
+        slot.key = None;
+        // Rewrite the header: whole length, no fragment fields, fresh checksum.
+        let hdr = &mut slot.buf[ETH_LEN..base];
+        hdr[2..4].copy_from_slice(&((IP_LEN + total) as u16).to_be_bytes());
+        hdr[6..8].copy_from_slice(&[0, 0]);
+        hdr[10..12].copy_from_slice(&[0, 0]);
+        let c = wire::checksum(hdr, 0);
+        hdr[10..12].copy_from_slice(&c.to_be_bytes());
+        Fed::Complete(&slot.buf[..base + total])
+    }
+
+    fn discard(&mut self, key: Key) {
+        for s in &mut self.slots {
+            if s.key == Some(key) {
+                s.key = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{classify, finish_udp, fragment, Class, LinkInfo, L2, UDP_PAYLOAD};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    const LINK: LinkInfo = LinkInfo {
+        mac: [0x52, 0x55, 10, 0, 2, 2],
+        gateway: Ipv4Addr::new(10, 0, 2, 2),
+        dns: Ipv4Addr::new(10, 0, 2, 3),
+        ipv6: None,
+    };
+
+    fn big_udp(len: usize, ident: u16) -> Vec<u8> {
+        let mut f = vec![0u8; UDP_PAYLOAD + len];
+        for (i, b) in f[UDP_PAYLOAD..].iter_mut().enumerate() {
+            *b = (i * 7) as u8;
+        }
+        let l2 = L2 {
+            src: [2, 0, 0, 0, 0, 1],
+            dst: LINK.mac,
+        };
+        let n = finish_udp(
+            &mut f,
+            &l2,
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100), 4000).into(),
+            SocketAddrV4::new(LINK.gateway, 7).into(),
+            len,
+            ident,
+        )
+        .unwrap();
+        f.truncate(n);
+        f
+    }
+
+    fn pieces(f: &[u8]) -> Vec<Vec<u8>> {
+        let mut scratch = vec![0u8; 1600];
+        let mut v = Vec::new();
+        fragment(f, 1500, &mut scratch, |p| v.push(p.to_vec()));
+        v
+    }
+
+    #[test]
+    fn reassembles_in_any_order() {
+        let f = big_udp(4000, 9);
+        let mut p = pieces(&f);
+        assert_eq!(p.len(), 3);
+        p.reverse();
+        let mut r = Reassembler::default();
+        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
+        assert_eq!(r.feed(&p[1], 1), Fed::Pending);
+        let Fed::Complete(whole) = r.feed(&p[2], 2) else {
+            panic!("not complete")
+        };
+        assert_eq!(&whole[ETH_LEN + IP_LEN..], &f[ETH_LEN + IP_LEN..]);
+        assert!(matches!(classify(whole, &LINK), Class::Udp(u) if u.payload.len() == 4000));
+    }
+
+    #[test]
+    fn duplicates_ok_conflicts_and_timeouts_not() {
+        let f = big_udp(3000, 10);
+        let p = pieces(&f);
+        let mut r = Reassembler::default();
+        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
+        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
+        let mut evil = p[1].clone();
+        let last = evil.len() - 1;
+        evil[last] ^= 0xff;
+        assert_eq!(r.feed(&evil, 0), Fed::Pending);
+        // The same block again with other bytes: discarded.
+        let mut evil2 = p[1].clone();
+        evil2[last - 1] ^= 0xff;
+        assert_eq!(r.feed(&evil2, 0), Fed::Invalid);
+        // Timeout: a late piece starts over and never completes alone.
+        let mut r = Reassembler::default();
+        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
+        assert_eq!(r.feed(&p[1], TIMEOUT_MS + 1), Fed::Pending);
+        assert!(matches!(r.feed(&p[2], TIMEOUT_MS + 2), Fed::Pending));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let f = big_udp(3000, 11);
+        let p = pieces(&f);
+        let mut r = Reassembler::default();
+        for piece in &p {
+            for cut in 0..piece.len() {
+                let _ = r.feed(&piece[..cut], 0);
+            }
+        }
+        // Offsets past 64 KiB.
+        let mut huge = p[1].clone();
+        huge[ETH_LEN + 6] = 0x3f;
+        huge[ETH_LEN + 7] = 0xff;
+        assert_eq!(r.feed(&huge, 0), Fed::Invalid);
+    }
+
+    #[test]
+    fn many_datagrams_evict_oldest() {
+        let mut r = Reassembler::default();
+        for ident in 0..(SLOTS as u16 + 4) {
+            let p = pieces(&big_udp(3000, ident));
+            assert_eq!(r.feed(&p[0], u64::from(ident)), Fed::Pending);
+        }
+        // The newest ones are still there.
+        let p = pieces(&big_udp(3000, SLOTS as u16 + 3));
+        assert_eq!(r.feed(&p[1], 100), Fed::Pending);
+        assert!(matches!(r.feed(&p[2], 100), Fed::Complete(_)));
+    }
+}
