@@ -1171,3 +1171,134 @@ fn bypass_runc_container_through_seccomp_listener() {
         dlog()
     );
 }
+
+const IPV6_CLIENT: &str = r#"
+port = int(sys.argv[1])
+res = {}
+for key, fam, addr in (("v6", socket.AF_INET6, ("fd00::2", port)),
+                       ("mapped", socket.AF_INET6, ("::ffff:10.0.2.2", port)),
+                       ("v4", socket.AF_INET, ("10.0.2.2", port))):
+    s = socket.socket(fam)
+    s.settimeout(10)
+    try:
+        s.connect(addr)
+        res[key] = dict(sock=s.getsockname()[:2], peer=s.getpeername()[:2], got=s.recv(10).decode())
+    except OSError as e:
+        res[key] = e.errno
+# ::1 is the container's own: nobody listens there.
+s = socket.socket(socket.AF_INET6)
+res["lo6"] = s.connect_ex(("::1", port))
+emit(**res)
+"#;
+
+#[test]
+fn bypass_ipv6_gateway_and_ipv4_mapped_destinations() {
+    if !preflight_bypass(&["python3"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let port = 22090;
+    let l = host
+        .in_ns(|| TcpListener::bind(("::", port)))
+        .expect("listen on [::]");
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let acc = acceptor(l, b"hi", stop.clone(), count.clone());
+    let out = run_py(&host, &["-6", "--bypass"], IPV6_CLIENT, &[port.to_string()]);
+    stop.store(true, Ordering::Relaxed);
+    acc.join().unwrap();
+    let v = one_json(&out);
+    let sock = |k: &str| v[k]["sock"][0].as_str().unwrap_or("?").to_owned();
+    let peer = |k: &str| v[k]["peer"][0].as_str().unwrap_or("?").to_owned();
+    // The IPv6 gateway is the host's ::1; an IPv4-mapped gateway the host's 127.0.0.1, and
+    // getpeername keeps the program's spelling.
+    assert_eq!(
+        (sock("v6"), peer("v6")),
+        ("::1".into(), "fd00::2".into()),
+        "{out}"
+    );
+    assert_eq!(
+        (sock("mapped"), peer("mapped")),
+        ("::ffff:127.0.0.1".into(), "::ffff:10.0.2.2".into()),
+        "{out}"
+    );
+    assert_eq!(
+        (sock("v4"), peer("v4")),
+        ("127.0.0.1".into(), "10.0.2.2".into()),
+        "{out}"
+    );
+    for k in ["v6", "mapped", "v4"] {
+        assert_eq!(v[k]["got"], "hi", "{k}: {out}");
+    }
+    assert_eq!(
+        v["lo6"],
+        libc::ECONNREFUSED,
+        "::1 is the container's: {out}"
+    );
+    assert_eq!(count.load(Ordering::Relaxed), 3, "{out}");
+}
+
+#[test]
+fn bypass_as_unprivileged_user() {
+    if !preflight_bypass(&["python3", "setpriv", "mknod"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let tun = host.dir.join("tun");
+    host.sh(&format!(
+        "mknod -m 0666 {t} c 10 200 && mount --bind {t} /dev/net/tun",
+        t = tun.display()
+    ))
+    .ok();
+    let probe = run(
+        host.cmd("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["unshare", "--user", "--map-root-user", "--net", "true"]),
+        RUN_TIMEOUT,
+    );
+    if !probe.success() {
+        skip(&format!(
+            "unprivileged user namespaces are not allowed here: {probe}"
+        ));
+        return;
+    }
+    let exe = host.dir.join("tapwire");
+    std::fs::copy(bin(), &exe).expect("copy the binary under test");
+    for p in [host.dir.path(), exe.as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let port = 22095;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let acc = acceptor(
+        host.listen(port),
+        b"hello nobody",
+        stop.clone(),
+        count.clone(),
+    );
+    let body = "s = socket.create_connection(('10.0.2.2', int(sys.argv[1])), timeout=10)\n\
+                emit(uid=os.getuid(), sock=s.getsockname(), peer=s.getpeername(), got=s.recv(20).decode())";
+    let out = run(
+        host.cmd("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&exe)
+            .args(["run", "--bypass", "--", python3(), "-c"])
+            .arg(script(body))
+            .arg(port.to_string()),
+        RUN_TIMEOUT,
+    );
+    stop.store(true, Ordering::Relaxed);
+    acc.join().unwrap();
+    let v = one_json(&out);
+    assert_eq!(v["uid"], 0, "root inside: {out}");
+    assert_eq!(v["got"], "hello nobody", "{out}");
+    assert!(
+        addr_of(&v["sock"]).ip().is_loopback(),
+        "bypassed as nobody: {out}"
+    );
+    assert_eq!(
+        addr_of(&v["peer"]),
+        SocketAddr::from(([10, 0, 2, 2], port)),
+        "{out}"
+    );
+}
