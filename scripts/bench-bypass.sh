@@ -187,7 +187,7 @@ conn_row() {
 	if v=$(timeout 120 "$@" "$PY" "$WORK/client.py" "$target" "$CPORT" "$CONNECTS" 2>"$WORK/conn.err" | tail -1) &&
 		[ -n "$v" ]; then
 		echo "== connects: $name: $v/s" >&2
-		[ "$v" -gt "${CONN[$name]}" ] && CONN[$name]=$v
+		if [ "$v" -gt "${CONN[$name]}" ]; then CONN[$name]=$v; fi
 	else
 		echo "== connects: $name failed" >&2
 		sed 's/^/    /' "$WORK/conn.err" >&2

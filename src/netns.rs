@@ -24,6 +24,11 @@
 //!   (EOF = the parent died or dropped the [`RunChild`] -> `_exit(1)`) and finally `execvp`s the
 //!   command. The child has `PR_SET_PDEATHSIG(SIGKILL)`, which survives the exec, so the command
 //!   dies with tapwire (note: "parent" is the forking *thread*).
+//! - Bypass mode ([`spawn_run_filtered`]): after the go byte the child also sets
+//!   no_new_privs and installs the seccomp filter (nothing trapped happens after that but the
+//!   exec), answers `b'L'` + the listener's fd number (a plain `send`, which the filter lets
+//!   through), waits for a one-byte ack while the parent takes the listener with
+//!   `pidfd_getfd`, closes its copy and execs.
 //! - resolv.conf: a bind mount needs a source inside our mount namespace (a memfd is not, and
 //!   the kernel refuses it), so a small tmpfs is mounted on a staging directory (`/tmp`, else
 //!   `/run`, `/mnt`, `/var/tmp`), the file is written there and bind-mounted over

@@ -900,6 +900,37 @@ pub fn sendmsg_raw(
     Ok(n as usize)
 }
 
+/// One non-blocking `recvmsg` on a stream: data into `buf` (returns its length; 0 = end of
+/// file), up to 8 SCM_RIGHTS fds appended to `fds` (close-on-exec).
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for cm in cmsgs {
+            if let ControlMessageOwned::ScmRights(raw) = cm {
+                for fd in raw {
+                    // SAFETY: the kernel just installed this fd in our table for this message
+                    // (SCM_RIGHTS); nothing else refers to it.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+    }
+    Ok(msg.bytes)
+}
+
 /// `socket(domain, type | SOCK_NONBLOCK | SOCK_CLOEXEC, protocol)` in our network namespace.
 pub fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: integer arguments; returns a new fd or -1.

@@ -36,7 +36,7 @@
 //!    caller's own filesystem view.
 //! 5. Blocking calls never block us: the socket is made non-blocking just for the call (the
 //!    container socket's flag is restored at once) and, if the connect is in progress, parked
-//!    as [`Pending`] until `POLLOUT`, its `SO_SNDTIMEO` deadline (then `EINPROGRESS`, as the
+//!    as `Pending` until `POLLOUT`, its `SO_SNDTIMEO` deadline (then `EINPROGRESS`, as the
 //!    kernel does) or the thread's death.
 //! 6. `SEND` answers; `ENOENT` from SEND/ADDFD means the thread went away: dropped quietly.
 //!
@@ -46,16 +46,40 @@
 //! getpeername table ([`PeerTable`]) is keyed by socket inode, bounded. A listener that reports
 //! `POLLHUP` (no task uses the filter any more) is dropped with its pending calls.
 //!
+//! ## Sends (UDP bypass)
+//! A bypassed UDP socket lives in the host's namespace, so every send that carries an address
+//! is trapped (the filter lets `send`/`write` without one pass): on an IP socket the supervisor
+//! reads the message once (name, iovecs up to 64 KiB per datagram or 1 MiB per stream call,
+//! control data), checks the destination against the policy if the socket is a host socket
+//! (re-encoding it; an AF_UNSPEC address on an AF_INET socket is an address too), and sends it
+//! itself (non-blocking; a blocking socket without room waits in `Pending`, `SO_SNDTIMEO`
+//! gives `EAGAIN`). sendmmsg sends the first message and writes its `msg_len` back (the kernel
+//! may send fewer than asked; the program goes on with the rest). A stream socket may see a
+//! short write, which programs handle.
+//!
+//! ## Limits
+//! - `getsockname` on a bypassed socket shows the host address (e.g. 127.0.0.1:port).
+//! - Calls on non-IP sockets are continued, so the kernel looks their fd up again: a program
+//!   that swaps (`dup2`) one of its bypassed sockets onto that fd number in the window between
+//!   our answer and the kernel's lookup would run that call on the host socket unchecked. This
+//!   needs a race against its own other thread and a bypassed socket it already holds; UNIX
+//!   socket paths can only be resolved in the caller's own file-system view, which is why those
+//!   calls are not performed here.
+//! - Bind/listen on a container socket are performed by the supervisor, whose credentials
+//!   count for the privileged-port check (it owns the container's namespaces).
+//!
 //! ## OCI runtimes
 //! runc/crun with `linux.seccomp.listenerPath` connect to our socket after creating the
 //! container and send the container process state (JSON, `"fds": ["seccompFd"]`) with the
 //! listener as SCM_RIGHTS, then close. The profile's `listenerMetadata` (written by
 //! `tapwire seccomp-profile`) says whether the sends are trapped; only then is UDP bypassed.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -63,7 +87,6 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use slab::Slab;
 
 use crate::bypass::{
@@ -139,11 +162,11 @@ pub fn prepare_daemon(
     args: &crate::cli::DaemonArgs,
     path: &Path,
 ) -> Result<Prepared, SupervisorError> {
-    if args.enable_sandbox || args.enable_seccomp {
+    if args.enable_sandbox {
         return Err(SupervisorError::Conflict(
-            "--seccomp-listener cannot be combined with --enable-sandbox or --enable-seccomp yet: \
-             serving a container's seccomp listener needs ptrace rights over its processes \
-             (CAP_SYS_PTRACE, which the sandbox drops) and system calls the daemon's filter does not allow",
+            "--seccomp-listener cannot be combined with --enable-sandbox yet: serving a \
+             container's seccomp listener needs ptrace rights over its processes \
+             (CAP_SYS_PTRACE, or capabilities that cover the container's), which the sandbox drops",
         ));
     }
     let policy = Policy::new(&args.net, &args.ignore, &args.publish);
@@ -1477,32 +1500,15 @@ impl Supervisor {
             return;
         };
         let mut chunk = vec![0u8; 64 * 1024];
-        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
-        let (n, eof) = {
-            let mut iov = [IoSliceMut::new(&mut chunk)];
-            match recvmsg::<()>(
-                c.stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(msg) => {
-                    if let Ok(cmsgs) = msg.cmsgs() {
-                        for cm in cmsgs {
-                            if let ControlMessageOwned::ScmRights(fds) = cm {
-                                for fd in fds {
-                                    // SAFETY: the kernel just installed this fd for us with
-                                    // the message; nothing else owns it.
-                                    c.fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                                }
-                            }
-                        }
-                    }
-                    (msg.bytes, msg.bytes == 0)
-                }
-                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => return,
-                Err(_) => (0, true),
+        let (n, eof) = match seccomp::recv_with_fds(c.stream.as_fd(), &mut chunk, &mut c.fds) {
+            Ok(n) => (n, n == 0),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return
             }
+            Err(_) => (0, true),
         };
         c.buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
         let parsed = parse_state(&c.buf);
