@@ -289,6 +289,8 @@ struct Lst {
     /// The filter traps sends with an address: UDP may be bypassed.
     udp: bool,
     name: String,
+    /// A host socket was installed in one of its processes at least once.
+    installed: bool,
 }
 
 /// What a parked call does when its socket is ready.
@@ -440,7 +442,12 @@ impl Supervisor {
             "bypass: serving seccomp listener of {name} (UDP {})",
             if udp { "bypassed" } else { "on the tap" }
         );
-        self.listeners.insert(Lst { fd, udp, name });
+        self.listeners.insert(Lst {
+            fd,
+            udp,
+            name,
+            installed: false,
+        });
     }
 
     fn run(mut self) {
@@ -757,8 +764,15 @@ impl Supervisor {
         let fd = n.args[0] as i32;
         let sock = match self.getfd(li, n, fd, pidfd) {
             Ok(s) => s,
-            // Without ptrace rights we can do nothing but let the call through.
-            Err(Fail::Errno(libc::EPERM)) => return Ok(None),
+            // Without ptrace rights over this thread we cannot tell what the fd is. As long as
+            // no host socket was ever handed to these processes, none of their fds can be one:
+            // let the call through. Otherwise fail closed.
+            Err(Fail::Errno(libc::EPERM)) => {
+                return match self.listeners.get(li) {
+                    Some(l) if !l.installed => Ok(None),
+                    _ => Err(Fail::Errno(libc::EPERM)),
+                }
+            }
             Err(e) => return Err(e),
         };
         match self.sock_info(&sock)? {
@@ -899,9 +913,10 @@ impl Supervisor {
         if let (Some(orig), Some(ino)) = (inst.original, ino) {
             self.peers.insert(ino, orig);
         }
-        let Some(l) = self.listeners.get(li) else {
+        let Some(l) = self.listeners.get_mut(li) else {
             return Err(Fail::Gone);
         };
+        l.installed = true;
         match l.fd.addfd_at(id, host.as_fd(), inst.newfd, inst.cloexec) {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -1302,3 +1302,51 @@ fn bypass_as_unprivileged_user() {
         "{out}"
     );
 }
+
+/// iperf3 (a real client) through bypass to a server on the host's loopback via the gateway.
+#[test]
+fn bypass_iperf3_to_host_loopback_via_gateway() {
+    if !preflight_bypass(&["iperf3", "ss"]) {
+        return;
+    }
+    let host = HostNs::new();
+    let port = 22100;
+    let server = Proc::spawn(
+        host.cmd("iperf3")
+            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until(SETUP_TIMEOUT, "iperf3 server", || {
+        host.sh(&format!("ss -Hltn 'sport = :{port}'"))
+            .stdout
+            .contains("LISTEN")
+    });
+    let out = run(
+        host.cmd(bin()).args([
+            "run",
+            "--bypass",
+            "--",
+            "iperf3",
+            "-c",
+            "10.0.2.2",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "2",
+            "-J",
+        ]),
+        RUN_TIMEOUT,
+    );
+    drop(server);
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("iperf3 JSON");
+    let c = &v["start"]["connected"][0];
+    assert_eq!(c["local_host"], "127.0.0.1", "bypassed: {}", v["start"]);
+    assert_eq!(c["remote_host"], "10.0.2.2", "getpeername: {}", v["start"]);
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    eprintln!("iperf3 through bypass: {:.2} Gbit/s", bps / 1e9);
+    assert!(bps > 1e8, "{out}");
+}
