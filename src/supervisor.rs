@@ -619,6 +619,25 @@ impl Supervisor {
         }
     }
 
+    /// The thread seems to have left its call. It might not have (e.g. a thread we cannot see
+    /// in /proc): answer anyway, so it can never hang; if it did leave, the kernel refuses the
+    /// answer (ENOENT), which is harmless.
+    fn gone(&mut self, li: usize, id: u64) {
+        self.stats.dead += 1;
+        if let Some(l) = self.listeners.get(li) {
+            let _ = l.fd.respond(id, Reply::Error(libc::EPERM));
+        }
+    }
+
+    /// Whether the program's fd `fd` is close-on-exec (`EBADF` if it is gone meanwhile).
+    fn cloexec(&self, li: usize, n: &Notif, fd: RawFd) -> Result<bool, Fail> {
+        match seccomp::fd_cloexec(&self.proc, n.tid, fd) {
+            Ok(c) => Ok(c),
+            Err(_) if self.id_valid(li, n.id) => Err(Fail::Errno(libc::EBADF)),
+            Err(_) => Err(Fail::Gone),
+        }
+    }
+
     fn id_valid(&self, li: usize, id: u64) -> bool {
         self.listeners.get(li).is_some_and(|l| l.fd.id_valid(id))
     }
@@ -654,7 +673,7 @@ impl Supervisor {
                 self.respond(li, n.id, reply);
             }
             Ok(None) => {}
-            Err(Fail::Gone) => self.stats.dead += 1,
+            Err(Fail::Gone) => self.gone(li, n.id),
             Err(Fail::Errno(e)) => {
                 self.stats.errors += 1;
                 self.respond(li, n.id, Reply::Error(e));
@@ -860,10 +879,7 @@ impl Supervisor {
         target: SocketAddr,
     ) -> Answer {
         let host = self.host_socket(guest, info, Some(target))?;
-        let cloexec = match seccomp::fd_cloexec(&self.proc, n.tid, fd) {
-            Ok(c) => c,
-            Err(_) => return Err(Fail::Gone),
-        };
+        let cloexec = self.cloexec(li, n, fd)?;
         let original = (normalize(dst) != normalize(target)).then_some(dst);
         let inst = Install {
             newfd: fd,
@@ -1068,7 +1084,7 @@ impl Supervisor {
         match answer {
             Ok(Some(r)) => self.respond(li, id, r),
             Ok(None) => {}
-            Err(Fail::Gone) => self.stats.dead += 1,
+            Err(Fail::Gone) => self.gone(li, id),
             Err(Fail::Errno(e)) => self.respond(li, id, Reply::Error(e)),
         }
     }
@@ -1181,7 +1197,7 @@ impl Supervisor {
     ) -> Answer {
         let host = self.host_socket(guest, info, None)?;
         seccomp::bind_raw(host.as_fd(), encode(&host_addr).as_bytes())?;
-        let cloexec = seccomp::fd_cloexec(&self.proc, n.tid, fd).map_err(|_| Fail::Gone)?;
+        let cloexec = self.cloexec(li, n, fd)?;
         let inst = Install {
             newfd: fd,
             cloexec,
