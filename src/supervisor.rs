@@ -348,6 +348,8 @@ enum Fail {
     Gone,
     /// Answer with this errno.
     Errno(i32),
+    /// We may not inspect this thread (no ptrace rights over it).
+    Blind,
 }
 
 impl From<io::Error> for Fail {
@@ -366,7 +368,8 @@ type Answer = Result<Option<Reply>, Fail>;
 #[derive(Clone, Copy)]
 enum Slot {
     Listener(usize),
-    Pending(usize),
+    /// Slab index and notification id (an index may be reused within one loop turn).
+    Pending(usize, u64),
     OciServer,
     OciClient(usize),
 }
@@ -463,7 +466,7 @@ impl Supervisor {
             }
             slots.clear();
             slots.extend(self.listeners.iter().map(|(i, _)| Slot::Listener(i)));
-            slots.extend(self.pending.iter().map(|(i, _)| Slot::Pending(i)));
+            slots.extend(self.pending.iter().map(|(i, p)| Slot::Pending(i, p.id)));
             if self.oci.is_some() {
                 slots.push(Slot::OciServer);
             }
@@ -497,7 +500,7 @@ impl Supervisor {
             for &(slot, r) in &ready {
                 match slot {
                     Slot::Listener(i) => self.listener_event(i, r),
-                    Slot::Pending(i) => self.pending_ready(i),
+                    Slot::Pending(i, id) => self.pending_ready(i, id),
                     Slot::OciServer => self.oci_accept(),
                     Slot::OciClient(i) => self.oci_read(i),
                 }
@@ -509,7 +512,7 @@ impl Supervisor {
     fn slot_fd(&self, s: Slot) -> Option<(BorrowedFd<'_>, PollFlags)> {
         match s {
             Slot::Listener(i) => Some((self.listeners.get(i)?.fd.as_fd(), PollFlags::POLLIN)),
-            Slot::Pending(i) => Some((self.pending.get(i)?.sock.as_fd(), PollFlags::POLLOUT)),
+            Slot::Pending(i, _) => Some((self.pending.get(i)?.sock.as_fd(), PollFlags::POLLOUT)),
             Slot::OciServer => Some((self.oci.as_ref()?.listener.as_fd(), PollFlags::POLLIN)),
             Slot::OciClient(i) => {
                 Some((self.oci_clients.get(i)?.stream.as_fd(), PollFlags::POLLIN))
@@ -658,12 +661,20 @@ impl Supervisor {
                 None => Ok(Some(Reply::Continue)),
             }
         };
+        // Without ptrace rights over the thread we cannot tell what its fd is. As long as no
+        // host socket was ever handed to these processes, none of their fds can be one: let the
+        // call through. Otherwise fail closed.
+        let answer = match answer {
+            Err(Fail::Blind) => match self.listeners.get(li) {
+                Some(l) if !l.installed => Ok(Some(Reply::Continue)),
+                _ => Err(Fail::Errno(libc::EPERM)),
+            },
+            other => other,
+        };
         match answer {
             Ok(Some(reply)) => {
-                match reply {
-                    Reply::Continue => self.stats.continued += 1,
-                    Reply::Error(_) => {}
-                    Reply::Value(_) => {}
+                if reply == Reply::Continue {
+                    self.stats.continued += 1;
                 }
                 tracing::trace!(
                     "bypass: {} tid {} -> {reply:?}",
@@ -678,6 +689,7 @@ impl Supervisor {
                 self.stats.errors += 1;
                 self.respond(li, n.id, Reply::Error(e));
             }
+            Err(Fail::Blind) => self.respond(li, n.id, Reply::Error(libc::EPERM)),
         }
     }
 
@@ -690,7 +702,10 @@ impl Supervisor {
         if !self.id_valid(li, n.id) {
             return Err(Fail::Gone);
         }
-        r.map_err(|_| Fail::Errno(libc::EFAULT))
+        r.map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM) => Fail::Blind,
+            _ => Fail::Errno(libc::EFAULT),
+        })
     }
 
     /// Write to the target's memory through `/proc/TID/mem`, opened before the `ID_VALID`
@@ -746,7 +761,7 @@ impl Supervisor {
                         n.tid
                     );
                 }
-                Err(Fail::Errno(libc::EPERM))
+                Err(Fail::Blind)
             }
             Err(e) => Err(e.into()),
         }
@@ -783,15 +798,6 @@ impl Supervisor {
         let fd = n.args[0] as i32;
         let sock = match self.getfd(li, n, fd, pidfd) {
             Ok(s) => s,
-            // Without ptrace rights over this thread we cannot tell what the fd is. As long as
-            // no host socket was ever handed to these processes, none of their fds can be one:
-            // let the call through. Otherwise fail closed.
-            Err(Fail::Errno(libc::EPERM)) => {
-                return match self.listeners.get(li) {
-                    Some(l) if !l.installed => Ok(None),
-                    _ => Err(Fail::Errno(libc::EPERM)),
-                }
-            }
             Err(e) => return Err(e),
         };
         match self.sock_info(&sock)? {
@@ -1051,7 +1057,10 @@ impl Supervisor {
         Ok(None)
     }
 
-    fn pending_ready(&mut self, i: usize) {
+    fn pending_ready(&mut self, i: usize, id: u64) {
+        if self.pending.get(i).is_none_or(|p| p.id != id) {
+            return; // answered and replaced earlier in this turn
+        }
         let Some(p) = self.pending.try_remove(i) else {
             return;
         };
@@ -1086,6 +1095,7 @@ impl Supervisor {
             Ok(None) => {}
             Err(Fail::Gone) => self.gone(li, id),
             Err(Fail::Errno(e)) => self.respond(li, id, Reply::Error(e)),
+            Err(Fail::Blind) => self.respond(li, id, Reply::Error(libc::EPERM)),
         }
     }
 
