@@ -796,10 +796,7 @@ impl Supervisor {
         pidfd: Option<OwnedFd>,
     ) -> Result<Option<(RawFd, OwnedFd, SockInfo)>, Fail> {
         let fd = n.args[0] as i32;
-        let sock = match self.getfd(li, n, fd, pidfd) {
-            Ok(s) => s,
-            Err(e) => return Err(e),
-        };
+        let sock = self.getfd(li, n, fd, pidfd)?;
         match self.sock_info(&sock)? {
             Some(info) => Ok(Some((fd, sock, info))),
             None => Ok(None),

@@ -120,6 +120,21 @@ fn acceptor(
     })
 }
 
+/// `ss ARGS` in the host namespace, retried until it lists a socket with its owner (`ss` may
+/// race with the process table on a loaded machine).
+fn ss_owners(host: &HostNs, args: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = host.sh(&format!("ss {args}"));
+        if out.stdout.contains("users:") {
+            return out.stdout;
+        }
+        last = format!("{out}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    last
+}
+
 // ---------------------------------------------------------------------------------------------
 
 const GATEWAY_CLIENT: &str = r#"
@@ -156,12 +171,15 @@ fn bypass_gateway_is_host_loopback_at_kernel_level() {
         let srv = sc.spawn(move || {
             let (mut s, peer) = accept_timeout(&l, RUN_TIMEOUT).expect("accept");
             // The connection is up: who owns the client end in the host namespace?
-            let ss = host.sh(&format!("ss -tnpH state established '( dport = :{port} )'"));
+            let ss = ss_owners(
+                host,
+                &format!("-tnpH state established '( dport = :{port} )'"),
+            );
             s.write_all(b"go").unwrap();
             let up = read_hash(&mut s).expect("upload");
             s.write_all(&down).unwrap();
             s.shutdown(Shutdown::Write).unwrap();
-            (peer, ss.stdout, up)
+            (peer, ss, up)
         });
         let out = run_py(
             host,
@@ -813,10 +831,10 @@ fn bypass_published_port_is_a_host_socket() {
     let v: serde_json::Value = serde_json::from_str(&first).expect("json");
     let addr = SocketAddr::from(([127, 0, 0, 1], hp));
     // The program's listening socket is the host's 127.0.0.1:hp, owned by the program.
-    let ss = host.sh(&format!("ss -tlnpH '( sport = :{hp} )'"));
+    let ss = ss_owners(&host, &format!("-tlnpH '( sport = :{hp} )'"));
     let pid = v["pid"].as_u64().unwrap();
     assert!(
-        ss.stdout.contains(&format!("pid={pid},")),
+        ss.contains(&format!("pid={pid},")),
         "listening socket owned by the program: {ss}"
     );
     let data = random_bytes(4 << 20, 9);
@@ -1102,12 +1120,15 @@ fn bypass_runc_container_through_seccomp_listener() {
             };
             s.set_nonblocking(false).unwrap();
             set_timeouts(&s);
-            let ss = host.sh(&format!("ss -tnpH state established '( dport = :{port} )'"));
+            let ss = ss_owners(
+                host,
+                &format!("-tnpH state established '( dport = :{port} )'"),
+            );
             s.write_all(b"go").unwrap();
             let up = read_hash(&mut s).expect("upload");
             s.write_all(&down).unwrap();
             s.shutdown(Shutdown::Write).unwrap();
-            Some((peer, ss.stdout, up))
+            Some((peer, ss, up))
         });
         let out = run(
             host.cmd("runc")
