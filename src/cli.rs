@@ -1158,4 +1158,68 @@ mod tests {
         assert_eq!(r.publish.len(), 1);
         assert!(parse(["tapwire", "-p", "bogus", "42"]).is_err());
     }
+
+    #[test]
+    fn bypass_flags() {
+        let r = run(&[
+            "--bypass",
+            "--ignore",
+            "192.0.2.0/24",
+            "--ignore=2001:db8::/32",
+            "sh",
+        ]);
+        let b = r.bypass.expect("--bypass");
+        assert!(b.udp);
+        assert_eq!(b.ignore.len(), 2);
+        assert_eq!(b.ignore[0].to_string(), "192.0.2.0/24");
+        assert_eq!(r.command, ["sh"]);
+        assert!(!run(&["--bypass", "--no-bypass-udp"]).bypass.unwrap().udp);
+        assert_eq!(run(&["sh"]).bypass, None);
+        // --ignore and --no-bypass-udp only make sense with --bypass.
+        fails(&["run", "--ignore", "10.0.0.0/8"], &["--bypass"]);
+        fails(&["run", "--no-bypass-udp"], &["--bypass"]);
+        fails(
+            &["run", "--bypass", "--ignore", "10.0.0.0/33"],
+            &["--ignore", "prefix"],
+        );
+        fails(&["run", "--bypass", "--ignore", "nonsense"], &["--ignore"]);
+        // The daemon: --seccomp-listener, with --ignore.
+        let d = daemon(&[
+            "--seccomp-listener",
+            "/run/tw.sock",
+            "--ignore",
+            "10.9.0.0/16",
+            "42",
+        ]);
+        assert_eq!(d.seccomp_listener, Some(PathBuf::from("/run/tw.sock")));
+        assert_eq!(d.ignore.len(), 1);
+        fails(&["--ignore", "10.9.0.0/16", "42"], &["--seccomp-listener"]);
+        fails(
+            &["--seccomp-listener", &"x".repeat(108), "42"],
+            &["sun_path"],
+        );
+        // tapwire seccomp-profile.
+        match parse(["tapwire", "seccomp-profile"]).unwrap() {
+            Command::SeccompProfile(p) => {
+                assert_eq!(p.listener_path, PathBuf::from("/run/tapwire/seccomp.sock"));
+                assert!(p.udp);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse([
+            "tapwire",
+            "seccomp-profile",
+            "--listener-path",
+            "/x.sock",
+            "--no-bypass-udp",
+        ])
+        .unwrap()
+        {
+            Command::SeccompProfile(p) => {
+                assert_eq!(p.listener_path, PathBuf::from("/x.sock"));
+                assert!(!p.udp);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
