@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Audit the daemon's seccomp allow-list (src/filter.rs) against what the daemon really does.
 #
-#   sudo scripts/seccomp-audit.sh [TEST-FILTER...]     (default: the whole tap_mode suite)
+#   sudo scripts/seccomp-audit.sh [CARGO-TEST-ARGS...]
+#       default: --test tap_mode; e.g. `--test bypass bypass_runc` for the supervisor thread
 #
-# Runs the integration tests with the daemon wrapped in `strace -f` (sandbox on, filter off, so
-# nothing is killed), keeps the system calls each daemon made after it wrote "1" to its ready
-# fd (that is where the filter starts to apply), and compares them with the list:
+# Runs the integration tests with the daemon wrapped in `strace -f` (with $AUDIT_FLAGS, default
+# --enable-sandbox; the filter stays off, so nothing is killed), keeps the system calls each daemon made after it wrote "1" to its ready
+# fd (that is where the filter starts to apply) plus every call of a thread it started (the
+# bypass supervisor; compared with DAEMON + BYPASS), and compares them with the list:
 #   - "traced, not allowed": calls the filter would kill the daemon for (exit status 1);
 #   - "allowed, never traced": entries no test exercised (review them; some are error paths);
 #   - the ioctl requests, fcntl commands and socket domains seen, to check the conditions.
@@ -24,34 +26,48 @@ exec strace -f -qq -s 8 -o "$work/traces/t.\$\$" "$PWD/target/release/tapwire" "
 EOF
 chmod +x "$work/tapwire"
 
-filters=("$@")
-TAPWIRE_TEST_BIN="$work/tapwire" TAPWIRE_TEST_EXTRA_FLAGS="--enable-sandbox" \
-	cargo test --release --quiet --test tap_mode -- "${filters[@]}" >"$work/test.log" 2>&1 ||
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(--test tap_mode)
+TAPWIRE_TEST_BIN="$work/tapwire" TAPWIRE_TEST_EXTRA_FLAGS="${AUDIT_FLAGS---enable-sandbox}" \
+	cargo test --release --quiet "${args[@]}" >"$work/test.log" 2>&1 ||
 	{ echo "seccomp-audit: some tests failed under strace (timing?); continuing" >&2; tail -5 "$work/test.log" >&2; }
 
 python3 - "$work/traces" src/filter.rs <<'EOF'
 import os, re, sys
 traces, filter_rs = sys.argv[1], sys.argv[2]
 line_re = re.compile(r'^(\d+)\s+([a-z0-9_]+)\((.*)')
-seen, args = {}, {'ioctl': set(), 'fcntl': set(), 'socket': set()}
+thread_re = re.compile(r'CLONE_THREAD.*= (\d+)$')
+seen, args = {}, {'ioctl': set(), 'fcntl': set(), 'socket': set(), 'openat': set(), 'prctl': set()}
+threads_seen = False
 for name in os.listdir(traces):
-    after = False
+    after, threads = False, set()
     for line in open(os.path.join(traces, name), errors='replace'):
         m = line_re.match(line)
         if not m:
             continue
-        call, rest = m.group(2), m.group(3)
-        if not after:
+        tid, call, rest = m.group(1), m.group(2), m.group(3)
+        t = thread_re.search(line.rstrip())
+        if t and call in ('clone', 'clone3'):
+            threads.add(t.group(1))
+            threads_seen = True
+        if not after and tid not in threads:
             if call == 'write' and rest.startswith('3, "1", 1'):
                 after = True
             continue
         seen[call] = seen.get(call, 0) + 1
         if call in args:
             parts = [p.strip() for p in rest.split(',')]
-            args[call].add(parts[0] if call == 'socket' else parts[1] if len(parts) > 1 else '?')
-allowed = set(re.findall(r'libc::SYS_([a-z0-9_]+)', open(filter_rs).read().split('#[cfg(test)]')[0]))
+            key = parts[0] if call in ('socket', 'prctl') else parts[1] if len(parts) > 1 else '?'
+            if call == 'openat':
+                key = parts[0] + ' ' + (parts[2] if len(parts) > 2 else '?')
+            args[call].add(key)
+src = open(filter_rs).read().split('#[cfg(test)]')[0]
+if not threads_seen:
+    src = src.split('pub const BYPASS')[0] + src.split('pub fn entries()')[1]
+allowed = set(re.findall(r'libc::SYS_([a-z0-9_]+)', src))
 missing = sorted(set(seen) - allowed)
 unused = sorted(allowed - set(seen))
+print('lists: DAEMON' + (' + BYPASS (a thread was started)' if threads_seen else ''))
 print('traced after ready: ' + ', '.join('%s(%d)' % (k, seen[k]) for k in sorted(seen)))
 for k, v in args.items():
     print('%s: %s' % (k, ', '.join(sorted(v)) or '-'))

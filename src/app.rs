@@ -97,15 +97,19 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
             crate::cli::Target::Path(_) => None,
         });
         let lowest = args.publish.iter().map(|p| p.host_port).min();
-        let policy = sandbox::Policy::daemon(userns, args.api_socket.as_deref(), lowest);
+        let sockets = [args.api_socket.as_deref(), args.seccomp_listener.as_deref()];
+        let policy = sandbox::Policy::daemon(userns, &sockets, lowest);
         let applied = sandbox::apply(&policy)?;
         tracing::info!(?applied, "sandbox applied");
     }
-    if args.enable_seccomp {
-        filter::apply()?;
-    }
+    // The supervisor thread starts after the sandbox (which may need a single thread) and
+    // before the filter, which then covers it too (TSYNC) and need not allow thread creation.
+    let bypassing = bypass.is_some();
     if let Some(prep) = bypass {
         prep.spawn(Vec::new())?;
+    }
+    if args.enable_seccomp {
+        filter::apply(bypassing)?;
     }
     if let Some(ready) = ready {
         signal_ready(ready)?;
@@ -147,7 +151,11 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     if let Some(why) = supervisor::sandbox_conflict(bypass.is_some()) {
         tracing::warn!("{why}; running without the sandbox");
     } else {
-        match sandbox::apply(&sandbox::Policy::daemon(userns, None, lowest)) {
+        let policy = sandbox::Policy {
+            keep_ptrace: bypass.is_some(),
+            ..sandbox::Policy::daemon(userns, &[], lowest)
+        };
+        match sandbox::apply(&policy) {
             Ok(applied) => tracing::info!(?applied, "sandbox applied"),
             Err(e) => tracing::warn!("{e}; running without the sandbox"),
         }

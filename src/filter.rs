@@ -17,6 +17,13 @@
 //! sets no_new_privs. It goes in after the sandbox and before the ready fd is written (the
 //! slirp4netns order), so a caller that saw "1" knows the daemon is confined.
 //!
+//! With bypass (`--seccomp-listener`) the supervisor thread is started before the filter and
+//! covered by it: [`BYPASS`] is added, the calls it makes on its own (seccomp notification
+//! ioctls, pidfds, reading and writing the trapped process's memory, the OCI runtimes'
+//! socket) and those of a thread starting up (the filter may land while it does). An entry in
+//! both lists allows the union of their conditions. No list allows creating a thread or a
+//! process: nothing is spawned after the filter.
+//!
 //! Keeping the list honest: the tap-mode and API suites run with `--enable-seccomp` in CI
 //! (`TAPWIRE_TEST_EXTRA_FLAGS`), so a missing entry is a killed daemon and a failing test;
 //! `scripts/seccomp-audit.sh` traces the daemon through the suites and lists any traced call
@@ -368,9 +375,127 @@ const LEGACY: &[Entry] = &[
 #[cfg(not(target_arch = "x86_64"))]
 const LEGACY: &[Entry] = &[];
 
-/// Every entry for this architecture.
+/// `AT_FDCWD` as the 32-bit argument the filter sees.
+const AT_FDCWD: u64 = libc::AT_FDCWD as u32 as u64;
+
+/// Added when the bypass supervisor thread runs (see `supervisor`, `seccomp`).
+pub const BYPASS: &[Entry] = &[
+    any(
+        libc::SYS_poll,
+        "poll",
+        "supervisor: its poll(2) set (listeners, pending connects, OCI socket)",
+    ),
+    any(
+        libc::SYS_ppoll,
+        "ppoll",
+        "supervisor: poll(2) as some libcs implement it",
+    ),
+    only(
+        libc::SYS_ioctl,
+        "ioctl",
+        "supervisor: seccomp notifications (RECV, SEND, ID_VALID, ADDFD)",
+        &[
+            &[c(1, Op::Eq(libc::SECCOMP_IOCTL_NOTIF_RECV as u32 as u64))],
+            &[c(1, Op::Eq(libc::SECCOMP_IOCTL_NOTIF_SEND as u32 as u64))],
+            &[c(
+                1,
+                Op::Eq(libc::SECCOMP_IOCTL_NOTIF_ID_VALID as u32 as u64),
+            )],
+            &[c(1, Op::Eq(libc::SECCOMP_IOCTL_NOTIF_ADDFD as u32 as u64))],
+        ],
+    ),
+    any(
+        libc::SYS_pidfd_open,
+        "pidfd_open",
+        "supervisor: a pidfd for the trapped thread",
+    ),
+    any(
+        libc::SYS_pidfd_getfd,
+        "pidfd_getfd",
+        "supervisor: a copy of the trapped call's socket",
+    ),
+    any(
+        libc::SYS_process_vm_readv,
+        "process_vm_readv",
+        "supervisor: reading a trapped call's sockaddr",
+    ),
+    any(
+        libc::SYS_process_vm_writev,
+        "process_vm_writev",
+        "supervisor: writing getpeername/getsockname results",
+    ),
+    only(
+        libc::SYS_openat,
+        "openat",
+        "supervisor: /proc entries relative to its /proc fd (status, fdinfo, mem read-write)",
+        &[&[c(0, Op::Ne(AT_FDCWD))]],
+    ),
+    any(libc::SYS_pread64, "pread64", "supervisor: /proc/TID/mem"),
+    any(libc::SYS_pwrite64, "pwrite64", "supervisor: /proc/TID/mem"),
+    only(
+        libc::SYS_socket,
+        "socket",
+        "supervisor: host sockets for bypassed calls (IPv4/IPv6 only)",
+        &[&[c(0, Op::Eq(AF_INET))], &[c(0, Op::Eq(AF_INET6))]],
+    ),
+    any(
+        libc::SYS_accept4,
+        "accept4",
+        "supervisor: OCI runtimes connecting to --seccomp-listener",
+    ),
+    any(
+        libc::SYS_recvmsg,
+        "recvmsg",
+        "supervisor: the container state and listener fd (SCM_RIGHTS)",
+    ),
+    any(
+        libc::SYS_fstat,
+        "fstat",
+        "supervisor: socket inodes (getpeername table)",
+    ),
+    any(
+        libc::SYS_getsockname,
+        "getsockname",
+        "supervisor: bound addresses of host sockets",
+    ),
+    any(
+        libc::SYS_getpeername,
+        "getpeername",
+        "supervisor: peers of host sockets",
+    ),
+    any(
+        libc::SYS_sendmmsg,
+        "sendmmsg",
+        "supervisor: bypassed UDP sends",
+    ),
+    // A thread starting while the filter lands.
+    any(
+        libc::SYS_set_robust_list,
+        "set_robust_list",
+        "std: thread start-up (glibc)",
+    ),
+    any(libc::SYS_rseq, "rseq", "std: thread start-up (glibc)"),
+    only(
+        libc::SYS_prctl,
+        "prctl",
+        "std: naming the thread (PR_SET_NAME) only",
+        &[&[c(0, Op::Eq(libc::PR_SET_NAME as u64))]],
+    ),
+    any(
+        libc::SYS_sched_getaffinity,
+        "sched_getaffinity",
+        "std: thread start-up",
+    ),
+];
+
+/// Every entry of the daemon's list for this architecture.
 pub fn entries() -> impl Iterator<Item = &'static Entry> {
     DAEMON.iter().chain(LEGACY.iter())
+}
+
+/// The daemon's list, plus [`BYPASS`] when the supervisor thread runs.
+pub fn entries_for(bypass: bool) -> impl Iterator<Item = &'static Entry> {
+    entries().chain(BYPASS.iter().filter(move |_| bypass))
 }
 
 fn target_arch() -> Result<TargetArch, FilterError> {
@@ -397,17 +522,28 @@ fn condition(cond: &Cond) -> Result<SeccompCondition, FilterError> {
     )?)
 }
 
-/// Compile `list` into a BPF program: listed calls allowed, everything else kills.
+/// Compile `list` into a BPF program: listed calls allowed, everything else kills. A call
+/// listed more than once allows the union (unconditional if any entry is).
 pub fn compile<'a>(list: impl IntoIterator<Item = &'a Entry>) -> Result<BpfProgram, FilterError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // None: allowed unconditionally.
+    let mut merged: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for e in list {
-        let mut chain = Vec::new();
-        for alt in e.rules {
-            let conds = alt.iter().map(condition).collect::<Result<Vec<_>, _>>()?;
-            chain.push(SeccompRule::new(conds)?);
+        let slot = merged.entry(e.nr).or_insert_with(|| Some(Vec::new()));
+        if e.rules.is_empty() {
+            *slot = None;
+            continue;
         }
-        rules.insert(e.nr, chain);
+        if let Some(chain) = slot {
+            for alt in e.rules {
+                let conds = alt.iter().map(condition).collect::<Result<Vec<_>, _>>()?;
+                chain.push(SeccompRule::new(conds)?);
+            }
+        }
     }
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = merged
+        .into_iter()
+        .map(|(nr, chain)| (nr, chain.unwrap_or_default()))
+        .collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -417,14 +553,15 @@ pub fn compile<'a>(list: impl IntoIterator<Item = &'a Entry>) -> Result<BpfProgr
     Ok(filter.try_into()?)
 }
 
-/// The daemon's program.
-pub fn daemon_program() -> Result<BpfProgram, FilterError> {
-    compile(entries())
+/// The daemon's program (with [`BYPASS`] if `bypass`).
+pub fn daemon_program(bypass: bool) -> Result<BpfProgram, FilterError> {
+    compile(entries_for(bypass))
 }
 
 /// Install the daemon's filter on every thread of the process (sets no_new_privs too).
-pub fn apply() -> Result<(), FilterError> {
-    let prog = daemon_program()?;
+/// `bypass`: the supervisor thread runs (adds [`BYPASS`]).
+pub fn apply(bypass: bool) -> Result<(), FilterError> {
+    let prog = daemon_program(bypass)?;
     seccompiler::apply_filter_all_threads(&prog)?;
     Ok(())
 }
@@ -436,12 +573,14 @@ mod tests {
 
     #[test]
     fn no_call_is_listed_twice() {
-        let mut nrs = HashSet::new();
-        let mut names = HashSet::new();
-        for e in entries() {
-            assert!(nrs.insert(e.nr), "{} ({}) listed twice", e.name, e.nr);
-            assert!(names.insert(e.name), "{} listed twice", e.name);
-            assert!(!e.who.is_empty(), "{} has no reason", e.name);
+        for list in [entries().collect::<Vec<_>>(), BYPASS.iter().collect()] {
+            let mut nrs = HashSet::new();
+            let mut names = HashSet::new();
+            for e in list {
+                assert!(nrs.insert(e.nr), "{} ({}) listed twice", e.name, e.nr);
+                assert!(names.insert(e.name), "{} listed twice", e.name);
+                assert!(!e.who.is_empty(), "{} has no reason", e.name);
+            }
         }
     }
 
@@ -451,15 +590,12 @@ mod tests {
             libc::SYS_execve,
             libc::SYS_execveat,
             libc::SYS_ptrace,
-            libc::SYS_process_vm_readv,
-            libc::SYS_process_vm_writev,
             libc::SYS_mount,
             libc::SYS_umount2,
             libc::SYS_pivot_root,
             libc::SYS_chroot,
             libc::SYS_setns,
             libc::SYS_unshare,
-            libc::SYS_prctl,
             libc::SYS_clone,
             libc::SYS_clone3,
             libc::SYS_fork,
@@ -473,24 +609,61 @@ mod tests {
             libc::SYS_userfaultfd,
             libc::SYS_perf_event_open,
         ];
-        for e in entries() {
+        for e in entries_for(true) {
             assert!(!forbidden.contains(&e.nr), "{} must not be allowed", e.name);
         }
     }
 
     #[test]
+    fn bypass_only_calls_stay_out_of_the_plain_daemon() {
+        for nr in [
+            libc::SYS_prctl,
+            libc::SYS_process_vm_readv,
+            libc::SYS_process_vm_writev,
+            libc::SYS_pidfd_getfd,
+            libc::SYS_pidfd_open,
+        ] {
+            assert!(entries().all(|e| e.nr != nr), "syscall {nr} in DAEMON");
+        }
+    }
+
+    #[test]
+    fn merged_entries_allow_the_union() {
+        // openat: read-only anywhere (DAEMON) or anything relative to a directory fd (BYPASS).
+        let st = in_filtered_child_with(true, || {
+            // SAFETY: NUL-terminated paths; fds closed at once.
+            unsafe {
+                let dir = libc::open(c"/dev".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                let f = libc::openat(dir, c"null".as_ptr(), libc::O_WRONLY);
+                if dir < 0 || f < 0 {
+                    libc::_exit(3);
+                }
+                libc::close(f);
+                libc::close(dir);
+            }
+        });
+        assert_eq!(st, nix::sys::wait::WaitStatus::Exited(st.pid().unwrap(), 0));
+    }
+
+    #[test]
     fn compiles() {
-        let prog = daemon_program().unwrap();
-        assert!(!prog.is_empty());
-        // The kernel limit is 4096 instructions.
-        assert!(prog.len() < 4096, "{} instructions", prog.len());
+        for bypass in [false, true] {
+            let prog = daemon_program(bypass).unwrap();
+            assert!(!prog.is_empty());
+            // The kernel limit is 4096 instructions.
+            assert!(prog.len() < 4096, "{} instructions", prog.len());
+        }
     }
 
     /// Fork; the child installs the filter, runs `body`, and `_exit(0)`s. Returns how it ended.
     fn in_filtered_child(body: fn()) -> nix::sys::wait::WaitStatus {
+        in_filtered_child_with(false, body)
+    }
+
+    fn in_filtered_child_with(bypass: bool, body: fn()) -> nix::sys::wait::WaitStatus {
         use nix::sys::wait::waitpid;
         use nix::unistd::{fork, ForkResult};
-        let prog = daemon_program().unwrap();
+        let prog = daemon_program(bypass).unwrap();
         // SAFETY: the child only makes raw syscalls (the program was built before the fork,
         // and `body` allocates nothing) and leaves with _exit; it never returns into the test
         // harness.

@@ -10,7 +10,8 @@
 //! ```text
 //! /                      tmpfs, 16 KiB, read-only, nosuid,nodev,noexec
 //! /etc/resolv.conf       read-only bind of the host's file (its final target if a symlink)
-//! <API socket's dir>     read-write bind (the socket is unlinked at exit)
+//! <each socket's dir>    read-write bind: the API socket's, `--seccomp-listener`'s (the
+//!                        sockets are unlinked at exit)
 //! <cwd>                  empty directory (or the API dir), so relative paths keep meaning
 //! ```
 //!
@@ -45,6 +46,14 @@
 //! `slirp_add_hostfwd failed` (the log says `Permission denied`), unless the host's
 //! `net.ipv4.ip_unprivileged_port_start` allows the port.
 //!
+//! # CAP_SYS_PTRACE (run mode with `--bypass`)
+//! The bypass supervisor copies fds out of the command's processes (`pidfd_getfd`) and reads
+//! their memory, which needs ptrace rights over them. A root daemon has them without any
+//! capability: it owns the command's user namespace from the parent namespace. An unprivileged
+//! daemon has joined that very user namespace in step 1, where the command is root with every
+//! capability, so it keeps CAP_SYS_PTRACE *in that namespace* ([`Policy::keep_ptrace`]): it
+//! reaches the command's processes and nothing outside them.
+//!
 //! # Limits
 //! - resolv.conf is bind-mounted by inode: edits in place are followed, but a file *replaced*
 //!   on the host by rename (NetworkManager's way) is not; the old contents stay in use.
@@ -67,6 +76,8 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 /// The capability that lets a socket bind a port below 1024.
 pub const CAP_NET_BIND_SERVICE: u32 = 10;
+/// The capability that gives ptrace rights (bypass, see the module documentation).
+pub const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 /// Staging directories for the new root, first existing one wins.
 const STAGING: [&str; 4] = ["/tmp", "/run", "/mnt", "/var/tmp"];
@@ -108,25 +119,30 @@ pub struct Policy {
     pub userns: Option<PathBuf>,
     /// resolv.conf to keep visible at the same path (normally `/etc/resolv.conf`).
     pub resolv_conf: Option<PathBuf>,
-    /// The API socket: its directory stays visible, read-write.
-    pub api_socket: Option<PathBuf>,
+    /// UNIX sockets the daemon serves (API, seccomp listener): their directories stay
+    /// visible, read-write.
+    pub sockets: Vec<PathBuf>,
     /// Keep CAP_NET_BIND_SERVICE (see the module documentation).
     pub keep_net_bind_service: bool,
+    /// Keep CAP_SYS_PTRACE when a user namespace was entered (run mode with bypass; see the
+    /// module documentation).
+    pub keep_ptrace: bool,
 }
 
 impl Policy {
-    /// The daemon's policy: resolv.conf, the API socket, CAP_NET_BIND_SERVICE if a start-up
-    /// forward's host port is below 1024.
+    /// The daemon's policy: resolv.conf, the directories of `sockets` (`None`s are skipped),
+    /// CAP_NET_BIND_SERVICE if a start-up forward's host port is below 1024.
     pub fn daemon(
         userns: Option<PathBuf>,
-        api_socket: Option<&Path>,
+        sockets: &[Option<&Path>],
         lowest_host_port: Option<u16>,
     ) -> Policy {
         Policy {
             userns,
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
-            api_socket: api_socket.map(Path::to_path_buf),
+            sockets: sockets.iter().flatten().map(|p| p.to_path_buf()).collect(),
             keep_net_bind_service: lowest_host_port.is_some_and(|p| p < 1024),
+            keep_ptrace: false,
         }
     }
 }
@@ -193,12 +209,13 @@ pub fn apply(policy: &Policy) -> Result<Applied, SandboxError> {
         .or_else(|_| std::env::set_current_dir("/"))
         .map_err(|e| step("chdir into the new root", e))?;
 
-    let keep_bind = policy.keep_net_bind_service && !entered_userns;
-    let caps = if keep_bind {
-        1u64 << CAP_NET_BIND_SERVICE
-    } else {
-        0
-    };
+    let mut caps = 0u64;
+    if policy.keep_net_bind_service && !entered_userns {
+        caps |= 1 << CAP_NET_BIND_SERVICE;
+    }
+    if policy.keep_ptrace && entered_userns {
+        caps |= 1 << CAP_SYS_PTRACE;
+    }
     drop_privileges(caps)?;
     Ok(Applied {
         entered_userns,
@@ -237,16 +254,19 @@ impl Keep {
                 }
             }
         }
-        if let Some(sock) = &policy.api_socket {
+        for sock in &policy.sockets {
             let dir = match sock.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             };
             let real = std::fs::canonicalize(&dir)
-                .map_err(|e| step(format!("API socket directory {}", dir.display()), e))?;
+                .map_err(|e| step(format!("socket directory {}", dir.display()), e))?;
             if real.parent().is_none() {
                 // Keeping "/" read-write would undo the sandbox.
                 return Err(SandboxError::BadPath(real));
+            }
+            if keep.mounts.iter().any(|(p, ..)| *p == real) {
+                continue;
             }
             let fd = open_tree(&real, true)?;
             keep.mounts.push((real, fd, true, false));
@@ -556,7 +576,7 @@ mod tests {
 
     #[test]
     fn policy_keeps_bind_service_only_below_1024() {
-        let p = |port| Policy::daemon(None, None, port).keep_net_bind_service;
+        let p = |port| Policy::daemon(None, &[], port).keep_net_bind_service;
         assert!(!p(None));
         assert!(!p(Some(1024)));
         assert!(!p(Some(8080)));

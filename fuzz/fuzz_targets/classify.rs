@@ -1,32 +1,60 @@
 //! Any byte string as a guest frame: classification must never panic, and whatever it
-//! accepts as TCP can be answered with a RST whose checksums verify.
+//! accepts as TCP can be answered with a RST whose checksums verify. The first byte turns
+//! IPv6 on (odd) or off (even).
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use tapwire::wire::{self, Class, LinkInfo, L2};
+use tapwire::wire::{self, Class, Link6, LinkInfo, L2};
 
-const LINK: LinkInfo = LinkInfo {
-    mac: [0x52, 0x55, 10, 0, 2, 2],
-    gateway: Ipv4Addr::new(10, 0, 2, 2),
-    dns: Ipv4Addr::new(10, 0, 2, 3),
-};
+const MAC: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
 
-fuzz_target!(|frame: &[u8]| {
-    let l2 = L2 { src: LINK.mac, dst: [2, 0, 0, 0, 0, 1] };
+fn link(ipv6: bool) -> LinkInfo {
+    LinkInfo {
+        mac: MAC,
+        gateway: Ipv4Addr::new(10, 0, 2, 2),
+        dns: Ipv4Addr::new(10, 0, 2, 3),
+        ipv6: ipv6.then(|| Link6 {
+            gateway: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+            dns: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3),
+            link_local: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2),
+        }),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cfg, frame)) = data.split_first() else {
+        return;
+    };
+    let link = link(cfg & 1 == 1);
+    let l2 = L2 {
+        src: MAC,
+        dst: [2, 0, 0, 0, 0, 1],
+    };
     let mut out = [0u8; 128];
-    match wire::classify(frame, &LINK) {
+    match wire::classify(frame, &link) {
         Class::Tcp(info) => {
             if info.syn {
                 let n = wire::tcp_rst(&mut out, &l2, &info).expect("RST fits");
-                assert_eq!(wire::checksum(&out[wire::IP_OFFSET..wire::IP_OFFSET + 20], 0), 0);
                 assert!(n <= out.len());
+                if info.src.is_ipv4() {
+                    let ip = &out[wire::IP_OFFSET..wire::IP_OFFSET + 20];
+                    assert_eq!(wire::checksum(ip, 0), 0, "IPv4 header checksum");
+                }
             }
         }
         Class::Udp(_) | Class::Echo(_) => {
-            let _ = wire::icmp_error(&mut out, &l2, LINK.gateway, wire::Unreachable::Port, &frame[wire::ETH_LEN..]);
+            if frame.get(12..14) == Some(&[0x08, 0x00]) {
+                let _ = wire::icmp_error(
+                    &mut out,
+                    &l2,
+                    link.gateway,
+                    wire::Unreachable::Port,
+                    &frame[wire::ETH_LEN..],
+                );
+            }
         }
-        Class::Stack | Class::Drop(_) => {}
+        _ => {}
     }
 });
