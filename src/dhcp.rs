@@ -160,22 +160,30 @@ impl DhcpServer {
 
     /// The slot this client holds, or a free (or expired) one.
     fn slot_for(&self, mac: [u8; 6], now_s: u64) -> Option<usize> {
+        self.slot_of_mac(mac).or_else(|| {
+            self.leases
+                .iter()
+                .position(|l| l.is_none_or(|l| l.expires_s <= now_s))
+        })
+    }
+
+    /// The slot leased (or offered) to `mac`.
+    fn slot_of_mac(&self, mac: [u8; 6]) -> Option<usize> {
         self.leases
             .iter()
             .position(|l| matches!(l, Some(l) if l.mac == mac))
-            .or_else(|| {
-                self.leases
-                    .iter()
-                    .position(|l| l.is_none_or(|l| l.expires_s <= now_s))
-            })
+    }
+
+    /// Free whatever `mac` holds.
+    fn forget(&mut self, mac: [u8; 6]) {
+        if let Some(s) = self.slot_of_mac(mac) {
+            self.leases[s] = None;
+        }
     }
 
     /// The address currently leased to `mac`, if any.
     pub fn lease_of(&self, mac: [u8; 6]) -> Option<Ipv4Addr> {
-        self.leases
-            .iter()
-            .position(|l| matches!(l, Some(l) if l.mac == mac))
-            .map(|s| self.pool_addr(s))
+        self.slot_of_mac(mac).map(|s| self.pool_addr(s))
     }
 
     /// Handle one message (the UDP payload from port 68 to 67). On success the reply (a UDP
@@ -195,13 +203,7 @@ impl DhcpServer {
             REQUEST => {
                 if p.server_id.is_some_and(|s| s != self.server) {
                     // The client chose another server: forget our offer.
-                    if let Some(s) = self
-                        .leases
-                        .iter()
-                        .position(|l| matches!(l, Some(l) if l.mac == p.chaddr))
-                    {
-                        self.leases[s] = None;
-                    }
+                    self.forget(p.chaddr);
                     return Err(DhcpError::Ignored);
                 }
                 let want = p.requested.unwrap_or(p.ciaddr);
@@ -212,11 +214,7 @@ impl DhcpServer {
                 match ok_slot {
                     Some(s) => {
                         // One address per client.
-                        for (i, l) in self.leases.iter_mut().enumerate() {
-                            if i != s && matches!(l, Some(l) if l.mac == p.chaddr) {
-                                *l = None;
-                            }
-                        }
+                        self.forget(p.chaddr);
                         self.leases[s] = Some(Lease {
                             mac: p.chaddr,
                             expires_s: now_s + u64::from(LEASE_SECS),
@@ -227,13 +225,7 @@ impl DhcpServer {
                 }
             }
             RELEASE | DECLINE => {
-                if let Some(s) = self
-                    .leases
-                    .iter()
-                    .position(|l| matches!(l, Some(l) if l.mac == p.chaddr))
-                {
-                    self.leases[s] = None;
-                }
+                self.forget(p.chaddr);
                 return Err(DhcpError::Ignored);
             }
             INFORM => (ACK, Ipv4Addr::UNSPECIFIED),
