@@ -4,8 +4,8 @@
 #
 #   scripts/bench-bypass.sh [-t SECONDS] [-b TAPWIRE_BIN] [-n CONNECTS] [-r ROUNDS]
 #
-# Rows (iperf3 server on 127.0.0.1 of the host, one TCP stream, receiver-side Gbit/s, best of
-# ROUNDS rounds that interleave the paths; this kind of machine is noisy):
+# Rows (iperf3 server on 127.0.0.1 of the host, one TCP stream, receiver-side Gbit/s, median and
+# best of ROUNDS rounds that interleave the paths; this kind of machine is noisy):
 #   loopback     iperf3 -c 127.0.0.1 in the host namespace itself (what a host socket gets)
 #   bypass       tapwire run --bypass -- iperf3 -c 10.0.2.2   (gateway = host loopback)
 #   tap 65520    tapwire run --mtu 65520 -- iperf3 -c 10.0.2.2 (the tap path, for scale)
@@ -117,32 +117,41 @@ sys.exit(1)
 PY
 }
 
-# best A B: the larger of two figures (FAIL loses).
-best() {
-	"$PY" -c 'import sys
-v = [float(x) for x in sys.argv[1:] if x != "FAIL"]
-print("%.2f" % max(v) if v else "FAIL")' "$@"
+# stat best|median FIGURES...: of the numeric ones (FAIL if none).
+stat() {
+	"$PY" -c 'import statistics, sys
+v = [float(x) for x in sys.argv[2:] if x != "FAIL"]
+f = max if sys.argv[1] == "best" else statistics.median
+print("%.2f" % f(v) if v else "FAIL")' "$@"
 }
 
 iperf_row() {
 	local name=$1 target=$2
 	shift 2
 	echo "== $name" >&2
-	: "${RES[$name,up]:=FAIL}" "${RES[$name,down]:=FAIL}"
 	local v up=FAIL down=FAIL
 	if v=$(IPERF_EXTRA="" iperf_once "$target" "$@"); then up=$v; else FAILED=1; fi
 	if v=$(IPERF_EXTRA="-R" iperf_once "$target" "$@"); then down=$v; else FAILED=1; fi
 	echo "   ns->host $up  host->ns $down Gbit/s" >&2
-	RES[$name,up]=$(best "${RES[$name,up]}" "$up")
-	RES[$name,down]=$(best "${RES[$name,down]}" "$down")
+	ALL[$name,up]="${ALL[$name,up]:-} $up"
+	ALL[$name,down]="${ALL[$name,down]:-} $down"
 }
+declare -A ALL
 
-# Rounds interleave the paths, so that a noisy neighbour hurts them alike; best of ROUNDS.
+# Rounds interleave the paths, so that a noisy neighbour hurts them alike.
 for ((round = 1; round <= ROUNDS; round++)); do
 	echo "-- round $round/$ROUNDS" >&2
 	iperf_row loopback 127.0.0.1
 	iperf_row bypass 10.0.2.2 "$TAPWIRE" run --bypass --
 	iperf_row "tap 65520" 10.0.2.2 "$TAPWIRE" run --mtu 65520 --
+done
+for name in loopback bypass "tap 65520"; do
+	for dir in up down; do
+		# shellcheck disable=SC2086
+		RES[$name,$dir,best]=$(stat best ${ALL[$name,$dir]})
+		# shellcheck disable=SC2086
+		RES[$name,$dir,median]=$(stat median ${ALL[$name,$dir]})
+	done
 done
 
 # ---- connections per second -------------------------------------------------------------------
@@ -212,12 +221,13 @@ except ValueError:
 }
 
 echo
-echo "iperf3, one TCP stream, ${DURATION} s per cell, best of $ROUNDS interleaved rounds, Gbit/s (receiver side):"
+echo "iperf3, one TCP stream, ${DURATION} s per cell, $ROUNDS interleaved rounds, Gbit/s (receiver side), median / best:"
 echo
-echo "| path | ns -> host | host -> ns | vs loopback (->, <-) |"
+echo "| path | ns -> host | host -> ns | median vs loopback (->, <-) |"
 echo "|---|---|---|---|"
 for name in loopback bypass "tap 65520"; do
-	echo "| $name | ${RES[$name,up]} | ${RES[$name,down]} | $(ratio "${RES[$name,up]}" "${RES[loopback,up]}"), $(ratio "${RES[$name,down]}" "${RES[loopback,down]}") |"
+	u=${RES[$name,up,median]} d=${RES[$name,down,median]}
+	echo "| $name | $u / ${RES[$name,up,best]} | $d / ${RES[$name,down,best]} | $(ratio "$u" "${RES[loopback,up,median]}"), $(ratio "$d" "${RES[loopback,down,median]}") |"
 done
 echo
 echo "Connections per second (Python client, connect + 100-byte reply + close, best of $ROUNDS x $CONNECTS):"
