@@ -59,6 +59,9 @@
 //!
 //! ## Limits
 //! - `getsockname` on a bypassed socket shows the host address (e.g. 127.0.0.1:port).
+//! - `ADDFD`+`SETFD` replaces one fd number in the calling process: copies of the socket made
+//!   before the connect (`dup`, or inherited by another process) stay the unconnected
+//!   container socket.
 //! - Calls on non-IP sockets are continued, so the kernel looks their fd up again: a program
 //!   that swaps (`dup2`) one of its bypassed sockets onto that fd number in the window between
 //!   our answer and the kernel's lookup would run that call on the host socket unchecked. This
