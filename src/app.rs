@@ -148,17 +148,13 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
     let lowest = args.publish.iter().map(|p| p.host_port).min();
     let userns = Some(format!("/proc/{}/ns/user", child.pid).into());
-    if let Some(why) = supervisor::sandbox_conflict(bypass.is_some()) {
-        tracing::warn!("{why}; running without the sandbox");
-    } else {
-        let policy = sandbox::Policy {
-            keep_ptrace: bypass.is_some(),
-            ..sandbox::Policy::daemon(userns, &[], lowest)
-        };
-        match sandbox::apply(&policy) {
-            Ok(applied) => tracing::info!(?applied, "sandbox applied"),
-            Err(e) => tracing::warn!("{e}; running without the sandbox"),
-        }
+    let policy = sandbox::Policy {
+        keep_ptrace: bypass.is_some(),
+        ..sandbox::Policy::daemon(userns, &[], lowest)
+    };
+    match sandbox::apply(&policy) {
+        Ok(applied) => tracing::info!(?applied, "sandbox applied"),
+        Err(e) => tracing::warn!("{e}; running without the sandbox"),
     }
     match bypass {
         Some((prep, udp)) => {

@@ -176,17 +176,6 @@ pub fn prepare_daemon(
     prepare(policy, Some(path))
 }
 
-/// Why run mode's sandbox cannot be combined with bypass here, if it cannot: an unprivileged
-/// daemon builds its sandbox inside the command's user namespace and drops every capability
-/// there, after which the kernel no longer lets it read the command's memory or take its fds
-/// (the command holds capabilities the daemon lacks in that namespace). As root, the daemon
-/// stays in its own user namespace, owns the command's, and keeps those rights.
-pub fn sandbox_conflict(bypass: bool) -> Option<&'static str> {
-    (bypass && !nix::unistd::geteuid().is_root()).then_some(
-        "bypass mode as an unprivileged user needs ptrace rights over the command, which the sandbox would drop",
-    )
-}
-
 /// The `-p` forwards the engine serves: with bypass, TCP ones are served by the program's own
 /// bind on a host socket instead (both cannot listen on the same host port).
 pub fn tap_publishes(
