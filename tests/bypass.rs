@@ -1006,6 +1006,16 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// exits, tapwire drops the listener and stays idle.
 #[test]
 fn bypass_runc_container_through_seccomp_listener() {
+    runc_scenario(&[]);
+}
+
+/// The same with the daemon's own seccomp filter, which must allow what the supervisor does.
+#[test]
+fn bypass_runc_container_with_enable_seccomp() {
+    runc_scenario(&["--enable-seccomp"]);
+}
+
+fn runc_scenario(daemon_flags: &[&str]) {
     if !preflight_bypass(&["runc", "gcc", "busybox", "ss"]) {
         return;
     }
@@ -1048,7 +1058,13 @@ fn bypass_runc_container_through_seccomp_listener() {
     daemon_cmd
         .args(["-c", "--seccomp-listener"])
         .arg(&sock)
-        .args(extra_flags())
+        .args(daemon_flags)
+        // --enable-sandbox drops the ptrace rights a container's listener needs (refused).
+        .args(
+            extra_flags()
+                .into_iter()
+                .filter(|f| f != "--enable-sandbox"),
+        )
         .arg(guest.pid().to_string())
         .arg("tap0")
         .env("TAPWIRE_LOG", "info")
@@ -1097,7 +1113,11 @@ fn bypass_runc_container_through_seccomp_listener() {
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
 
     let down = Arc::new(random_bytes(4 << 20, 80));
-    let id = format!("tapwire-bypass-{}", std::process::id());
+    let id = format!(
+        "tapwire-bypass-{}-{}",
+        std::process::id(),
+        daemon_flags.len()
+    );
     let runc_root = dir.join("runc-root");
     let l = host.listen(port);
     let runc_done = AtomicBool::new(false);
