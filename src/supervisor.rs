@@ -839,9 +839,7 @@ impl Supervisor {
     /// would expect to keep it), not a dual-stack-disabled socket asked for an IPv4 address,
     /// and for TCP not connected or connecting.
     fn bypassable(&self, sock: &OwnedFd, info: SockInfo, ndst: SocketAddr) -> Result<bool, Fail> {
-        let mut name = [0u8; 128];
-        let n = seccomp::getsockname_raw(sock.as_fd(), &mut name)?;
-        if decode_inet(name.get(..n).unwrap_or(&[])).is_some_and(|a| a.port() != 0) {
+        if bound(sock) {
             return Ok(false);
         }
         if info.v6() && ndst.is_ipv4() {
@@ -900,7 +898,8 @@ impl Supervisor {
                 let deadline = send_timeout(guest).map(|t| Instant::now() + t);
                 self.park(li, n.id, host, deadline, Then::Install(inst))
             }
-            Err(e) => Err(e.into()),
+            // Refused, unreachable...: the program's socket stays as it was.
+            Err(e) => Ok(Some(Reply::Error(e.raw_os_error().unwrap_or(libc::EIO)))),
         }
     }
 
@@ -1172,7 +1171,7 @@ impl Supervisor {
             } else {
                 libc::AF_INET
             } as u16);
-        if info.tcp() && family_ok {
+        if info.tcp() && family_ok && !bound(&sock) {
             if let Some(local) = decode_inet(raw) {
                 if let Some(host_addr) = self.policy.bind(normalize(local), info.v6()) {
                     return self.publish_bind(li, n, fd, &sock, info, host_addr);
@@ -1683,6 +1682,15 @@ fn send_timeout(sock: &OwnedFd) -> Option<Duration> {
 
 fn inode(fd: &OwnedFd) -> Option<u64> {
     nix::sys::stat::fstat(fd).ok().map(|s| s.st_ino)
+}
+
+/// Whether the socket is bound to a local port (explicitly, or by an earlier connect/send).
+fn bound(sock: &OwnedFd) -> bool {
+    let mut name = [0u8; 128];
+    seccomp::getsockname_raw(sock.as_fd(), &mut name)
+        .ok()
+        .and_then(|n| decode_inet(name.get(..n).unwrap_or(&[])))
+        .is_some_and(|a| a.port() != 0)
 }
 
 /// Whether the socket has a peer (is connected).
