@@ -598,6 +598,23 @@ impl Listener {
         }
     }
 
+    /// Ask the kernel to wake the supervisor and the trapped thread synchronously (hand the CPU
+    /// over instead of a plain wake-up): `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6. Each
+    /// notification is a round trip between two threads, which this makes cheaper. Best effort:
+    /// older kernels refuse it (EINVAL) and work as before.
+    pub fn set_sync_wakeup(&self) -> io::Result<()> {
+        const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+        // SAFETY: SET_FLAGS takes the flags by value; no memory is passed.
+        cvt(unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+            )
+        })
+        .map(|_| ())
+    }
+
     /// Install `src` in the target of notification `id` at fd number `newfd`, replacing
     /// whatever is there. Returns the fd number.
     pub fn addfd_at(
