@@ -13,7 +13,8 @@
 //!   send/recv without an address, setsockopt, fcntl, close...
 //! - **Installing** ([`install_listener`]) runs in the forked run-mode child right before
 //!   `execvp`: `PR_SET_NO_NEW_PRIVS`, then `seccomp(SECCOMP_SET_MODE_FILTER,
-//!   SECCOMP_FILTER_FLAG_NEW_LISTENER)`, which returns the listener fd. It only makes those two
+//!   SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_SPEC_ALLOW)`, which returns the
+//!   listener fd (SPEC_ALLOW: see [`install_listener`]). It only makes those two
 //!   syscalls (the program is built before `fork`), so it is safe after `fork` in a threaded
 //!   parent. The child then hands the listener to the parent before any trapped call (see
 //!   `netns`).
@@ -24,11 +25,14 @@
 //!   `..._ADDFD` with `SECCOMP_ADDFD_FLAG_SETFD` (install one of our fds at a given number in the
 //!   target, replacing what was there, like `dup2`). `ENOENT` from any of them means the target
 //!   left the call (killed, or a signal interrupted it); callers drop such notifications quietly.
+//!   `..._SET_FLAGS` asks for synchronous wake-ups (Linux 6.6), cheaper round trips.
 //! - **The target**: [`pidfd_open`] (a thread pidfd where the kernel has `PIDFD_THREAD`, else
 //!   the thread group's) and [`pidfd_getfd`] give us a copy of a socket (same open file
 //!   description, so `F_GETFL`, `getsockopt` and even `connect` on the copy act on the
-//!   container's socket itself); [`read_mem`] / [`write_mem`] use `process_vm_readv/writev`.
-//!   Both need ptrace rights over the target: being its parent (run mode) or root (OCI) does.
+//!   container's socket itself); [`read_mem`] uses `process_vm_readv` (writes go through
+//!   `/proc/TID/mem`, [`ProcFs`], opened before the `ID_VALID` check so that they cannot land in
+//!   a process that reused the thread id). All need ptrace rights over the target: being its
+//!   parent (run mode) or root (OCI) does.
 //! - **Socket calls on raw bytes** ([`connect_raw`], [`bind_raw`], [`sendmsg_raw`], ...): the
 //!   supervisor passes addresses as the kernel would see them, so emulated calls keep the
 //!   kernel's exact error behaviour.
@@ -44,7 +48,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
 
 /// `SO_NETNS_COOKIE` (Linux 5.14): a u64 naming the socket's network namespace.
@@ -763,24 +767,6 @@ pub fn read_mem(tid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     let n = process_vm_readv(Pid::from_raw(tid), &mut [IoSliceMut::new(buf)], &remote)
         .map_err(io::Error::from)?;
     if n != len {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
-    Ok(())
-}
-
-/// Write `data` at `addr` in thread `tid`'s memory (all of it, or `EFAULT`).
-pub fn write_mem(tid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let base = usize::try_from(addr).map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
-    let remote = [RemoteIoVec {
-        base,
-        len: data.len(),
-    }];
-    let n = process_vm_writev(Pid::from_raw(tid), &[IoSlice::new(data)], &remote)
-        .map_err(io::Error::from)?;
-    if n != data.len() {
         return Err(io::Error::from_raw_os_error(libc::EFAULT));
     }
     Ok(())
