@@ -7,6 +7,9 @@
 # For each MTU and forwarder: a guest namespace (unshare --user --map-root-user --net) is
 # attached by the forwarder with -c, an iperf3 server listens on 127.0.0.1 of the "host", and
 # the guest runs `iperf3 -c 10.0.2.2` (ns->host) and `iperf3 -c 10.0.2.2 -R` (host->ns).
+# Then the port-forward path: add_hostfwd over the forwarder's --api-socket (127.0.0.1:PORT+
+# 10000 -> 10.0.2.100:PORT), an iperf3 server in the guest and `iperf3 -c 127.0.0.1` on the
+# host (host->ns through the forward; tapwire and slirp4netns, not pasta).
 # Prints a markdown table in Gbit/s (receiver side) with the tapwire/slirp4netns ratio.
 #
 # Network safety: the script re-executes itself in a private network + mount namespace (lo up,
@@ -24,7 +27,7 @@ PASTA=0
 ONLY=""
 
 usage() {
-	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 	exit "${1:-0}"
 }
 
@@ -117,11 +120,14 @@ stop() {
 	done
 }
 
-# start_slirp_like BIN MTU: BIN -c -r 3 --mtu MTU GUEST tap0; sets DAEMON; 0 when ready.
+# start_slirp_like BIN MTU: BIN -c -r 3 --mtu MTU --api-socket $API GUEST tap0; sets DAEMON
+# and API; 0 when ready.
 start_slirp_like() {
 	local bin=$1 mtu=$2 ready="$WORK/ready.$RANDOM"
+	API="$WORK/api.$RANDOM.sock"
 	: >"$ready"
-	"$bin" -c -r 3 --mtu "$mtu" "$GUEST" tap0 3>"$ready" >"$WORK/daemon.log" 2>&1 &
+	"$bin" -c -r 3 --mtu "$mtu" --api-socket "$API" "$GUEST" tap0 3>"$ready" \
+		>"$WORK/daemon.log" 2>&1 &
 	DAEMON=$!
 	PIDS+=("$DAEMON")
 	local i
@@ -170,24 +176,9 @@ start_pasta() {
 	fi
 }
 
-PORT=5201
-# iperf_run [-R]: prints Gbit/s (receiver side) or returns 1. Runs in $(...): bump PORT outside.
-iperf_run() {
-	iperf3 -s -1 -B 127.0.0.1 -p "$PORT" >"$WORK/server.log" 2>&1 &
-	local srv=$!
-	PIDS+=("$srv")
-	if ! wait_for "iperf3 server on 127.0.0.1:$PORT" 10 listening "$PORT"; then
-		sed 's/^/    /' "$WORK/server.log" >&2
-		stop "$srv"
-		return 1
-	fi
-	local json="$WORK/client.json" rc=0
-	timeout $((DURATION + 20)) nsenter -t "$GUEST" -U -n --preserve-credentials -- \
-		iperf3 -c 10.0.2.2 -p "$PORT" -t "$DURATION" -J "$@" >"$json" 2>"$WORK/client.err" ||
-		rc=$?
-	stop "$srv"
-	# Prints Gbit/s, or the reason on stderr and fails.
-	python3 - "$json" "$rc" "$WORK/client.err" <<'PY'
+# parse_iperf JSON RC ERRFILE: prints Gbit/s (receiver side), or the reason on stderr and fails.
+parse_iperf() {
+	python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
 path, rc, err = sys.argv[1], sys.argv[2], sys.argv[3]
 try:
@@ -207,13 +198,80 @@ sys.exit(1)
 PY
 }
 
-# measure NAME MTU: fills RES[NAME,MTU,up] and RES[NAME,MTU,down].
+# api_add_hostfwd SOCKET HOST_PORT GUEST_PORT: add_hostfwd tcp 127.0.0.1:HOST_PORT ->
+# 10.0.2.100:GUEST_PORT over the raw protocol (works with tapwire and slirp4netns).
+api_add_hostfwd() {
+	python3 - "$@" <<'PY'
+import json, socket, sys
+path, hport, gport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(path)
+s.sendall(json.dumps({"execute": "add_hostfwd", "arguments": {
+    "proto": "tcp", "host_addr": "127.0.0.1", "host_port": hport,
+    "guest_addr": "10.0.2.100", "guest_port": gport}}).encode())
+s.shutdown(socket.SHUT_WR)
+r = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    r += b
+if "return" not in json.loads(r or b"{}"):
+    sys.exit("    add_hostfwd failed: %r" % r)
+PY
+}
+
+guest_listening() { in_guest ss -Hltn "sport = :$1" | grep -q .; }
+
+PORT=5201
+# iperf_run [-R]: prints Gbit/s (receiver side) or returns 1. Runs in $(...): bump PORT outside.
+iperf_run() {
+	iperf3 -s -1 -B 127.0.0.1 -p "$PORT" >"$WORK/server.log" 2>&1 &
+	local srv=$!
+	PIDS+=("$srv")
+	if ! wait_for "iperf3 server on 127.0.0.1:$PORT" 10 listening "$PORT"; then
+		sed 's/^/    /' "$WORK/server.log" >&2
+		stop "$srv"
+		return 1
+	fi
+	local json="$WORK/client.json" rc=0
+	timeout $((DURATION + 20)) nsenter -t "$GUEST" -U -n --preserve-credentials -- \
+		iperf3 -c 10.0.2.2 -p "$PORT" -t "$DURATION" -J "$@" >"$json" 2>"$WORK/client.err" ||
+		rc=$?
+	stop "$srv"
+	parse_iperf "$json" "$rc" "$WORK/client.err"
+}
+
+# iperf_fwd: host->ns through a port forward: add_hostfwd 127.0.0.1:PORT+10000 ->
+# 10.0.2.100:PORT on $API, iperf3 server in the guest, client on the host. Prints Gbit/s or
+# returns 1. Runs in $(...): bump PORT outside.
+iperf_fwd() {
+	local fport=$((PORT + 10000))
+	api_add_hostfwd "$API" "$fport" "$PORT" || return 1
+	in_guest iperf3 -s -1 -B 10.0.2.100 -p "$PORT" >"$WORK/server.log" 2>&1 &
+	local srv=$!
+	PIDS+=("$srv")
+	if ! wait_for "iperf3 server on 10.0.2.100:$PORT in the guest" 10 guest_listening "$PORT"; then
+		sed 's/^/    /' "$WORK/server.log" >&2
+		stop "$srv"
+		return 1
+	fi
+	local json="$WORK/client.json" rc=0
+	timeout $((DURATION + 20)) iperf3 -c 127.0.0.1 -p "$fport" -t "$DURATION" -J \
+		>"$json" 2>"$WORK/client.err" || rc=$?
+	stop "$srv"
+	parse_iperf "$json" "$rc" "$WORK/client.err"
+}
+
+# measure NAME MTU: fills RES[NAME,MTU,up], RES[NAME,MTU,down] and RES[NAME,MTU,fwd].
 declare -A RES
 FAILED=0
 measure() {
-	local name=$1 mtu=$2 up down
+	local name=$1 mtu=$2 up down fwd
 	RES[$name,$mtu,up]="FAIL"
 	RES[$name,$mtu,down]="FAIL"
+	RES[$name,$mtu,fwd]="-"
 	echo "== $name, MTU $mtu" >&2
 	case "$name" in
 	tapwire)
@@ -234,7 +292,13 @@ measure() {
 	if up=$(iperf_run); then RES[$name,$mtu,up]=$up; else FAILED=1; fi
 	PORT=$((PORT + 1))
 	if down=$(iperf_run -R); then RES[$name,$mtu,down]=$down; else FAILED=1; fi
-	echo "   ns->host ${RES[$name,$mtu,up]}  host->ns ${RES[$name,$mtu,down]} Gbit/s" >&2
+	if [ "$name" != pasta ]; then
+		RES[$name,$mtu,fwd]="FAIL"
+		PORT=$((PORT + 1))
+		if fwd=$(iperf_fwd); then RES[$name,$mtu,fwd]=$fwd; else FAILED=1; fi
+	fi
+	echo "   ns->host ${RES[$name,$mtu,up]}  host->ns ${RES[$name,$mtu,down]}" \
+		" host->ns via port forward ${RES[$name,$mtu,fwd]} Gbit/s" >&2
 	stop "$DAEMON" "$GUEST"
 }
 
@@ -267,6 +331,7 @@ except ValueError:
 
 echo
 echo "iperf3, ${DURATION} s per run, single TCP stream, guest <-> host 127.0.0.1 via 10.0.2.2;"
+echo "port fwd: host client -> 127.0.0.1:FWDPORT -> add_hostfwd -> iperf3 server in the guest;"
 echo "$(nproc) CPUs, kernel $(uname -r), $(iperf3 --version | head -1 | cut -d' ' -f1-2)."
 echo
 header="| direction | MTU |"
@@ -283,9 +348,10 @@ if [[ " ${NAMES[*]} " == *" tapwire "* && " ${NAMES[*]} " == *" slirp4netns "* ]
 fi
 echo "$header"
 echo "$sep"
-for dir in up down; do
+for dir in up down fwd; do
 	label="ns -> host"
 	[ "$dir" = down ] && label="host -> ns"
+	[ "$dir" = fwd ] && label="host -> ns (port fwd)"
 	for mtu in $MTUS; do
 		row="| $label | $mtu |"
 		for n in "${NAMES[@]}"; do row+=" ${RES[$n,$mtu,$dir]} |"; done
