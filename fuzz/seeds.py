@@ -220,7 +220,7 @@ def resolv_seeds():
     return {
         'plain': b'nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch example.test\n',
         'v6-zone': b'# comment\nnameserver fe80::1%eth0\nnameserver 192.0.2.1 ; trailing\n',
-        'garbage': b'nameserver\nnameserver 300.1.1.1\n\tnameserver\t10.0.0.1\r\nnameserverx 1.1.1.1\n',
+        'garbage': b'nameserver\nnameserver 300.1.1.1\n\tnameserver\t10.0.0.1\r\nnameserverx 192.0.2.9\n',
         'empty': b'',
     }
 

@@ -120,6 +120,11 @@ const AF_INET6: u64 = libc::AF_INET6 as u64;
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 /// Open flags that could create or modify a file.
 const OPEN_WRITE: u64 = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+// The ioctl request type differs between libcs (c_ulong for glibc, c_int for musl).
+#[allow(clippy::unnecessary_cast)]
+const FIONBIO: u64 = libc::FIONBIO as u64;
+#[allow(clippy::unnecessary_cast)]
+const FIONREAD: u64 = libc::FIONREAD as u64;
 /// Largest pid the kernel hands out (PID_MAX_LIMIT on 64-bit).
 const PID_MAX: u64 = 4 * 1024 * 1024;
 
@@ -225,8 +230,8 @@ pub const DAEMON: &[Entry] = &[
         "ioctl",
         "std/mio: FIONBIO on accepted sockets; FIONREAD",
         &[
-            &[c(1, Op::Eq(libc::FIONBIO as u64))],
-            &[c(1, Op::Eq(libc::FIONREAD as u64))],
+            &[c(1, Op::Eq(FIONBIO))],
+            &[c(1, Op::Eq(FIONREAD))],
         ],
     ),
     only(

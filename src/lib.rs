@@ -13,7 +13,7 @@
 //! - [`bypass`] (sans-IO decision), [`seccomp`] (filter, listener, pidfds) and [`supervisor`]
 //!   (its own thread): bypass mode, which hands containers host sockets.
 //! - [`sandbox`], [`filter`]: the daemon's confinement (mount namespace, capabilities,
-//!   seccomp allow-list).
+//!   seccomp allow-list); [`lifeline`]: exiting when the guest's process does.
 
 pub mod api;
 pub mod app;
@@ -29,6 +29,7 @@ pub mod fd;
 pub mod filter;
 pub mod flow;
 pub mod icmp;
+pub mod lifeline;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
