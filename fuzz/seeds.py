@@ -241,6 +241,33 @@ def dhcp_seeds():
     }
 
 
+def sockaddr_seeds():
+    # Config byte (bit 0 AF_INET6 socket, bit 1 datagram, bit 2 --disable-host-loopback), then
+    # the raw sockaddr in host byte order for the family (x86_64/aarch64: little endian).
+    def sin(ip, port):
+        return struct.pack('<H', 2) + struct.pack('!H', port) + bytes(ip) + b'\0' * 8
+
+    def sin6(ip, port, scope=0, flow=0):
+        return (struct.pack('<H', 10) + struct.pack('!H', port) + struct.pack('<I', flow) +
+                bytes(ip) + struct.pack('<I', scope))
+    mapped = lambda v4: b'\0' * 10 + b'\xff\xff' + bytes(v4)
+    return {
+        'v4-gateway': b'\0' + sin(GW, 80),
+        'v4-gateway-noloop': b'\4' + sin(GW, 80),
+        'v4-peer': b'\0' + sin(PEER, 443),
+        'v4-loopback': b'\0' + sin([127, 0, 0, 1], 22),
+        'v4-guest-net': b'\0' + sin([10, 0, 2, 50], 80),
+        'v6-gateway': b'\1' + sin6(GW6, 80),
+        'v6-mapped-loopback': b'\1' + sin6(mapped([127, 0, 0, 1]), 80),
+        'v6-mapped-gateway': b'\1' + sin6(mapped(GW), 80),
+        'v6-rfc2133': b'\1' + sin6(GW6, 80)[:24],
+        'v6-udp-v4addr': b'\3' + sin(PEER, 53),
+        'unspec': b'\2' + b'\0\0' + b'\0' * 14,
+        'unix': b'\0' + struct.pack('<H', 1) + b'/run/x\0',
+        'short': b'\0' + struct.pack('<H', 2) + b'\0',
+    }
+
+
 def main():
     sets = {
         'engine': engine_seeds(),
@@ -248,6 +275,7 @@ def main():
         'control': control_seeds(),
         'resolv_conf': resolv_seeds(),
         'dhcp': dhcp_seeds(),
+        'sockaddr': sockaddr_seeds(),
     }
     for target, seeds in sets.items():
         d = os.path.join(CORPUS, target)

@@ -40,8 +40,13 @@ thread_re = re.compile(r'CLONE_THREAD.*= (\d+)$')
 seen, args = {}, {'ioctl': set(), 'fcntl': set(), 'socket': set(), 'openat': set(), 'prctl': set()}
 threads_seen = False
 for name in os.listdir(traces):
+    lines = open(os.path.join(traces, name), errors='replace').readlines()
+    # Only daemons: `-r FD` (ready fd) or `--seccomp-listener` on the command line.
+    first = next((l for l in lines if ' execve(' in l), '')
+    if '"-r"' not in first and '"--seccomp-listener"' not in first:
+        continue
     after, threads = False, set()
-    for line in open(os.path.join(traces, name), errors='replace'):
+    for line in lines:
         m = line_re.match(line)
         if not m:
             continue
