@@ -50,7 +50,7 @@ one() {
 	if [ $rc -ne 0 ]; then
 		status=1
 		echo "$out" | tail -30
-		[ $rc -eq 137 ] && echo "soak: $name hit the ${limit}s time limit"
+		if [ $rc -eq 137 ]; then echo "soak: $name hit the ${limit}s time limit"; fi
 	fi
 }
 
