@@ -229,10 +229,7 @@ pub const DAEMON: &[Entry] = &[
         libc::SYS_ioctl,
         "ioctl",
         "std/mio: FIONBIO on accepted sockets; FIONREAD",
-        &[
-            &[c(1, Op::Eq(FIONBIO))],
-            &[c(1, Op::Eq(FIONREAD))],
-        ],
+        &[&[c(1, Op::Eq(FIONBIO))], &[c(1, Op::Eq(FIONREAD))]],
     ),
     only(
         libc::SYS_fcntl,
