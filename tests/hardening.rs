@@ -1128,3 +1128,57 @@ fn floods_from_the_guest_leave_bulk_transfer_and_memory_alone() {
         random_bytes(8 * MB, 3),
     );
 }
+
+/// Guests that stop reading: the host keeps sending into 20 connections whose guest side reads
+/// nothing. TCP flow control must hold the data on the host (its socket buffers), not in the
+/// daemon: RSS stays within the flows' fixed rings. Then the guest reads everything, intact.
+#[test]
+fn a_guest_that_stops_reading_costs_bounded_memory() {
+    if !preflight(&[]) {
+        return;
+    }
+    const FLOWS: usize = 20;
+    let size = env_count("TAPWIRE_STALL_MB", 8) * MB;
+    let host = HostNs::new();
+    let guest = host.guest();
+    let d = Daemon::start(&host, &guest, sandboxed());
+    check_upload(&guest, host.listen(24300), gw(24300), b"warm-up");
+    let rss0 = rss_kib(d.pid());
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..FLOWS {
+        let port = 24301 + i as u16;
+        let data = std::sync::Arc::new(random_bytes(size, port.into()));
+        servers.push((sha256_hex(&data), serve_source(host.listen(port), data)));
+        clients.push(guest.connect(gw(port), SETUP_TIMEOUT).unwrap());
+    }
+    // Nobody reads for 3 s while the servers push.
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled = rss_kib(d.pid());
+    let stats = d.rchar();
+    std::thread::sleep(Duration::from_secs(1));
+    let moved = d.rchar() - stats;
+    eprintln!(
+        "stalled guest: daemon RSS {rss0} -> {stalled} KiB with {FLOWS} blocked flows; \
+         {moved} bytes read by the daemon in the last second"
+    );
+    // Each flow's rings are 2 x 256 KiB; allow them fully used plus slack.
+    assert!(
+        stalled <= rss0 + (FLOWS as u64) * 512 + 16 * 1024,
+        "RSS grew beyond the flows' rings: {rss0} -> {stalled} KiB"
+    );
+    assert!(
+        moved < 4 * MB as u64,
+        "the daemon kept reading {moved} B/s from hosts while the guest read nothing"
+    );
+    // Now read it all.
+    let readers: Vec<Task<(u64, String)>> = clients
+        .into_iter()
+        .map(|mut c| task("reader", move || read_hash(&mut c).unwrap()))
+        .collect();
+    for ((want, server), reader) in servers.into_iter().zip(readers) {
+        let (n, got) = reader.join(TRANSFER_TIMEOUT);
+        server.join(TRANSFER_TIMEOUT);
+        assert_eq!((n, got), (size as u64, want));
+    }
+}
