@@ -1182,3 +1182,71 @@ fn a_guest_that_stops_reading_costs_bounded_memory() {
         assert_eq!((n, got), (size as u64, want));
     }
 }
+
+/// `tapwire run` as an unprivileged user is sandboxed by default (inside the command's user
+/// namespace), and with `--bypass` keeps exactly CAP_SYS_PTRACE there, so bypass still works.
+#[test]
+fn rootless_run_mode_is_sandboxed_and_bypass_still_works() {
+    if !preflight(&["python3", "setpriv", "mknod"]) || !tapwire_only("run mode") {
+        return;
+    }
+    let host = HostNs::new();
+    // Only inside the host's private mount namespace: a world-usable /dev/net/tun.
+    let tun = host.dir.join("tun");
+    host.sh(&format!(
+        "mknod -m 0666 {t} c 10 200 && mount --bind {t} /dev/net/tun",
+        t = tun.display()
+    ))
+    .ok();
+    let exe = host.dir.join("tapwire");
+    std::fs::copy(bin(), &exe).expect("copy the binary under test");
+    use std::os::unix::fs::PermissionsExt;
+    for p in [host.dir.path(), exe.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let l = host.listen(24400);
+    let server = task("rootless-server", move || {
+        for _ in 0..2 {
+            let (mut s, _) = accept_timeout(&l, SETUP_TIMEOUT).expect("accept");
+            s.write_all(b"hello").unwrap();
+        }
+    });
+    let script = "grep -E '^(NoNewPrivs|CapEff|CapBnd)' /proc/$PPID/status; \
+                  awk '{print \"mount\", $5}' /proc/$PPID/mountinfo; \
+                  python3 -c \"import socket; s = socket.create_connection(('10.0.2.2', 24400), \
+                  timeout=10); print('local', s.getsockname()[0], s.recv(10).decode())\"";
+    let mut outs = Vec::new();
+    for bypass in [false, true] {
+        let mut cmd = host.cmd("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&exe)
+            .arg("run");
+        if bypass {
+            cmd.arg("--bypass");
+        }
+        cmd.args(["--", "sh", "-c", script]);
+        let out = run(&mut cmd, Duration::from_secs(30));
+        assert!(out.success(), "rootless run (bypass: {bypass}): {out}");
+        assert!(
+            !out.stderr.contains("without the sandbox"),
+            "sandbox skipped: {out}"
+        );
+        outs.push(out);
+    }
+    server.join(SETUP_TIMEOUT);
+    for (out, caps, local) in [
+        (&outs[0], "0000000000000000", "10.0.2.100"),
+        (&outs[1], "0000000000080000", "127.0.0.1"),
+    ] {
+        let o = &out.stdout;
+        assert!(o.contains("NoNewPrivs:\t1"), "{out}");
+        assert!(o.contains(&format!("CapEff:\t{caps}")), "{out}");
+        assert!(o.contains("CapBnd:\t0000000000000000"), "{out}");
+        let mounts: Vec<&str> = o.lines().filter_map(|l| l.strip_prefix("mount ")).collect();
+        let mut mounts = mounts.clone();
+        mounts.sort_unstable();
+        assert_eq!(mounts, ["/", "/etc/resolv.conf"], "{out}");
+        // Through the tap the host sees the guest's address; bypassed, a host socket.
+        assert!(o.contains(&format!("local {local} hello")), "{out}");
+    }
+}
