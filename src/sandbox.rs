@@ -265,6 +265,11 @@ impl Keep {
                 // Keeping "/" read-write would undo the sandbox.
                 return Err(SandboxError::BadPath(real));
             }
+            // The socket is removed at exit by the path it was given: if that goes through a
+            // symlink ($XDG_RUNTIME_DIR often does), recreate the link inside.
+            if dir.is_absolute() && dir != real && !keep.links.iter().any(|(l, _)| *l == dir) {
+                keep.links.push((dir.clone(), real.clone()));
+            }
             if keep.mounts.iter().any(|(p, ..)| *p == real) {
                 continue;
             }
@@ -288,8 +293,9 @@ impl Keep {
             Ok(out)
         };
         if let Some(cwd) = cwd {
-            let d = under(cwd)?;
-            std::fs::create_dir_all(&d).map_err(|e| step(format!("mkdir {}", d.display()), e))?;
+            // Best effort: a very deep working directory may not fit the small tmpfs; the
+            // daemon then runs from "/".
+            let _ = std::fs::create_dir_all(under(cwd)?);
         }
         for (path, _, is_dir, _) in &self.mounts {
             let target = under(path)?;

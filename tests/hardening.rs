@@ -1250,3 +1250,32 @@ fn rootless_run_mode_is_sandboxed_and_bypass_still_works() {
         assert!(o.contains(&format!("local {local} hello")), "{out}");
     }
 }
+
+/// An API socket named through a symlinked directory (as `$XDG_RUNTIME_DIR` often is) is
+/// still served and removed at exit from inside the sandbox.
+#[test]
+fn sandboxed_api_socket_behind_a_symlink_is_removed_at_exit() {
+    if !preflight(&[]) || !tapwire_only("API socket") {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let real = host.dir.join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = host.dir.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let sock = link.join("api.sock");
+    let mut d = Daemon::start(
+        &host,
+        &guest,
+        sandboxed().args(&["--api-socket", sock.to_str().unwrap()]),
+    );
+    assert_eq!(
+        api(&sock, r#"{"execute":"list_hostfwd"}"#),
+        r#"{"return":{"entries":[]}}"#
+    );
+    d.signal(Signal::SIGTERM);
+    let st = d.wait_timeout(Duration::from_secs(5)).expect("exit");
+    assert_eq!(st.code(), Some(0), "{}", status_str(st));
+    assert!(!real.join("api.sock").exists(), "API socket left behind");
+}
