@@ -25,7 +25,10 @@ fn check_reply(reply: &str) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(reply).expect("reply is JSON");
     let obj = v.as_object().expect("reply is an object");
     assert_eq!(obj.len(), 1, "{reply}");
-    assert!(obj.contains_key("return") || obj.contains_key("error"), "{reply}");
+    assert!(
+        obj.contains_key("return") || obj.contains_key("error"),
+        "{reply}"
+    );
     v
 }
 

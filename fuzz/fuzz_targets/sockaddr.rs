@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
     let policy = Policy::new(&net, &[], &[]);
 
     if let Some(a) = bypass::decode_inet(raw) {
-        assert_eq!(bypass::decode_inet(bypass::encode(&a).as_bytes()), Some(a), "round trip");
+        assert_eq!(
+            bypass::decode_inet(bypass::encode(&a).as_bytes()),
+            Some(a),
+            "round trip"
+        );
     }
     let _ = bypass::decode_send(raw, v6);
     let Ok(Dest::Inet(dst)) = bypass::decode_connect(raw, v6, dgram) else {
@@ -38,9 +42,15 @@ fuzz_target!(|data: &[u8]| {
                 IpAddr::V6(_) => IpAddr::V6(net.gateway6()),
             };
             assert_eq!(n.ip(), gw, "loopback reached through {dst}");
-            assert!(!net.disable_host_loopback, "loopback with --disable-host-loopback");
+            assert!(
+                !net.disable_host_loopback,
+                "loopback with --disable-host-loopback"
+            );
         }
-        assert!(!n.ip().is_loopback(), "a loopback destination bypassed: {dst}");
+        assert!(
+            !n.ip().is_loopback(),
+            "a loopback destination bypassed: {dst}"
+        );
         assert!(!n.ip().is_multicast() && !n.ip().is_unspecified(), "{dst}");
     }
 });
