@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn parses_nameservers() {
-        let text = "# comment\nsearch example.com\nnameserver 127.0.0.53\n  nameserver\t::1 # local\nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n";
+        let text = "# comment\nsearch tapwire.test\nnameserver 127.0.0.53\n  nameserver\t::1 # local\nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n";
         let got = parse_resolv_conf(text);
         assert_eq!(
             got,
