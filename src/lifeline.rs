@@ -97,14 +97,25 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
 
-    fn readable(fd: &OwnedFd) -> bool {
+    /// Whether `fd` becomes readable within `ms`. A positive wait is needed: a test running
+    /// in parallel may fork (Command::spawn) while our pipe's write end is open, and the child
+    /// holds its copy until it execs (O_CLOEXEC), so the hangup can come a moment late.
+    fn readable_within(fd: &OwnedFd, ms: i32) -> bool {
         let mut p = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one live pollfd, zero timeout.
-        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        // SAFETY: one live pollfd, bounded timeout.
+        unsafe { libc::poll(&mut p, 1, ms) == 1 }
+    }
+
+    fn readable(fd: &OwnedFd) -> bool {
+        readable_within(fd, 10_000)
+    }
+
+    fn idle(fd: &OwnedFd) -> bool {
+        !readable_within(fd, 0)
     }
 
     fn pipe() -> (OwnedFd, OwnedFd) {
@@ -123,7 +134,7 @@ mod tests {
         let raw = r.as_raw_fd();
         let l = new(Some(r), None).unwrap().unwrap();
         assert_eq!(l.fd.as_raw_fd(), raw);
-        assert!(!readable(&l.fd));
+        assert!(idle(&l.fd));
         drop(w);
         assert!(readable(&l.fd));
     }
@@ -136,7 +147,7 @@ mod tests {
             .unwrap();
         let (r, w) = pipe();
         let l = new(Some(r), Some(child.id() as i32)).unwrap().unwrap();
-        assert!(!readable(&l.fd));
+        assert!(idle(&l.fd));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(readable(&l.fd), "process exit");
