@@ -11,8 +11,12 @@
 //! 3. read up to [`RX_BUDGET`] frames from the TAP into one buffer and dispatch each as
 //!    `wire::classify` says: TCP (creating a flow on a fresh SYN) and ARP/ping go to smoltcp,
 //!    UDP and echo requests to their proxies, the rest is dropped and counted;
-//! 4. pump every TCP flow (host <-> smoltcp rings, see `tcp`);
-//! 5. let smoltcp emit everything it can (segments, ACKs, window updates, RSTs);
+//! 4. service the TCP flows that are dirty (a segment arrived, the host socket became ready)
+//!    or due (a smoltcp timer): pump host <-> smoltcp rings (see `tcp`) and let smoltcp emit
+//!    that flow's segments, ACKs, window updates and RSTs. Each flow owns a one-socket smoltcp
+//!    set, so no step scans every flow: the cost per packet does not grow with the number of
+//!    open connections (see `schedule`);
+//! 5. let the interface do its own housekeeping;
 //! 6. once a second, expire idle UDP and ICMP bindings.
 //!
 //! Buffers are allocated once: the receive frame, smoltcp's transmit frame, one frame for
@@ -60,6 +64,9 @@ use crate::wire::{
 
 mod control_plane;
 mod forward;
+mod schedule;
+
+use schedule::Schedule;
 
 /// Frames read from the TAP per loop turn before host sockets get a turn.
 pub const RX_BUDGET: usize = 128;
@@ -131,13 +138,43 @@ pub enum EngineError {
 
 type TcpKey = (SocketAddr, SocketAddr);
 
+/// A TCP flow and the one-socket smoltcp set it owns, so smoltcp never scans other flows'
+/// sockets on its behalf (see `schedule`).
+struct TcpSlot {
+    flow: TcpFlow<mio::net::TcpStream>,
+    sockets: SocketSet<'static>,
+}
+
+impl TcpSlot {
+    /// A slot for `sock`; `flow` builds the flow around the socket's handle.
+    fn new(
+        sock: tcp::Socket<'static>,
+        flow: impl FnOnce(smoltcp::iface::SocketHandle) -> TcpFlow<mio::net::TcpStream>,
+    ) -> TcpSlot {
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(sock);
+        TcpSlot {
+            flow: flow(handle),
+            sockets,
+        }
+    }
+
+    /// Pump the flow (see [`TcpFlow::pump`]).
+    fn pump(&mut self) -> Outcome {
+        let sock = self.sockets.get_mut::<tcp::Socket>(self.flow.handle);
+        self.flow.pump(sock)
+    }
+}
+
 /// The forwarder; see the module documentation.
 pub struct Engine {
     net: NetConfig,
     poll: Poll,
     tap: Tap,
     iface: Interface,
-    sockets: SocketSet<'static>,
+    /// The set smoltcp sees for frames that belong to no flow (ARP, ping of our addresses,
+    /// segments to answer with a RST): always empty.
+    no_sockets: SocketSet<'static>,
     /// Frame read from the TAP.
     rx: Vec<u8>,
     /// Frame built by smoltcp.
@@ -155,7 +192,9 @@ pub struct Engine {
     dhcp: DhcpServer,
     /// IPv4 reassembly (taken out while a completed packet is handled).
     reasm: Option<Reassembler>,
-    tcp: FlowTable<TcpKey, TcpFlow<mio::net::TcpStream>>,
+    tcp: FlowTable<TcpKey, TcpSlot>,
+    /// TCP flows to service this turn, and when the others next need smoltcp.
+    sched: Schedule,
     udp: FlowTable<TcpKey, UdpFlow>,
     icmp: FlowTable<(Ipv4Addr, Ipv4Addr, u16), IcmpFlow>,
     forwards: Forwards,
@@ -251,7 +290,7 @@ impl Engine {
             poll,
             tap,
             iface,
-            sockets: stack::new_socket_set(),
+            no_sockets: stack::new_socket_set(),
             rx: vec![0u8; frame_len],
             tx,
             out: vec![0u8; 65_536 + UDP_PAYLOAD],
@@ -268,6 +307,7 @@ impl Engine {
             reasm: Some(Reassembler::default()),
             resolver: Resolver::new("/etc/resolv.conf"),
             tcp: FlowTable::new(MAX_TCP_FLOWS),
+            sched: Schedule::default(),
             udp: FlowTable::new(udp::MAX_FLOWS),
             icmp: FlowTable::new(icmp::MAX_FLOWS),
             forwards: Forwards::default(),
@@ -312,16 +352,10 @@ impl Engine {
             if let Some(code) = self.exit {
                 return Ok(code);
             }
-            let now = self.now();
-            let timeout = if self.tap_readable {
+            let timeout = if self.tap_readable || self.sched.has_dirty() {
                 StdDuration::ZERO
             } else {
-                let smol = self
-                    .iface
-                    .poll_delay(now, &self.sockets)
-                    .map(|d| StdDuration::from_micros(d.total_micros()))
-                    .unwrap_or(StdDuration::from_secs(1));
-                smol.min(StdDuration::from_secs(1))
+                self.timeout()
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -350,7 +384,7 @@ impl Engine {
             if self.tap_readable {
                 self.read_tap();
             }
-            self.pump_tcp();
+            self.service_tcp();
             self.egress();
             let now_ms = self.now_ms();
             if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
@@ -441,7 +475,7 @@ impl Engine {
         match class {
             Class::Drop(DropReason::Fragment) => self.fragment_from_guest(frame),
             Class::Drop(reason) => self.stats.drops.bump(reason),
-            Class::Stack => self.ingress(frame),
+            Class::Stack => self.ingress(frame, None),
             Class::Tcp(info) => self.tcp_from_guest(&info, frame),
             Class::Udp(u) => self.udp_from_guest(&u, frame),
             Class::Echo(e) => self.echo_from_guest(&e),
@@ -467,7 +501,22 @@ impl Engine {
         self.reasm = Some(reasm);
     }
 
-    fn ingress(&mut self, frame: &[u8]) {
+    /// How long the loop may sleep: until the next flow deadline, at most a second.
+    fn timeout(&mut self) -> StdDuration {
+        let now = self.now();
+        let mut micros = 1_000_000;
+        if let Some(at) = self.sched.next_deadline() {
+            micros = micros.min(at - now.total_micros());
+        }
+        if let Some(d) = self.iface.poll_delay(now, &self.no_sockets) {
+            micros = micros.min(d.total_micros() as i64);
+        }
+        StdDuration::from_micros(micros.max(0) as u64)
+    }
+
+    /// Hand a frame to smoltcp: to flow `idx`'s socket, or to the interface alone (which
+    /// answers ARP and pings of our addresses, and a segment for no flow with a RST).
+    fn ingress(&mut self, frame: &[u8], idx: Option<usize>) {
         let now = self.now();
         let mut dev = TapDevice {
             tap: &self.tap,
@@ -476,10 +525,22 @@ impl Engine {
             mtu: self.mtu,
             stats: &mut self.stats.device,
         };
-        self.iface
-            .poll_ingress_single(now, &mut dev, &mut self.sockets);
+        match idx.and_then(|i| self.tcp.get_mut(i)) {
+            Some(slot) => {
+                self.iface
+                    .poll_ingress_single(now, &mut dev, &mut slot.sockets);
+            }
+            None => {
+                self.iface
+                    .poll_ingress_single(now, &mut dev, &mut self.no_sockets);
+            }
+        }
+        if let Some(i) = idx {
+            self.sched.mark(i);
+        }
     }
 
+    /// Interface housekeeping and anything it queued outside the flows' sockets.
     fn egress(&mut self) {
         let now = self.now();
         let mut dev = TapDevice {
@@ -490,12 +551,7 @@ impl Engine {
             stats: &mut self.stats.device,
         };
         self.iface.poll_maintenance(now);
-        // Each pass emits at most one packet per socket; stop when a pass emits nothing.
-        for _ in 0..4096 {
-            if self.iface.poll_egress(now, &mut dev, &mut self.sockets) == PollResult::None {
-                break;
-            }
-        }
+        self.iface.poll_egress(now, &mut dev, &mut self.no_sockets);
     }
 
     /// Write `self.out[..len]` to the guest, fragmenting if it exceeds the MTU.
@@ -555,52 +611,51 @@ impl Engine {
 
     fn tcp_from_guest(&mut self, info: &TcpInfo, frame: &[u8]) {
         let key = (info.src, info.dst);
-        let existing = self.tcp.find(&key);
-        if let Some(flow) = existing.and_then(|i| self.tcp.get_mut(i)) {
-            flow.segments_from_guest += 1;
-        }
-        if existing.is_none() {
-            if !info.syn || info.ack {
+        let idx = match self.tcp.find(&key) {
+            Some(idx) => idx,
+            None if !info.syn || info.ack => {
                 // Not ours (e.g. after removal): smoltcp answers with a RST.
-                self.ingress(frame);
+                self.ingress(frame, None);
                 return;
             }
-            if !self.new_tcp_flow(info, frame) {
-                return;
-            }
+            None => match self.new_tcp_flow(info, frame) {
+                Some(idx) => idx,
+                None => return,
+            },
+        };
+        if let Some(slot) = self.tcp.get_mut(idx) {
+            slot.flow.segments_from_guest += 1;
         }
-        self.ingress(frame);
+        self.ingress(frame, Some(idx));
         if info.rst {
-            if let Some(idx) = existing {
-                self.check_tcp(idx);
-            }
+            self.check_tcp(idx);
         }
     }
 
     /// Re-evaluate one flow right away (a RST may have sent a connecting socket back to
     /// LISTEN, where it must not catch another SYN).
     fn check_tcp(&mut self, idx: usize) {
-        let Some(flow) = self.tcp.get_mut(idx) else {
+        let Some(slot) = self.tcp.get_mut(idx) else {
             return;
         };
-        let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
-        if flow.pump(sock) == Outcome::Remove {
+        if slot.pump() == Outcome::Remove {
             self.remove_tcp(idx);
         }
     }
 
-    /// Start a flow for a SYN. Returns false if the SYN was answered (RST/ICMP) or dropped.
-    fn new_tcp_flow(&mut self, info: &TcpInfo, frame: &[u8]) -> bool {
+    /// Start a flow for a SYN; its index, or `None` if the SYN was answered (RST/ICMP) or
+    /// dropped.
+    fn new_tcp_flow(&mut self, info: &TcpInfo, frame: &[u8]) -> Option<usize> {
         let resolver = self.resolver_for(info.dst);
         let target = match self.nat.translate(info.dst, resolver) {
             Verdict::Connect(t) => t,
             Verdict::Refused => {
                 self.send_rst(info);
-                return false;
+                return None;
             }
             Verdict::Unreachable(code) => {
                 self.send_unreachable(code, frame);
-                return false;
+                return None;
             }
         };
         if self.connecting >= MAX_CONNECTING {
@@ -610,14 +665,14 @@ impl Engine {
         }
         if self.connecting >= MAX_CONNECTING || self.tcp.len() >= MAX_TCP_FLOWS {
             self.stats.drops.bump(DropReason::Policy);
-            return false;
+            return None;
         }
         let host = match start_connect(&self.net, target) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%target, "connect: {e}");
                 self.connect_failed(info, frame, &e);
-                return false;
+                return None;
             }
         };
         let endpoint = IpListenEndpoint {
@@ -626,15 +681,14 @@ impl Engine {
         };
         let Some(sock) = stack::new_tcp_socket(endpoint, self.tcp_buffer) else {
             self.stats.drops.bump(DropReason::Policy);
-            return false;
+            return None;
         };
-        let handle = self.sockets.add(sock);
         // The SYN's IP header and TCP header start, to quote in an ICMP error later.
         let mut syn_quote = [0u8; 48];
         let quote = frame.get(ETH_LEN..).unwrap_or(&[]);
         let quote_len = quote.len().min(syn_quote.len());
         syn_quote[..quote_len].copy_from_slice(&quote[..quote_len]);
-        let flow = TcpFlow {
+        let slot = TcpSlot::new(sock, |handle| TcpFlow {
             host,
             handle,
             phase: Phase::Connecting,
@@ -652,30 +706,29 @@ impl Engine {
             syn_quote,
             syn_quote_len: quote_len,
             syn_seq: info.seq,
-        };
+        });
         let now_ms = self.now_ms();
-        let Ok(idx) = self.tcp.insert((info.src, info.dst), flow, now_ms) else {
-            self.sockets.remove(handle);
+        let Ok(idx) = self.tcp.insert((info.src, info.dst), slot, now_ms) else {
             self.stats.drops.bump(DropReason::Policy);
-            return false;
+            return None;
         };
-        let Some(flow) = self.tcp.get_mut(idx) else {
-            return false;
+        let Some(slot) = self.tcp.get_mut(idx) else {
+            return None;
         };
         if let Err(e) = self.poll.registry().register(
-            &mut flow.host,
+            &mut slot.flow.host,
             token(KIND_TCP, idx),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!("registering a host socket: {e}");
             self.remove_tcp(idx);
             self.stats.drops.bump(DropReason::Policy);
-            return false;
+            return None;
         }
         self.connecting += 1;
         self.connecting_order.push_back((idx, (info.src, info.dst)));
         self.stats.tcp_flows += 1;
-        true
+        Some(idx)
     }
 
     /// Whether `entry` of `connecting_order` still names a flow that is connecting.
@@ -684,7 +737,7 @@ impl Engine {
             && self
                 .tcp
                 .get(idx)
-                .is_some_and(|f| f.phase == Phase::Connecting)
+                .is_some_and(|s| s.flow.phase == Phase::Connecting)
     }
 
     /// Drop `connecting_order` entries at the front that are no longer connecting (keeps the
@@ -704,7 +757,7 @@ impl Engine {
         let Some((idx, (guest, dst))) = self.connecting_order.pop_front() else {
             return;
         };
-        let Some(seq) = self.tcp.get(idx).map(|f| f.syn_seq) else {
+        let Some(seq) = self.tcp.get(idx).map(|s| s.flow.syn_seq) else {
             return;
         };
         self.remove_tcp(idx);
@@ -732,9 +785,10 @@ impl Engine {
     }
 
     fn tcp_event(&mut self, idx: usize, ev: &mio::event::Event) {
-        let Some(flow) = self.tcp.get_mut(idx) else {
+        let Some(TcpSlot { flow, sockets }) = self.tcp.get_mut(idx) else {
             return;
         };
+        self.sched.mark(idx);
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             flow.host_readable = true;
         }
@@ -754,7 +808,7 @@ impl Engine {
         };
         match result {
             Ok(true) => {
-                let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+                let sock = sockets.get_mut::<tcp::Socket>(flow.handle);
                 flow.connected(sock);
                 self.connecting -= 1;
             }
@@ -784,30 +838,58 @@ impl Engine {
         }
     }
 
-    fn pump_tcp(&mut self) {
+    /// Service the flows that are dirty or due: pump, let smoltcp transmit, reschedule.
+    fn service_tcp(&mut self) {
+        let now = self.now();
+        self.sched.expire(now.total_micros());
         let mut indices = std::mem::take(&mut self.indices);
-        self.tcp.indices_into(&mut indices);
+        self.sched.take_dirty(&mut indices);
         for &idx in &indices {
-            let Some(flow) = self.tcp.get_mut(idx) else {
-                continue;
-            };
-            let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
-            if flow.pump(sock) == Outcome::Remove {
-                self.remove_tcp(idx);
-            }
+            self.service_flow(idx, now);
         }
         self.indices = indices;
     }
 
-    fn remove_tcp(&mut self, idx: usize) {
-        let Some((_, mut flow)) = self.tcp.remove(idx) else {
+    fn service_flow(&mut self, idx: usize, now: Instant) {
+        let Some(slot) = self.tcp.get_mut(idx) else {
             return;
         };
+        if slot.pump() == Outcome::Remove {
+            self.remove_tcp(idx);
+            return;
+        }
+        let mut dev = TapDevice {
+            tap: &self.tap,
+            rx: None,
+            tx: &mut self.tx,
+            mtu: self.mtu,
+            stats: &mut self.stats.device,
+        };
+        // Each pass emits at most one segment; stop when a pass emits nothing.
+        for _ in 0..4096 {
+            if self.iface.poll_egress(now, &mut dev, &mut slot.sockets) == PollResult::None {
+                break;
+            }
+        }
+        if slot.flow.phase == Phase::Aborted {
+            // The RST is out.
+            self.remove_tcp(idx);
+            return;
+        }
+        if let Some(at) = self.iface.poll_at(now, &slot.sockets) {
+            self.sched.schedule(idx, at.total_micros());
+        }
+    }
+
+    fn remove_tcp(&mut self, idx: usize) {
+        let Some((_, TcpSlot { mut flow, .. })) = self.tcp.remove(idx) else {
+            return;
+        };
+        self.sched.forget(idx);
         if flow.phase == Phase::Connecting {
             self.connecting -= 1;
         }
         let _ = self.poll.registry().deregister(&mut flow.host);
-        self.sockets.remove(flow.handle);
         tracing::debug!(
             guest = %flow.guest, dst = %flow.dst,
             to_host = flow.bytes_to_host, to_guest = flow.bytes_to_guest,

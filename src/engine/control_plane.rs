@@ -100,7 +100,8 @@ impl Engine {
         let now_ms = self.now_ms();
         let age = |born: Option<u64>| now_ms.saturating_sub(born.unwrap_or(now_ms)) as f64 / 1000.0;
         let mut out = Vec::new();
-        for (idx, _, f) in self.tcp.iter() {
+        for (idx, _, slot) in self.tcp.iter() {
+            let f = &slot.flow;
             out.push(json!({
                 "proto": "tcp",
                 "state": match f.phase { Phase::Connecting => "connecting", Phase::Open => "open", Phase::Aborted => "aborted" },

@@ -247,8 +247,7 @@ impl Engine {
             self.stats.drops.bump(DropReason::Policy);
             return;
         }
-        let handle = self.sockets.add(sock);
-        let flow = TcpFlow {
+        let slot = TcpSlot::new(sock, |handle| TcpFlow {
             host: stream,
             handle,
             phase: Phase::Open,
@@ -266,21 +265,20 @@ impl Engine {
             syn_quote: [0; 48],
             syn_quote_len: 0,
             syn_seq: 0,
-        };
+        });
         let now_ms = self.now_ms();
-        let Ok(idx) = self.tcp.insert((guest, src), flow, now_ms) else {
-            self.sockets.remove(handle);
+        let Ok(idx) = self.tcp.insert((guest, src), slot, now_ms) else {
             self.stats.drops.bump(DropReason::Policy);
             return;
         };
-        let Some(flow) = self.tcp.get_mut(idx) else {
+        let Some(slot) = self.tcp.get_mut(idx) else {
             return;
         };
         if self
             .poll
             .registry()
             .register(
-                &mut flow.host,
+                &mut slot.flow.host,
                 token(KIND_TCP, idx),
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -289,6 +287,8 @@ impl Engine {
             self.remove_tcp(idx);
             return;
         }
+        // The SYN goes out this turn.
+        self.sched.mark(idx);
         self.stats.tcp_flows += 1;
     }
 }
