@@ -712,9 +712,7 @@ impl Engine {
             self.stats.drops.bump(DropReason::Policy);
             return None;
         };
-        let Some(slot) = self.tcp.get_mut(idx) else {
-            return None;
-        };
+        let slot = self.tcp.get_mut(idx)?;
         if let Err(e) = self.poll.registry().register(
             &mut slot.flow.host,
             token(KIND_TCP, idx),
