@@ -120,6 +120,8 @@ impl Rig {
                 rx: None,
                 tx: &mut tx,
                 mtu: net.mtu as usize,
+                offload: false,
+                mss: u16::MAX,
                 stats: &mut stats,
             };
             stack::new_interface(&net, &mut dev, Instant::from_micros(0))
@@ -156,6 +158,8 @@ impl Rig {
             rx: Some(frame),
             tx: &mut self.tx,
             mtu: self.net.mtu as usize,
+            offload: false,
+            mss: u16::MAX,
             stats: &mut self.stats,
         };
         self.iface
@@ -170,6 +174,8 @@ impl Rig {
             rx: None,
             tx: &mut self.tx,
             mtu: self.net.mtu as usize,
+            offload: false,
+            mss: u16::MAX,
             stats: &mut self.stats,
         };
         for _ in 0..4096 {

@@ -500,6 +500,11 @@ struct NetOpts {
     #[arg(long)]
     disable_dns: bool,
 
+    /// Do not offer checksum and TCP segmentation offload to the guest (TSO lets it send and
+    /// receive 64 KiB TCP segments while its MTU stays as set)
+    #[arg(long)]
+    disable_offload: bool,
+
     /// MAC address of the tap device (requires -c in daemon mode)
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     macaddress: Option<[u8; 6]>,
@@ -527,6 +532,7 @@ impl NetOpts {
             prefix6: self.cidr6.unwrap_or(default.prefix6),
             outbound4: self.outbound_addr,
             outbound6: self.outbound_addr6,
+            offload: !self.disable_offload,
         }
     }
 }

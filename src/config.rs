@@ -40,6 +40,8 @@ pub struct NetConfig {
     pub outbound4: Option<Outbound<Ipv4Addr>>,
     /// `--outbound-addr6`.
     pub outbound6: Option<Outbound<Ipv6Addr>>,
+    /// Checksum and TCP segmentation offload on the TAP (`--disable-offload` turns it off).
+    pub offload: bool,
 }
 
 impl Default for NetConfig {
@@ -55,6 +57,7 @@ impl Default for NetConfig {
             prefix6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
             outbound4: None,
             outbound6: None,
+            offload: true,
         }
     }
 }

@@ -57,6 +57,7 @@ use crate::stack::{self, DeviceStats, TapDevice};
 use crate::tap::Tap;
 use crate::tcp::{Outcome, Phase, TcpFlow};
 use crate::udp::{self, UdpFlow, UdpHost};
+use crate::vnet;
 use crate::wire::{
     self, Class, DropCounters, DropReason, EchoInfo, Link6, LinkInfo, RouterAdvert, TcpInfo,
     UdpInfo, Unreachable, ETH_LEN, ICMP_OFFSET, L2, UDP_PAYLOAD,
@@ -143,6 +144,9 @@ type TcpKey = (SocketAddr, SocketAddr);
 struct TcpSlot {
     flow: TcpFlow<mio::net::TcpStream>,
     sockets: SocketSet<'static>,
+    /// The MSS the guest announced (with offloads, smoltcp is told a bigger one and this is
+    /// the segment size of the TSO frames it sends; `u16::MAX`: the MTU decides).
+    mss: u16,
 }
 
 impl TcpSlot {
@@ -156,6 +160,7 @@ impl TcpSlot {
         TcpSlot {
             flow: flow(handle),
             sockets,
+            mss: u16::MAX,
         }
     }
 
@@ -184,6 +189,8 @@ pub struct Engine {
     /// Fragmentation scratch.
     scratch: Vec<u8>,
     mtu: usize,
+    /// The TAP does checksum and TCP segmentation offload (see `vnet`).
+    offload: bool,
     tcp_buffer: usize,
     link: LinkInfo,
     l2: L2,
@@ -261,9 +268,19 @@ impl Engine {
             .map_err(EngineError::Setup)?;
         }
 
+        let offload = net.offload
+            && match tap.set_offload() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("TUNSETOFFLOAD: {e}; running without TSO/checksum offload");
+                    false
+                }
+            };
         let mtu = net.mtu as usize;
         let frame_len = mtu + ETH_LEN;
-        let mut tx = vec![0u8; frame_len];
+        // With offloads, the guest sends and takes TCP frames of up to 64 KiB.
+        let big_frame = if offload { vnet::MAX_FRAME } else { frame_len };
+        let mut tx = vec![0u8; big_frame];
         let mut dev_stats = DeviceStats::default();
         let start = std::time::Instant::now();
         let iface = {
@@ -272,6 +289,8 @@ impl Engine {
                 rx: None,
                 tx: &mut tx,
                 mtu,
+                offload,
+                mss: u16::MAX,
                 stats: &mut dev_stats,
             };
             stack::new_interface(&net, &mut dev, Instant::from_micros(0))
@@ -291,12 +310,13 @@ impl Engine {
             tap,
             iface,
             no_sockets: stack::new_socket_set(),
-            rx: vec![0u8; frame_len],
+            rx: vec![0u8; big_frame],
             tx,
             out: vec![0u8; 65_536 + UDP_PAYLOAD],
             scratch: vec![0u8; frame_len],
             mtu,
-            tcp_buffer: stack::tcp_buffer_size(mtu),
+            offload,
+            tcp_buffer: stack::tcp_buffer_size(if offload { vnet::MAX_FRAME } else { mtu }),
             link,
             l2: L2 {
                 src: net.host_mac(),
@@ -446,7 +466,11 @@ impl Engine {
         let mut rx = std::mem::take(&mut self.rx);
         for _ in 0..RX_BUDGET {
             match self.tap.read(&mut rx) {
-                Ok(n) => self.handle_frame(&rx[..n]),
+                Ok((hdr, n)) if hdr.gso_ok() => self.handle_frame(&rx[..n], hdr.needs_csum()),
+                Ok(_) => self.stats.drops.bump(DropReason::Gso),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.stats.drops.bump(DropReason::Gso)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.tap_readable = false;
                     break;
@@ -463,10 +487,11 @@ impl Engine {
         self.rx = rx;
     }
 
-    fn handle_frame(&mut self, frame: &[u8]) {
+    /// One frame from the guest; `partial`: its TCP/UDP checksum was left to offload.
+    fn handle_frame(&mut self, frame: &[u8], partial: bool) {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
-        let class = wire::classify(frame, &self.link);
+        let class = wire::classify_offloaded(frame, &self.link, partial);
         if !matches!(class, Class::Drop(_)) {
             if let Ok(mac) = <[u8; 6]>::try_from(&frame[6..12]) {
                 self.l2.dst = mac;
@@ -493,7 +518,7 @@ impl Engine {
         match reasm.feed(frame, now_ms) {
             Fed::Complete(whole) => {
                 // Counted once more as a frame; that is the packet the guest meant to send.
-                self.handle_frame(whole);
+                self.handle_frame(whole, false);
             }
             Fed::Pending => {}
             Fed::Invalid => self.stats.drops.bump(DropReason::Fragment),
@@ -523,6 +548,8 @@ impl Engine {
             rx: Some(frame),
             tx: &mut self.tx,
             mtu: self.mtu,
+            offload: self.offload,
+            mss: u16::MAX,
             stats: &mut self.stats.device,
         };
         match idx.and_then(|i| self.tcp.get_mut(i)) {
@@ -548,6 +575,8 @@ impl Engine {
             rx: None,
             tx: &mut self.tx,
             mtu: self.mtu,
+            offload: self.offload,
+            mss: u16::MAX,
             stats: &mut self.stats.device,
         };
         self.iface.poll_maintenance(now);
@@ -610,6 +639,21 @@ impl Engine {
     // ---- TCP ----
 
     fn tcp_from_guest(&mut self, info: &TcpInfo, frame: &[u8]) {
+        // With offloads, smoltcp must believe the guest takes 64 KiB segments (see `vnet`).
+        // A SYN is at most 14 + 60 + 60 bytes (Ethernet, IPv4 with options or IPv6, TCP).
+        let mut syn = [0u8; 160];
+        if self.offload && info.syn && frame.len() <= syn.len() {
+            let copy = &mut syn[..frame.len()];
+            copy.copy_from_slice(frame);
+            let mss = vnet::raise_syn_mss(copy);
+            self.tcp_segment(info, copy, mss);
+        } else {
+            self.tcp_segment(info, frame, None);
+        }
+    }
+
+    /// A TCP segment from the guest; `mss`: the guest's MSS if this is its SYN or SYN-ACK.
+    fn tcp_segment(&mut self, info: &TcpInfo, frame: &[u8], mss: Option<u16>) {
         let key = (info.src, info.dst);
         let idx = match self.tcp.find(&key) {
             Some(idx) => idx,
@@ -625,6 +669,9 @@ impl Engine {
         };
         if let Some(slot) = self.tcp.get_mut(idx) {
             slot.flow.segments_from_guest += 1;
+            if let Some(mss) = mss {
+                slot.mss = mss;
+            }
         }
         self.ingress(frame, Some(idx));
         if info.rst {
@@ -783,7 +830,7 @@ impl Engine {
     }
 
     fn tcp_event(&mut self, idx: usize, ev: &mio::event::Event) {
-        let Some(TcpSlot { flow, sockets }) = self.tcp.get_mut(idx) else {
+        let Some(TcpSlot { flow, sockets, .. }) = self.tcp.get_mut(idx) else {
             return;
         };
         self.sched.mark(idx);
@@ -861,6 +908,8 @@ impl Engine {
             rx: None,
             tx: &mut self.tx,
             mtu: self.mtu,
+            offload: self.offload,
+            mss: slot.mss,
             stats: &mut self.stats.device,
         };
         // Each pass emits at most one segment; stop when a pass emits nothing.

@@ -154,7 +154,12 @@ pub const DAEMON: &[Entry] = &[
     any(
         libc::SYS_writev,
         "writev",
-        "engine: TCP host sockets (vectored writes)",
+        "engine: TAP frames after their virtio-net header, TCP host sockets (vectored writes)",
+    ),
+    any(
+        libc::SYS_readv,
+        "readv",
+        "engine: TAP frames with their virtio-net header",
     ),
     any(
         libc::SYS_close,

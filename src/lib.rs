@@ -41,4 +41,5 @@ pub mod supervisor;
 pub mod tap;
 pub mod tcp;
 pub mod udp;
+pub mod vnet;
 pub mod wire;

@@ -11,6 +11,10 @@
 //! `rx`; frames smoltcp emits are built in one preallocated buffer and written to the TAP at
 //! once. Nothing is allocated per packet. Checksums are verified once by `wire::classify`, so
 //! the device tells smoltcp to compute checksums on transmit only.
+//!
+//! With offloads on (see `vnet`), the device tells smoltcp the link carries 64 KiB frames and
+//! not to sum TCP at all: each TCP frame leaves with a partial checksum and, past the guest's
+//! MTU, as a TSO super-segment the guest's kernel takes whole.
 #![forbid(unsafe_code)]
 
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -21,6 +25,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
 use crate::config::NetConfig;
 use crate::tap::Tap;
+use crate::vnet::{self, VnetHdr};
 use crate::wire::ETH_LEN;
 
 /// Frame counters kept by the device.
@@ -37,10 +42,26 @@ pub struct TapDevice<'a> {
     pub tap: &'a Tap,
     /// The frame to hand to smoltcp on the next `receive`, if any.
     pub rx: Option<&'a [u8]>,
-    /// Transmit buffer, at least MTU + Ethernet header long.
+    /// Transmit buffer, at least MTU + Ethernet header long ([`vnet::MAX_FRAME`] with
+    /// offloads).
     pub tx: &'a mut [u8],
     pub mtu: usize,
+    /// Checksum and segmentation offload to the guest (the TAP accepted `TUNSETOFFLOAD`).
+    pub offload: bool,
+    /// The guest's MSS for the flow being served: the segment size of TSO frames.
+    pub mss: u16,
     pub stats: &'a mut DeviceStats,
+}
+
+impl TapDevice<'_> {
+    fn tx_token(&mut self) -> TxToken<'_> {
+        TxToken {
+            tap: self.tap,
+            buf: self.tx,
+            offload: self.offload.then_some((self.mtu, self.mss)),
+            stats: self.stats,
+        }
+    }
 }
 
 pub struct RxToken<'a>(&'a [u8]);
@@ -48,6 +69,8 @@ pub struct RxToken<'a>(&'a [u8]);
 pub struct TxToken<'a> {
     tap: &'a Tap,
     buf: &'a mut [u8],
+    /// With offloads: the guest's MTU and MSS.
+    offload: Option<(usize, u16)>,
     stats: &'a mut DeviceStats,
 }
 
@@ -62,15 +85,25 @@ impl phy::TxToken for TxToken<'_> {
         let len = len.min(self.buf.len());
         let frame = &mut self.buf[..len];
         let r = f(frame);
-        write_frame(self.tap, frame, self.stats);
+        let hdr = match self.offload {
+            Some((mtu, mss)) => vnet::offload_tcp(frame, mtu, mss),
+            None => VnetHdr::default(),
+        };
+        write_frame_with(self.tap, &hdr, frame, self.stats);
         r
     }
 }
 
-/// Write one frame to the TAP, counting it. Errors are counted, not returned: a full TAP queue
-/// drops the frame exactly as a full NIC ring would, and TCP retransmits.
+/// Write one complete frame (checksums done, within the MTU) to the TAP, counting it. Errors
+/// are counted, not returned: a full TAP queue drops the frame exactly as a full NIC ring
+/// would, and TCP retransmits.
 pub fn write_frame(tap: &Tap, frame: &[u8], stats: &mut DeviceStats) {
-    match tap.write(frame) {
+    write_frame_with(tap, &VnetHdr::default(), frame, stats)
+}
+
+/// [`write_frame`] with a virtio-net header asking for offloads.
+pub fn write_frame_with(tap: &Tap, hdr: &VnetHdr, frame: &[u8], stats: &mut DeviceStats) {
+    match tap.write(hdr, frame) {
         Ok(_) => {
             stats.frames_out += 1;
             stats.bytes_out += frame.len() as u64;
@@ -91,31 +124,28 @@ impl Device for TapDevice<'_> {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         let frame = self.rx.take()?;
-        Some((
-            RxToken(frame),
-            TxToken {
-                tap: self.tap,
-                buf: self.tx,
-                stats: self.stats,
-            },
-        ))
+        Some((RxToken(frame), self.tx_token()))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        Some(TxToken {
-            tap: self.tap,
-            buf: self.tx,
-            stats: self.stats,
-        })
+        Some(self.tx_token())
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.mtu + ETH_LEN;
+        caps.max_transmission_unit = if self.offload {
+            vnet::MAX_FRAME
+        } else {
+            self.mtu + ETH_LEN
+        };
         let mut csum = ChecksumCapabilities::default();
         csum.ipv4 = Checksum::Tx;
-        csum.tcp = Checksum::Tx;
+        csum.tcp = if self.offload {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         csum.udp = Checksum::Tx;
         csum.icmpv4 = Checksum::Tx;
         csum.icmpv6 = Checksum::Tx;

@@ -1,4 +1,5 @@
-//! TAP device: `/dev/net/tun` opened with `IFF_TAP | IFF_NO_PI`, driven by plain libc calls.
+//! TAP device: `/dev/net/tun` opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, driven by plain
+//! libc calls.
 //!
 //! Theory of operation:
 //! - [`Tap::open`] opens `/dev/net/tun` (`O_RDWR | O_CLOEXEC`) and issues `TUNSETIFF` with the
@@ -7,20 +8,28 @@
 //!   already `setns()`ed into the target namespace, then passes the fd back over `SCM_RIGHTS`.
 //!   The fd stays valid in any namespace afterwards; the interface lives as long as the fd (the
 //!   device is not made persistent, so it disappears when the last fd is closed).
-//! - With `IFF_NO_PI` each `read(2)` returns exactly one Ethernet frame and each `write(2)`
-//!   injects exactly one frame; there is no packet-information header. A buffer shorter than
-//!   the frame truncates it (the kernel drops the tail), so callers size buffers for MTU + 14.
+//! - With `IFF_NO_PI` each read returns exactly one Ethernet frame and each write injects
+//!   exactly one frame; there is no packet-information header. With `IFF_VNET_HDR` each frame
+//!   is preceded by a 10-byte `virtio_net_hdr` (see [`crate::vnet`]): [`Tap::read`] and
+//!   [`Tap::write`] move it separately with `readv`/`writev`, so frames stay where the caller
+//!   built them. A buffer shorter than the frame truncates it (the kernel drops the tail), so
+//!   callers size buffers for the largest frame ([`crate::vnet::MAX_FRAME`] with offloads).
+//! - [`Tap::set_offload`] (`TUNSETOFFLOAD`) lets the guest's kernel send and accept TSO
+//!   super-segments and partial checksums; without it the header is all zeros both ways.
 //! - The fd is blocking until [`Tap::set_nonblocking`] is called; the event loop turns it
 //!   non-blocking and gets `WouldBlock` when the queue is empty.
 //! - Names follow the kernel's `dev_valid_name()`: 1..=15 bytes, not `.` or `..`, no `/`, `:`,
 //!   whitespace or NUL. They are checked before any syscall so the error names the bad input.
 //!
-//! Limits: no `IFF_VNET_HDR`, no offloads, no multiqueue (single fd).
+//! Limits: no multiqueue (single fd).
 //!
-//! Syscalls: `open`, `ioctl(TUNSETIFF)`, `fcntl(F_GETFL/F_SETFL)`, `read`, `write`.
+//! Syscalls: `open`, `ioctl(TUNSETIFF, TUNSETOFFLOAD)`, `fcntl(F_GETFL/F_SETFL)`, `readv`,
+//! `writev`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::vnet::{self, VnetHdr};
 
 /// `IFNAMSIZ` from `<net/if.h>`: names are at most 15 bytes plus the terminating NUL.
 pub const IFNAMSIZ: usize = 16;
@@ -35,7 +44,7 @@ pub enum TapError {
     #[error("open /dev/net/tun: {0}")]
     OpenTun(#[source] io::Error),
     /// `TUNSETIFF` was refused (name in use by a non-TAP device, no CAP_NET_ADMIN, ...).
-    #[error("TUNSETIFF {name} (IFF_TAP|IFF_NO_PI) on /dev/net/tun: {source}")]
+    #[error("TUNSETIFF {name} (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) on /dev/net/tun: {source}")]
     SetIff { name: String, source: io::Error },
 }
 
@@ -100,10 +109,10 @@ impl Tap {
         // SAFETY: open(2) just returned this fd (checked >= 0) and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        let flags = libc::IFF_TAP | libc::IFF_NO_PI;
+        let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
         let mut req = IfReqFlags {
             name: ifname,
-            // Both flags fit in 16 bits (0x0002 | 0x1000).
+            // The flags fit in 16 bits (0x0002 | 0x1000 | 0x4000).
             flags: flags as libc::c_short,
             _pad: [0; 22],
         };
@@ -159,16 +168,55 @@ impl Tap {
         Ok(())
     }
 
-    /// Read one frame (one `read(2)`); `WouldBlock` when the queue is empty in non-blocking
-    /// mode. `EINTR` is retried.
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Enable checksum and TCP segmentation offload (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`):
+    /// the guest may then send and must accept what [`crate::vnet`] describes.
+    pub fn set_offload(&self) -> io::Result<()> {
+        let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        // SAFETY: the fd is an open TAP owned by `self`; TUNSETOFFLOAD takes an unsigned int
+        // argument by value.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD as _,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Read one frame into `buf` and its virtio-net header (one `readv(2)`); returns the
+    /// header and the frame's length. `WouldBlock` when the queue is empty in non-blocking
+    /// mode; `EINTR` is retried. A read shorter than the header is `InvalidData`.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<(VnetHdr, usize)> {
+        let mut hdr = [0u8; vnet::HDR_LEN];
+        let mut iov = [
+            libc::iovec {
+                iov_base: hdr.as_mut_ptr().cast(),
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
         loop {
-            // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the duration of
-            // the call, and the fd is owned by `self`.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            // SAFETY: both iovecs describe live, writable buffers of their stated lengths for
+            // the duration of the call, and the fd is owned by `self`.
+            let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_mut_ptr(), 2) };
             if n >= 0 {
-                // n >= 0 and <= buf.len(), so it fits usize.
-                return Ok(n.unsigned_abs());
+                // n >= 0, so it fits usize.
+                let n = n.unsigned_abs();
+                let Some(len) = n.checked_sub(vnet::HDR_LEN) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TAP read shorter than its virtio-net header",
+                    ));
+                };
+                let h = VnetHdr::parse(&hdr).unwrap_or_default();
+                return Ok((h, len));
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
@@ -177,14 +225,26 @@ impl Tap {
         }
     }
 
-    /// Write one frame (one `write(2)`). `EINTR` is retried.
-    pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
+    /// Write one frame with its virtio-net header (one `writev(2)`); returns the frame bytes
+    /// written. `EINTR` is retried.
+    pub fn write(&self, hdr: &VnetHdr, frame: &[u8]) -> io::Result<usize> {
+        let hdr = hdr.encode();
+        let iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
         loop {
-            // SAFETY: `frame` is a valid readable region of `frame.len()` bytes for the duration
-            // of the call, and the fd is owned by `self`.
-            let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+            // SAFETY: both iovecs describe live buffers of their stated lengths for the
+            // duration of the call; writev only reads them. The fd is owned by `self`.
+            let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
             if n >= 0 {
-                return Ok(n.unsigned_abs());
+                return Ok(n.unsigned_abs().saturating_sub(vnet::HDR_LEN));
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {

@@ -15,7 +15,9 @@
 //!   never panics and never allocates: once a `new_checked` of smoltcp's wire views succeeds its
 //!   accessors cannot panic, and every slice here is bounds-checked.
 //!
-//! Because validation happens here, smoltcp is configured not to verify checksums again.
+//! Because validation happens here, smoltcp is configured not to verify checksums again. A
+//! TCP/UDP checksum the guest left to offload (see `vnet`) is not checked at all:
+//! [`classify_offloaded`].
 //!
 //! The builders ([`finish_udp`], [`finish_echo_reply`], [`icmp_error`], [`tcp_rst`]) write
 //! Ethernet + IPv4 headers around a payload that the caller has already placed at its final
@@ -92,11 +94,14 @@ pub enum DropReason {
     Ipv6,
     /// Refused by policy or resource caps (flow table full, no ICMP sockets, no resolver).
     Policy,
+    /// A segmentation offload type we did not enable (see `vnet`), or a TAP read shorter than
+    /// its virtio-net header.
+    Gso,
 }
 
 impl DropReason {
     /// All reasons, in counter order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Truncated,
         DropReason::NotOurMac,
         DropReason::Ethertype,
@@ -113,6 +118,7 @@ impl DropReason {
         DropReason::Icmp,
         DropReason::Ipv6,
         DropReason::Policy,
+        DropReason::Gso,
     ];
 
     /// Stable name, used in statistics.
@@ -134,6 +140,7 @@ impl DropReason {
             DropReason::Icmp => "icmp",
             DropReason::Ipv6 => "ipv6",
             DropReason::Policy => "policy",
+            DropReason::Gso => "gso",
         }
     }
 }
@@ -242,6 +249,13 @@ fn unicast(addr: Ipv4Addr) -> bool {
 
 /// Classify and validate one frame from the guest.
 pub fn classify<'a>(frame: &'a [u8], link: &LinkInfo) -> Class<'a> {
+    classify_offloaded(frame, link, false)
+}
+
+/// [`classify`] a frame whose TCP/UDP checksum the guest left partial (`NEEDS_CSUM` in its
+/// virtio-net header, see `vnet`) when `partial`: that checksum is not verified (it covers
+/// only the pseudo-header); everything else is.
+pub fn classify_offloaded<'a>(frame: &'a [u8], link: &LinkInfo, partial: bool) -> Class<'a> {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Class::Drop(DropReason::Truncated);
     };
@@ -252,9 +266,9 @@ pub fn classify<'a>(frame: &'a [u8], link: &LinkInfo) -> Class<'a> {
     let payload = &frame[ETH_LEN..];
     match eth.ethertype() {
         EthernetProtocol::Arp => classify_arp(payload, link),
-        EthernetProtocol::Ipv4 => classify_ipv4(payload, link),
+        EthernetProtocol::Ipv4 => classify_ipv4(payload, link, partial),
         EthernetProtocol::Ipv6 => match &link.ipv6 {
-            Some(l6) => classify_ipv6(payload, l6),
+            Some(l6) => classify_ipv6(payload, l6, partial),
             None => Class::Drop(DropReason::Ipv6),
         },
         _ => Class::Drop(DropReason::Ethertype),
@@ -280,7 +294,7 @@ fn classify_arp<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
     }
 }
 
-fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
+fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo, partial: bool) -> Class<'a> {
     let Ok(ip) = Ipv4Packet::new_checked(payload) else {
         return Class::Drop(DropReason::Truncated);
     };
@@ -307,13 +321,13 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
     let (src_ip, dst_ip) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
     let body = ip.payload();
     match ip.next_header() {
-        IpProtocol::Tcp => classify_tcp(body, src.into(), dst.into()),
+        IpProtocol::Tcp => classify_tcp(body, src.into(), dst.into(), partial),
         IpProtocol::Udp => {
             let Ok(udp) = UdpPacket::new_checked(body) else {
                 return Class::Drop(DropReason::Truncated);
             };
             if maybe_dhcp && udp.src_port() == 68 && udp.dst_port() == 67 {
-                if udp.checksum() != 0 && !udp.verify_checksum(&src_ip, &dst_ip) {
+                if !partial && udp.checksum() != 0 && !udp.verify_checksum(&src_ip, &dst_ip) {
                     return Class::Drop(DropReason::Checksum);
                 }
                 return Class::Dhcp(body.get(8..usize::from(udp.len())).unwrap_or(&[]));
@@ -321,7 +335,7 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
             if !unicast(src) || !unicast(dst) {
                 return Class::Drop(DropReason::Address);
             }
-            classify_udp(body, src.into(), dst.into())
+            classify_udp(body, src.into(), dst.into(), partial)
         }
         IpProtocol::Icmp => {
             if body.len() < 8 {
@@ -350,11 +364,11 @@ fn classify_ipv4<'a>(payload: &'a [u8], link: &LinkInfo) -> Class<'a> {
 }
 
 /// A TCP segment (`body`, bounded by the IP length) between two addresses of one family.
-fn classify_tcp(body: &[u8], src: IpAddr, dst: IpAddr) -> Class<'_> {
+fn classify_tcp(body: &[u8], src: IpAddr, dst: IpAddr, partial: bool) -> Class<'_> {
     let Ok(tcp) = TcpPacket::new_checked(body) else {
         return Class::Drop(DropReason::Truncated);
     };
-    if !tcp.verify_checksum(&src.into(), &dst.into()) {
+    if !partial && !tcp.verify_checksum(&src.into(), &dst.into()) {
         return Class::Drop(DropReason::Checksum);
     }
     let info = TcpInfo {
@@ -380,11 +394,12 @@ fn classify_tcp(body: &[u8], src: IpAddr, dst: IpAddr) -> Class<'_> {
 }
 
 /// A UDP datagram between two unicast addresses. IPv6 requires a checksum.
-fn classify_udp(body: &[u8], src: IpAddr, dst: IpAddr) -> Class<'_> {
+fn classify_udp(body: &[u8], src: IpAddr, dst: IpAddr, partial: bool) -> Class<'_> {
     let Ok(udp) = UdpPacket::new_checked(body) else {
         return Class::Drop(DropReason::Truncated);
     };
     let ok = match (src, udp.checksum()) {
+        _ if partial => true,
         (IpAddr::V4(_), 0) => true,
         (IpAddr::V6(_), 0) => false,
         _ => udp.verify_checksum(&src.into(), &dst.into()),
@@ -406,7 +421,7 @@ fn unicast6(a: Ipv6Addr) -> bool {
     !(a.is_unspecified() || a.is_multicast() || a.is_loopback())
 }
 
-fn classify_ipv6<'a>(payload: &'a [u8], link: &Link6) -> Class<'a> {
+fn classify_ipv6<'a>(payload: &'a [u8], link: &Link6, partial: bool) -> Class<'a> {
     let Ok(ip) = Ipv6Packet::new_checked(payload) else {
         return Class::Drop(DropReason::Truncated);
     };
@@ -422,8 +437,8 @@ fn classify_ipv6<'a>(payload: &'a [u8], link: &Link6) -> Class<'a> {
         IpProtocol::Tcp | IpProtocol::Udp if !unicast6(src) || !unicast6(dst) => {
             Class::Drop(DropReason::Address)
         }
-        IpProtocol::Tcp => classify_tcp(body, src.into(), dst.into()),
-        IpProtocol::Udp => classify_udp(body, src.into(), dst.into()),
+        IpProtocol::Tcp => classify_tcp(body, src.into(), dst.into(), partial),
+        IpProtocol::Udp => classify_udp(body, src.into(), dst.into(), partial),
         IpProtocol::Icmpv6 => {
             let Ok(icmp) = Icmpv6Packet::new_checked(body) else {
                 return Class::Drop(DropReason::Truncated);

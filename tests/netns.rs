@@ -144,7 +144,7 @@ fn wait_frame(tap: &Tap, timeout: Duration, pred: impl Fn(&[u8]) -> bool) -> boo
             continue;
         }
         match tap.read(&mut buf) {
-            Ok(n) if pred(&buf[..n]) => return true,
+            Ok((_, n)) if pred(&buf[..n]) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => panic!("read tap: {e}"),
@@ -179,7 +179,7 @@ fn open_tap_by_pid_configures_the_link() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ping");
-    let seen = wait_frame(&tap, Duration::from_secs(5), is_arp_for_gateway);
+    let seen = wait_frame(&tap, Duration::from_secs(15), is_arp_for_gateway);
     let _ = ping.kill();
     let _ = ping.wait();
     assert!(seen, "no ARP request for 10.0.2.2 on the tap fd");
@@ -190,7 +190,7 @@ fn open_tap_by_pid_configures_the_link() {
     assert!(matches!(err, NetnsError::Child { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.starts_with("TUNSETIFF tap0 (IFF_TAP|IFF_NO_PI) on /dev/net/tun: "),
+        msg.starts_with("TUNSETIFF tap0 (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR) on /dev/net/tun: "),
         "{msg}"
     );
 
