@@ -449,11 +449,11 @@ fn guest_udp_store_echo(sock: UdpSocket, n: usize) -> Task<UdpReceived> {
 }
 
 /// Host side: send datagrams 0..n through `c` (connected) with up to `window` in flight, check
-/// each echo against what was sent, resend what is missing after 300 ms of silence.
+/// each echo against what was sent, resend what is missing after 1 s of silence (shorter, a
+/// loaded machine's scheduling pauses would count as loss).
 /// Returns (retransmissions, payload bytes sent once, echo bytes received).
 fn udp_windowed(c: &UdpSocket, n: u32, window: usize) -> (usize, u64, u64) {
-    c.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut acked = vec![false; n as usize];
     let mut inflight: BTreeSet<u32> = BTreeSet::new();
     let (mut next, mut done, mut resent) = (0u32, 0u32, 0usize);
@@ -1130,7 +1130,7 @@ fn list_connections_shows_flows_with_byte_counts() {
             && d.is_some_and(|d| d["packets_to_guest"] == 3 && d["packets_from_guest"] == 2)
     };
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
+    while start.elapsed() < Duration::from_secs(10) {
         conns = connections(s);
         if settled(&conns) {
             break;
@@ -1227,12 +1227,13 @@ fn get_stats_counts_frames_drops_flows_and_forwards() {
     );
     let s1 = stats(s);
     assert_eq!(u(&s1, "/forwards"), 2, "{s1}");
+    // 3 MB moved: at least 16 frames each way even in 64 KiB TSO segments (src/vnet.rs).
     assert!(
-        u(&s1, "/frames_in") > u(&s0, "/frames_in") + 100,
+        u(&s1, "/frames_in") >= u(&s0, "/frames_in") + 16,
         "frames in: {s0} -> {s1}"
     );
     assert!(
-        u(&s1, "/frames_out") > u(&s0, "/frames_out") + 100,
+        u(&s1, "/frames_out") >= u(&s0, "/frames_out") + 16,
         "frames out: {s0} -> {s1}"
     );
     assert!(
@@ -1260,7 +1261,7 @@ fn get_stats_counts_frames_drops_flows_and_forwards() {
     let mut s2 = stats(s);
     let start = Instant::now();
     while u(&s2, "/drops/not_our_mac") < u(&s1, "/drops/not_our_mac") + 3
-        && start.elapsed() < Duration::from_secs(3)
+        && start.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(50));
         s2 = stats(s);
@@ -1706,12 +1707,8 @@ fn stalled_api_client_blocks_nothing() {
     }
     let mut w = World::new(&[]);
     let fwd = add(&w.sock, "tcp", None, 21700, 7700);
-    // One client sends half a request and waits; another connects and sends nothing.
-    let opened = Instant::now();
-    let mut half = UnixStream::connect(&w.sock).unwrap();
-    half.write_all(br#"{"execute":"list_hostfwd""#).unwrap();
-    let mut silent = UnixStream::connect(&w.sock).unwrap();
-    // Packets flow: a 30 MB exchange each way through the forward while they hang around.
+    // The transfer's data and checksums first: the stalled clients below must be dealt with
+    // within the daemon's 10 s client timeout, and a slow machine takes a while over these.
     let l = w.guest_listen(any_guest(7700));
     let up = Arc::new(random_bytes(30 * MB, 17));
     let down = Arc::new(random_bytes(30 * MB, 18));
@@ -1719,6 +1716,30 @@ fn stalled_api_client_blocks_nothing() {
         (up.len() as u64, sha256_hex(&up)),
         (down.len() as u64, sha256_hex(&down)),
     );
+    // One client sends half a request and waits; another connects and sends nothing.
+    let opened = Instant::now();
+    let mut half = UnixStream::connect(&w.sock).unwrap();
+    half.write_all(br#"{"execute":"list_hostfwd""#).unwrap();
+    let mut silent = UnixStream::connect(&w.sock).unwrap();
+    // The half request is kept, not dropped: finishing it gets the answer. It is finished 4 s
+    // after it was opened (or when the API rounds end, if sooner), whether or not the
+    // transfer is over, well before the daemon's 10 s client timeout.
+    let finish_half = |half: &mut UnixStream| -> String {
+        assert!(
+            opened.elapsed() < Duration::from_secs(8),
+            "too late to check the half request before the daemon's 10 s client timeout: {:?}",
+            opened.elapsed()
+        );
+        half.write_all(b"}").unwrap();
+        half.shutdown(Shutdown::Write).unwrap();
+        half.set_read_timeout(Some(API_TIMEOUT)).unwrap();
+        let mut reply = String::new();
+        half.read_to_string(&mut reply)
+            .expect("reply to the completed half request");
+        reply
+    };
+    let mut half_reply = None;
+    // Packets flow: a 30 MB exchange each way through the forward while they hang around.
     let server = guest_exchange_server(l, down);
     let c = w.connect(lo(21700)).unwrap();
     let up2 = up.clone();
@@ -1741,8 +1762,12 @@ fn stalled_api_client_blocks_nothing() {
         if !done.load(Ordering::Relaxed) {
             during += 1;
         }
+        if half_reply.is_none() && opened.elapsed() >= Duration::from_secs(4) {
+            half_reply = Some(finish_half(&mut half));
+        }
         i += 1;
     }
+    let reply = half_reply.unwrap_or_else(|| finish_half(&mut half));
     let got_down = transfer.join(TRANSFER_TIMEOUT);
     assert!(
         during >= 5,
@@ -1750,24 +1775,13 @@ fn stalled_api_client_blocks_nothing() {
     );
     let (n, h, _) = server.join(TRANSFER_TIMEOUT);
     assert_eq!(((n, h), got_down), want, "transfer while API clients stall");
+    // A round trip blocked by the stalled clients would last until the daemon's 10 s client
+    // timeout (or fail after API_TIMEOUT); 3 s leaves room for a loaded machine.
     assert!(
-        worst < Duration::from_secs(1),
+        worst < Duration::from_secs(3),
         "an API round trip took {worst:?} with a stalled client connected"
     );
     w.alive();
-    // The half request was kept, not dropped: finishing it gets the answer.
-    assert!(
-        opened.elapsed() < Duration::from_secs(8),
-        "the transfer took too long to check the half request before the daemon's 10 s \
-         client timeout: {:?}",
-        opened.elapsed()
-    );
-    half.write_all(b"}").unwrap();
-    half.shutdown(Shutdown::Write).unwrap();
-    half.set_read_timeout(Some(API_TIMEOUT)).unwrap();
-    let mut reply = String::new();
-    half.read_to_string(&mut reply)
-        .expect("reply to the completed half request");
     let v: Value = serde_json::from_str(&reply).expect("JSON reply");
     assert_eq!(
         v.pointer("/return/entries/0/id").and_then(Value::as_u64),
@@ -1949,8 +1963,8 @@ fn publish_flag_on_run_mode() {
             break b;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "no HTTP answer through -p 127.0.0.1:21820:8000 within 15 s: {}",
+            start.elapsed() < Duration::from_secs(30),
+            "no HTTP answer through -p 127.0.0.1:21820:8000 within 30 s: {}",
             std::fs::read_to_string(host.dir.join("run.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -2093,7 +2107,7 @@ fn ctl_human_and_json() {
     let mut o = ctl(h, s, &["connections"]).ok();
     let start = Instant::now();
     while !o.stdout.lines().any(|l| l.starts_with(&row_prefix))
-        && start.elapsed() < Duration::from_secs(3)
+        && start.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(50));
         o = ctl(h, s, &["connections"]).ok();

@@ -648,6 +648,10 @@ fn bypass_slow_connect_never_stalls_others_and_dead_processes_are_dropped() {
     }
     let host = HostNs::new();
     let _peer = host.peer();
+    // Six ARP probes instead of three: the slow connect then takes ~6 s, so the 20 fast ones
+    // finish first even on a loaded machine.
+    host.sh("echo 6 > /proc/sys/net/ipv4/neigh/twhost0/mcast_solicit")
+        .ok();
     let port = 22040;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
@@ -772,6 +776,16 @@ fn bypass_sockaddr_rewrite_race_never_lands_where_policy_forbids() {
             .args([peer_port.to_string(), lo_port.to_string(), "3000".into()]),
         Duration::from_secs(120),
     );
+    // The program does not wait to be accepted: let the acceptor take every connection that
+    // reached the peer before stopping it (a fixed pause is too short on a loaded machine).
+    let want = json_lines(&out)
+        .first()
+        .and_then(|v| v["ok"].as_u64())
+        .unwrap_or(0) as usize;
+    let waited = Instant::now();
+    while allowed.load(Ordering::Relaxed) < want && waited.elapsed() < SETUP_TIMEOUT {
+        thread::sleep(Duration::from_millis(20));
+    }
     thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     a1.join().unwrap();
@@ -1304,7 +1318,13 @@ fn bypass_as_unprivileged_user() {
         return;
     }
     let exe = host.dir.join("tapwire");
-    std::fs::copy(bin(), &exe).expect("copy the binary under test");
+    // cp, not std::fs::copy: a child forked meanwhile by a parallel test would inherit our
+    // write fd on the copy until it execs, and executing the copy then fails with ETXTBSY.
+    run(
+        std::process::Command::new("cp").arg(bin()).arg(&exe),
+        SETUP_TIMEOUT,
+    )
+    .ok();
     for p in [host.dir.path(), exe.as_path()] {
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }

@@ -570,7 +570,7 @@ fn malformed_dhcp_and_forged_ndp_are_dropped_and_counted() {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(30),
             "no SLAAC address on the unconfigured guest after `ip link set tap0 up`: {a}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -592,7 +592,8 @@ fn malformed_dhcp_and_forged_ndp_are_dropped_and_counted() {
     );
     let mut s1 = w.stats(sock);
     let t = Instant::now();
-    while drops(&s1, "dhcp") < drops(&s0, "dhcp") + n_dhcp && t.elapsed() < Duration::from_secs(3) {
+    while drops(&s1, "dhcp") < drops(&s0, "dhcp") + n_dhcp && t.elapsed() < Duration::from_secs(10)
+    {
         std::thread::sleep(Duration::from_millis(50));
         s1 = w.stats(sock);
     }

@@ -340,9 +340,7 @@ fn sandbox_and_seccomp_confine_the_daemon() {
 
     // A clean exit removes the socket, through the sandbox's view of its directory.
     d.signal(Signal::SIGTERM);
-    let st = d
-        .wait_timeout(Duration::from_secs(5))
-        .expect("exit after SIGTERM");
+    let st = d.wait_timeout(SETUP_TIMEOUT).expect("exit after SIGTERM");
     assert_eq!(st.code(), Some(0), "{}", status_str(st));
     assert!(!sock.exists(), "API socket left behind");
 }
@@ -453,12 +451,14 @@ fn host_peer_reset_mid_transfer_reaches_the_guest_as_rst() {
     let host = HostNs::new();
     let guest = host.guest();
     let _d = Daemon::start(&host, &guest, sandboxed());
-    // Download: the host sends 2 MB, then resets.
+    // Download: the host sends 2 MB, then resets once the guest has received some of it (a
+    // fixed pause is not enough on a loaded machine).
     let l = host.listen(23201);
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
     let server = task("reset-download", move || {
         let (mut s, _) = accept_timeout(&l, SETUP_TIMEOUT).unwrap();
         s.write_all(&random_bytes(2 * MB, 5)).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let _ = arrived_rx.recv_timeout(SETUP_TIMEOUT);
         socket2::SockRef::from(&s)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -470,7 +470,10 @@ fn host_peer_reset_mid_transfer_reaches_the_guest_as_rst() {
     let end = loop {
         match c.read(&mut buf) {
             Ok(0) => break Ok(()),
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                let _ = arrived_tx.send(());
+            }
             Err(e) => break Err(e),
         }
     };
@@ -620,7 +623,9 @@ fn stalled_control_clients_never_block_anyone() {
     let silent = UnixStream::connect(&sock).unwrap();
     let mut deaf = UnixStream::connect(&sock).unwrap();
     deaf.write_all(br#"{"execute":"get_stats"}"#).unwrap();
-    // Everyone else is served at once, and traffic flows.
+    // Everyone else is served at once, and traffic flows. (A daemon blocked by the stalled
+    // clients would hold these until its 10 s client timeout; 5 s leaves room for a loaded
+    // machine.)
     let start = Instant::now();
     for _ in 0..20 {
         assert_eq!(
@@ -629,7 +634,7 @@ fn stalled_control_clients_never_block_anyone() {
         );
     }
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(5),
         "20 requests took {:?} beside stalled clients",
         start.elapsed()
     );
@@ -834,7 +839,7 @@ fn soak_short_connections() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    let (fds, rss) = settle(&d, fds0, Duration::from_secs(10));
+    let (fds, rss) = settle(&d, fds0, Duration::from_secs(30));
     eprintln!(
         "soak: {total} short connections in {secs:.1} s ({:.0}/s), {served} served; \
          daemon fds {fds0} -> {fds}, RSS {rss0} -> peak {peak} -> {rss} KiB",
@@ -933,7 +938,7 @@ fn soak_concurrent_connections() {
         drop(clients);
         let st = server.child.wait().unwrap();
         assert!(st.success(), "hash server: {st}");
-        let (fds, rss) = settle(&d, fds0, Duration::from_secs(20));
+        let (fds, rss) = settle(&d, fds0, Duration::from_secs(30));
         eprintln!(
             "soak: {n} concurrent connections (round {round}) in {secs:.1} s; daemon fds \
              {fds0} -> {open_fds} -> {fds}, RSS {rss0} -> {rss_open} (all open) -> {rss} KiB"
@@ -991,9 +996,6 @@ fn floods_from_the_guest_leave_bulk_transfer_and_memory_alone() {
         sandboxed().args(&["--api-socket", sock.to_str().unwrap()]),
     );
     let rss0 = rss_kib(d.pid());
-    // Best of two each way: this machine is shared and noisy.
-    let base = upload_rate(&guest, &host, 24200, mb).max(upload_rate(&guest, &host, 24201, mb));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let max = Duration::from_secs(120);
     let mut kit = FrameKit::new(&guest);
     let gw_ip = GATEWAY;
@@ -1052,24 +1054,19 @@ fn floods_from_the_guest_leave_bulk_transfer_and_memory_alone() {
     ];
     // TAPWIRE_FLOOD_KINDS: which of them (comma-separated indices), default all.
     let pick = std::env::var("TAPWIRE_FLOOD_KINDS").unwrap_or_default();
-    let floods: Vec<(&str, Task<u64>)> = kinds
+    let kinds: Vec<(&str, Vec<Vec<u8>>)> = kinds
         .into_iter()
         .enumerate()
         .filter(|(i, _)| pick.is_empty() || pick.split(',').any(|p| p == i.to_string()))
         .map(|(_, k)| k)
-        .map(|(what, frames)| {
-            let t = flood(tap_injector(&guest), frames, rate, stop.clone(), max);
-            (what, t)
-        })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut peak = rss_kib(d.pid());
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
         let pid = d.pid();
-        let stop = stop.clone();
+        let sampling = sampling.clone();
         task("rss-sampler", move || {
             let mut peak = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                     if let Some(v) = s.lines().find_map(|l| l.strip_prefix("VmRSS:")) {
                         peak =
@@ -1081,30 +1078,70 @@ fn floods_from_the_guest_leave_bulk_transfer_and_memory_alone() {
             peak
         })
     };
-    let cpu0 = (cpu_ticks(d.pid()), Instant::now());
-    let flooded = upload_rate(&guest, &host, 24202, mb).max(upload_rate(&guest, &host, 24203, mb));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let cpu = (cpu_ticks(d.pid()) - cpu0.0) as f64 / cpu0.1.elapsed().as_secs_f64();
-    let outs: Vec<String> = floods
-        .into_iter()
-        .map(|(what, t)| format!("{what}: {} frames", t.join(SETUP_TIMEOUT)))
-        .collect();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // This machine is shared and noisy (other tests run beside this one), so throughput alone
+    // and under the floods is measured back to back, best of two each way, and a comparison
+    // that fails is made again, up to 3 times, before it counts: floods that really starve the
+    // transfer fail every attempt.
+    let mut peak = 0;
+    let mut attempts: Vec<(f64, f64)> = Vec::new();
+    for attempt in 0..3u16 {
+        if attempt > 0 {
+            // Let the last floods' leftovers (pending connects, UDP bindings) settle first.
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        let port = 24200 + 4 * attempt;
+        let base =
+            upload_rate(&guest, &host, port, mb).max(upload_rate(&guest, &host, port + 1, mb));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let floods: Vec<(&str, Task<u64>)> = kinds
+            .iter()
+            .map(|(what, frames)| {
+                let t = flood(
+                    tap_injector(&guest),
+                    frames.clone(),
+                    rate,
+                    stop.clone(),
+                    max,
+                );
+                (*what, t)
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        peak = peak.max(rss_kib(d.pid()));
+        let cpu0 = (cpu_ticks(d.pid()), Instant::now());
+        let flooded =
+            upload_rate(&guest, &host, port + 2, mb).max(upload_rate(&guest, &host, port + 3, mb));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let cpu = (cpu_ticks(d.pid()) - cpu0.0) as f64 / cpu0.1.elapsed().as_secs_f64();
+        let outs: Vec<String> = floods
+            .into_iter()
+            .map(|(what, t)| format!("{what}: {} frames", t.join(SETUP_TIMEOUT)))
+            .collect();
+        eprintln!("floods (attempt {attempt}): {outs:#?}");
+        eprintln!(
+            "bulk upload: {base:.0} MB/s alone, {flooded:.0} MB/s under floods ({:.0}%, daemon CPU {cpu:.0}%)",
+            100.0 * flooded / base
+        );
+        attempts.push((base, flooded));
+        if flooded >= base * 0.5 {
+            break;
+        }
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     peak = peak.max(sampler.join(SETUP_TIMEOUT));
     let stats = api(&sock, r#"{"execute":"get_stats"}"#);
-    eprintln!("floods: {outs:#?}");
-    eprintln!(
-        "bulk upload: {base:.0} MB/s alone, {flooded:.0} MB/s under floods ({:.0}%, daemon CPU {cpu:.0}%); RSS {rss0} -> peak {peak} KiB",
-        100.0 * flooded / base
-    );
+    eprintln!("RSS {rss0} -> peak {peak} KiB");
     eprintln!("stats: {stats}");
     assert!(
         d.wait_timeout(Duration::ZERO).is_none(),
         "daemon died under the floods"
     );
     assert!(
-        flooded >= base * 0.5,
-        "bulk throughput fell below half under the floods: {base:.0} -> {flooded:.0} MB/s"
+        attempts
+            .iter()
+            .any(|(base, flooded)| *flooded >= base * 0.5),
+        "bulk throughput fell below half under the floods in every attempt (MB/s alone, under \
+         floods): {attempts:.0?}"
     );
     assert!(
         peak < rss0 + 256 * 1024,
@@ -1199,7 +1236,13 @@ fn rootless_run_mode_is_sandboxed_and_bypass_still_works() {
     ))
     .ok();
     let exe = host.dir.join("tapwire");
-    std::fs::copy(bin(), &exe).expect("copy the binary under test");
+    // cp, not std::fs::copy: a child forked meanwhile by a parallel test would inherit our
+    // write fd on the copy until it execs, and executing the copy then fails with ETXTBSY.
+    run(
+        std::process::Command::new("cp").arg(bin()).arg(&exe),
+        SETUP_TIMEOUT,
+    )
+    .ok();
     use std::os::unix::fs::PermissionsExt;
     for p in [host.dir.path(), exe.as_path()] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -1275,7 +1318,7 @@ fn sandboxed_api_socket_behind_a_symlink_is_removed_at_exit() {
         r#"{"return":{"entries":[]}}"#
     );
     d.signal(Signal::SIGTERM);
-    let st = d.wait_timeout(Duration::from_secs(5)).expect("exit");
+    let st = d.wait_timeout(SETUP_TIMEOUT).expect("exit");
     assert_eq!(st.code(), Some(0), "{}", status_str(st));
     assert!(!real.join("api.sock").exists(), "API socket left behind");
 }

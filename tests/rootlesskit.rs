@@ -51,7 +51,7 @@ const SERVER: &str = r#"
 import errno, hashlib, os, socket, sys, threading
 d, probe = sys.argv[1], int(sys.argv[2])
 try:
-    socket.create_connection(('10.0.2.2', probe), timeout=3).close()
+    socket.create_connection(('10.0.2.2', probe), timeout=10).close()
     print('loopback: reachable', flush=True)
 except OSError as e:
     print('loopback: %s' % errno.errorcode.get(e.errno, e.errno), flush=True)

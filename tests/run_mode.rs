@@ -206,7 +206,13 @@ fn run_mode_as_unprivileged_user() {
     // A copy of the binary that uid 65534 can surely execute (the checkout may be under a
     // private home directory).
     let exe = host.dir.join("tapwire");
-    std::fs::copy(bin(), &exe).expect("copy the binary under test");
+    // cp, not std::fs::copy: a child forked meanwhile by a parallel test would inherit our
+    // write fd on the copy until it execs, and executing the copy then fails with ETXTBSY.
+    run(
+        std::process::Command::new("cp").arg(bin()).arg(&exe),
+        SETUP_TIMEOUT,
+    )
+    .ok();
     for p in [host.dir.path(), exe.as_path()] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
