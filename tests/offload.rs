@@ -27,6 +27,8 @@ fn gw(port: u16) -> SocketAddr {
 /// `get_stats` over the control socket.
 fn stats(sock: &Path) -> serde_json::Value {
     let mut s = UnixStream::connect(sock).expect("connect to the API socket");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     s.write_all(br#"{"execute":"get_stats"}"#).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut reply = String::new();
@@ -80,13 +82,15 @@ fn tso_super_segments_both_ways_at_mtu_1500() {
         return;
     }
     let (up, down) = mean_frames(&[], 20410);
-    // Mostly 64 KiB segments each way; a pure-MTU link could not average above 1514.
+    // Mostly 64 KiB segments each way (about 60 KB measured); a link of MTU-sized frames
+    // cannot average above 1514 B. The guest sizes its TSO segments by its sending rate (about
+    // 1 ms worth), so the bound leaves room for a slow machine.
     assert!(
-        up > 4 * FRAME_1500,
+        up > 2 * FRAME_1500,
         "guest -> us: mean frame {up} B: the guest is not sending TSO super-segments"
     );
     assert!(
-        down > 4 * FRAME_1500,
+        down > 2 * FRAME_1500,
         "us -> guest: mean frame {down} B: we are not sending TSO super-segments"
     );
 }
