@@ -745,6 +745,7 @@ impl Engine {
             host_readable: false,
             host_writable: false,
             host_eof: false,
+            host_read_closed: false,
             guest_fin: false,
             guest_fin_seen: false,
             bytes_to_host: 0,
@@ -836,6 +837,9 @@ impl Engine {
         self.sched.mark(idx);
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             flow.host_readable = true;
+        }
+        if ev.is_read_closed() {
+            flow.host_read_closed = true;
         }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             flow.host_writable = true;

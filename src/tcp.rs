@@ -28,7 +28,9 @@
 //!   a host reset or error aborts the smoltcp socket (a RST to the guest).
 //!
 //! Host readiness is edge-triggered: `host_readable`/`host_writable` remember readiness until
-//! a call returns `WouldBlock`, so back-pressure never loses an edge.
+//! a call returns `WouldBlock` (or a read comes back shorter than the space offered, which
+//! means the socket's queue was emptied: new data raises a new edge), so back-pressure never
+//! loses an edge.
 //!
 //! Generic over [`HostStream`] so the splice logic can be driven by an in-memory host in tests.
 #![forbid(unsafe_code)]
@@ -77,6 +79,9 @@ pub struct TcpFlow<H> {
     pub host_writable: bool,
     /// Host sent EOF; smoltcp `close()` was called.
     pub host_eof: bool,
+    /// The host's EOF has been signalled (EPOLLRDHUP) but maybe not read yet: no more edges
+    /// will come, so read until EOF even after a short read.
+    pub host_read_closed: bool,
     /// The guest's FIN was passed on as `shutdown(SHUT_WR)`.
     pub guest_fin: bool,
     /// The socket was seen in a state that implies the guest's FIN arrived.
@@ -197,15 +202,23 @@ impl<H: HostStream> TcpFlow<H> {
         while self.host_readable && !self.host_eof && sock.can_send() {
             let host = &mut self.host;
             let r = sock.send(|buf| match host.read(buf) {
-                Ok(n) => (n, Ok(n)),
+                Ok(n) => (n, Ok((n, n < buf.len()))),
                 Err(e) => (0, Err(e)),
             });
             match r {
-                Ok(Ok(0)) => {
+                Ok(Ok((0, _))) => {
                     self.host_eof = true;
                     sock.close();
                 }
-                Ok(Ok(n)) => self.bytes_to_guest += n as u64,
+                Ok(Ok((n, short))) => {
+                    self.bytes_to_guest += n as u64;
+                    // A read that did not fill the space drained the socket: the next data
+                    // (or EOF) brings a new readiness edge, so skip the read that would only
+                    // say EAGAIN (one system call less per reply on request/response traffic).
+                    if short && !self.host_read_closed {
+                        self.host_readable = false;
+                    }
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.host_readable = false,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e),

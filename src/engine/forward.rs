@@ -257,6 +257,7 @@ impl Engine {
             host_readable: true,
             host_writable: true,
             host_eof: false,
+            host_read_closed: false,
             guest_fin: false,
             guest_fin_seen: false,
             bytes_to_host: 0,
