@@ -138,7 +138,13 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     if let Some(ready) = ready {
         signal_ready(ready)?;
     }
-    Ok(engine.run()?)
+    let status = engine.run();
+    // The supervisor thread owns the runtimes' socket and is never joined: remove its file
+    // here, as the engine removes the API socket's.
+    if let Some(path) = &args.seccomp_listener {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(status?)
 }
 
 fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {

@@ -20,7 +20,7 @@
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::time::{Duration, Instant};
+use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
 use crate::config::NetConfig;
@@ -212,8 +212,9 @@ pub fn new_tcp_socket_unbound(buffer: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(rx, tx);
     s.set_ack_delay(None);
     s.set_nagle_enabled(false);
-    // A guest that stops acknowledging for this long is gone.
-    s.set_timeout(Some(Duration::from_secs(120)));
+    // Until the handshake completes; then `TcpFlow::pump` arms it only while something waits
+    // for the guest's acknowledgement (see `tcp::GUEST_ACK_TIMEOUT`).
+    s.set_timeout(Some(crate::tcp::GUEST_ACK_TIMEOUT));
     s
 }
 

@@ -26,6 +26,8 @@
 //!   the host's EOF becomes smoltcp `close()` (a FIN after queued data).
 //! - **Reset**: a guest RST closes the host socket with SO_LINGER 0 (a RST to the host peer);
 //!   a host reset or error aborts the smoltcp socket (a RST to the guest).
+//! - **Timeout**: a guest that leaves our data or FIN unacknowledged for
+//!   [`GUEST_ACK_TIMEOUT`] is reset; an idle connection lives as long as both ends keep it.
 //!
 //! Host readiness is edge-triggered: `host_readable`/`host_writable` remember readiness until
 //! a call returns `WouldBlock` (or a read comes back shorter than the space offered, which
@@ -39,6 +41,14 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 use smoltcp::socket::tcp::{self, RecvError, State};
+use smoltcp::time::Duration;
+
+/// How long the guest may leave our data or FIN unacknowledged before the flow is reset (about
+/// what Linux's `tcp_retries2` gives). Idle connections have no limit: smoltcp's timeout
+/// counts from the peer's last segment even with nothing outstanding, so it is armed only
+/// while something is outstanding (see [`TcpFlow::pump`]); a paused container keeps its idle
+/// connections, as with slirp4netns.
+pub const GUEST_ACK_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// What the proxy needs from a host connection.
 pub trait HostStream: Read + Write {
@@ -142,6 +152,12 @@ impl<H: HostStream> TcpFlow<H> {
             State::CloseWait | State::LastAck | State::Closing | State::TimeWait
         ) {
             self.guest_fin_seen = true;
+        }
+        let outstanding = sock.send_queue() > 0
+            || matches!(state, State::FinWait1 | State::Closing | State::LastAck);
+        let timeout = outstanding.then_some(GUEST_ACK_TIMEOUT);
+        if sock.timeout() != timeout {
+            sock.set_timeout(timeout);
         }
         match state {
             State::Closed | State::TimeWait if self.guest_fin_seen => {

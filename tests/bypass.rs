@@ -1225,6 +1225,29 @@ fn runc_scenario(daemon_flags: &[&str]) {
         "{}",
         dlog()
     );
+    // SIGTERM: exit 0 and nothing left behind.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    let status = loop {
+        if let Some(st) = daemon.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "tapwire ignored SIGTERM");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "tapwire after SIGTERM: {status}\n{}",
+        dlog()
+    );
+    assert!(
+        !sock.exists(),
+        "the seccomp listener socket {sock:?} is left behind"
+    );
 }
 
 const IPV6_CLIENT: &str = r#"

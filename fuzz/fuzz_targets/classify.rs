@@ -1,11 +1,15 @@
 //! Any byte string as a guest frame: classification must never panic, and whatever it
 //! accepts as TCP can be answered with a RST whose checksums verify. The first byte turns
-//! IPv6 on (odd) or off (even).
+//! IPv6 on (bit 0) and marks the transport checksum partial, as a virtio-net header with
+//! NEEDS_CSUM does (bit 1). The offload helpers (`vnet`) run on the same bytes: the SYN's MSS
+//! rewrite on what the engine would hand smoltcp, and the TSO finishing on anything; neither
+//! may panic, and a partial-checksum header must point inside the frame.
 #![no_main]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
+use tapwire::vnet;
 use tapwire::wire::{self, Class, Link6, LinkInfo, L2};
 
 const MAC: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
@@ -33,9 +37,18 @@ fuzz_target!(|data: &[u8]| {
         dst: [2, 0, 0, 0, 0, 1],
     };
     let mut out = [0u8; 128];
-    match wire::classify(frame, &link) {
+    let mut copy = frame.to_vec();
+    let h = vnet::offload_tcp(&mut copy, 1500, 1460);
+    if h.needs_csum() {
+        let at = usize::from(h.csum_start) + usize::from(h.csum_offset);
+        assert!(at + 2 <= copy.len(), "checksum offset {at} outside {} bytes", copy.len());
+    }
+    match wire::classify_offloaded(frame, &link, cfg & 2 != 0) {
         Class::Tcp(info) => {
             if info.syn {
+                let mut syn = frame.to_vec();
+                let _ = vnet::raise_syn_mss(&mut syn);
+                assert_eq!(syn.len(), frame.len());
                 let n = wire::tcp_rst(&mut out, &l2, &info).expect("RST fits");
                 assert!(n <= out.len());
                 if info.src.is_ipv4() {

@@ -1,0 +1,89 @@
+//! Idle TCP connections live as long as their ends keep them, as with slirp4netns: a database
+//! pool, an SSH session or a paused container must not lose its connections to a timer.
+//! smoltcp aborts a connection whose peer was silent for the socket's timeout even when
+//! nothing is outstanding; tapwire once had it at 120 s for every flow, and reset every
+//! connection left idle that long. Here one outbound connection (guest -> host) and one
+//! through a `-p` forward (host -> guest) stay idle for [`IDLE`], then carry data both ways.
+//!
+//! Runs for any binary under test (slirp4netns passes it too). Needs root; see tests/common.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+/// Longer than the 120 s that used to kill idle flows.
+const IDLE: Duration = Duration::from_secs(130);
+
+fn echo_once(mut s: TcpStream, rounds: usize) -> Vec<u8> {
+    set_timeouts(&s);
+    s.set_read_timeout(Some(IDLE + Duration::from_secs(60)))
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..rounds {
+        let mut buf = [0u8; 6];
+        if s.read_exact(&mut buf).is_err() {
+            break;
+        }
+        seen.extend_from_slice(&buf);
+        if s.write_all(&buf).is_err() {
+            break;
+        }
+    }
+    seen
+}
+
+/// Send `msg`, expect it echoed.
+fn exchange(s: &mut TcpStream, msg: &[u8; 6], what: &str) {
+    s.write_all(msg)
+        .unwrap_or_else(|e| panic!("{what}: write: {e}"));
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("{what}: read: {e}"));
+    assert_eq!(&back, msg, "{what}");
+}
+
+#[test]
+fn idle_connections_survive() {
+    if !preflight(&[]) {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let _d = Daemon::with_args(&host, &guest, &["-p", "127.0.0.1:20511:9000"]);
+
+    // Outbound: the guest connects to an echo server on the host's loopback.
+    let l = host.listen(20510);
+    let out_srv = task("host echo", move || {
+        let (s, _) = accept_timeout(&l, SETUP_TIMEOUT).expect("host accept");
+        echo_once(s, 2)
+    });
+    let mut out = guest
+        .connect(SocketAddr::from(([10, 0, 2, 2], 20510)), SETUP_TIMEOUT)
+        .expect("guest connect");
+    set_timeouts(&out);
+
+    // Inbound: a host client reaches an echo server in the guest through the forward.
+    let gl: TcpListener = guest.in_ns(|| TcpListener::bind(("0.0.0.0", 9000)).unwrap());
+    let in_srv = task("guest echo", move || {
+        let (s, _) = accept_timeout(&gl, SETUP_TIMEOUT).expect("guest accept");
+        echo_once(s, 2)
+    });
+    let mut inb: TcpStream = host
+        .in_ns(|| TcpStream::connect(("127.0.0.1", 20511)))
+        .expect("connect to the forward");
+    set_timeouts(&inb);
+
+    exchange(&mut out, b"before", "outbound, before idling");
+    exchange(&mut inb, b"BEFORE", "inbound, before idling");
+    std::thread::sleep(IDLE);
+    exchange(&mut out, b"after!", "outbound, after idling");
+    exchange(&mut inb, b"AFTER!", "inbound, after idling");
+    drop(out);
+    drop(inb);
+    assert_eq!(out_srv.join(SETUP_TIMEOUT), b"beforeafter!");
+    assert_eq!(in_srv.join(SETUP_TIMEOUT), b"BEFOREAFTER!");
+}
