@@ -3,14 +3,16 @@
 //! smoltcp aborts a connection whose peer was silent for the socket's timeout even when
 //! nothing is outstanding; tapwire once had it at 120 s for every flow, and reset every
 //! connection left idle that long. Here one outbound connection (guest -> host) and one
-//! through a `-p` forward (host -> guest) stay idle for [`IDLE`], then carry data both ways.
+//! through a port forward (host -> guest, added over the control socket) stay idle for
+//! [`IDLE`], then carry data both ways.
 //!
 //! Runs for any binary under test (slirp4netns passes it too). Needs root; see tests/common.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::*;
@@ -53,7 +55,17 @@ fn idle_connections_survive() {
     }
     let host = HostNs::new();
     let guest = host.guest();
-    let _d = Daemon::with_args(&host, &guest, &["-p", "127.0.0.1:20511:9000"]);
+    let sock = host.dir.join("api.sock");
+    let _d = Daemon::with_args(&host, &guest, &["--api-socket", sock.to_str().unwrap()]);
+    let mut api = UnixStream::connect(&sock).expect("connect to the API socket");
+    api.write_all(
+        br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":20511,"guest_port":9000}}"#,
+    )
+    .unwrap();
+    api.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    api.read_to_string(&mut reply).unwrap();
+    assert!(reply.contains(r#""return""#), "add_hostfwd: {reply}");
 
     // Outbound: the guest connects to an echo server on the host's loopback.
     let l = host.listen(20510);
