@@ -115,15 +115,7 @@ impl Rig {
         let mut tx = vec![0u8; net.mtu as usize + ETH];
         let mut stats = DeviceStats::default();
         let iface = {
-            let mut dev = TapDevice {
-                tap: &tap,
-                rx: None,
-                tx: &mut tx,
-                mtu: net.mtu as usize,
-                offload: false,
-                mss: u16::MAX,
-                stats: &mut stats,
-            };
+            let mut dev = TapDevice::new(&tap, &mut tx, &mut stats, net.mtu as usize, false);
             stack::new_interface(&net, &mut dev, Instant::from_micros(0))
         };
         let mut rig = Rig {
@@ -154,13 +146,14 @@ impl Rig {
         }
         let now = self.now();
         let mut dev = TapDevice {
-            tap: &self.tap,
             rx: Some(frame),
-            tx: &mut self.tx,
-            mtu: self.net.mtu as usize,
-            offload: false,
-            mss: u16::MAX,
-            stats: &mut self.stats,
+            ..TapDevice::new(
+                &self.tap,
+                &mut self.tx,
+                &mut self.stats,
+                self.net.mtu as usize,
+                false,
+            )
         };
         self.iface
             .poll_ingress_single(now, &mut dev, &mut self.sockets);
@@ -169,15 +162,13 @@ impl Rig {
     /// smoltcp egress until quiet, as `Engine::egress` does.
     fn egress(&mut self) {
         let now = self.now();
-        let mut dev = TapDevice {
-            tap: &self.tap,
-            rx: None,
-            tx: &mut self.tx,
-            mtu: self.net.mtu as usize,
-            offload: false,
-            mss: u16::MAX,
-            stats: &mut self.stats,
-        };
+        let mut dev = TapDevice::new(
+            &self.tap,
+            &mut self.tx,
+            &mut self.stats,
+            self.net.mtu as usize,
+            false,
+        );
         for _ in 0..4096 {
             if self.iface.poll_egress(now, &mut dev, &mut self.sockets) == PollResult::None {
                 break;

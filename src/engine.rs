@@ -284,15 +284,7 @@ impl Engine {
         let mut dev_stats = DeviceStats::default();
         let start = std::time::Instant::now();
         let iface = {
-            let mut dev = TapDevice {
-                tap: &tap,
-                rx: None,
-                tx: &mut tx,
-                mtu,
-                offload,
-                mss: u16::MAX,
-                stats: &mut dev_stats,
-            };
+            let mut dev = TapDevice::new(&tap, &mut tx, &mut dev_stats, mtu, offload);
             stack::new_interface(&net, &mut dev, Instant::from_micros(0))
         };
         let link = LinkInfo {
@@ -544,13 +536,14 @@ impl Engine {
     fn ingress(&mut self, frame: &[u8], idx: Option<usize>) {
         let now = self.now();
         let mut dev = TapDevice {
-            tap: &self.tap,
             rx: Some(frame),
-            tx: &mut self.tx,
-            mtu: self.mtu,
-            offload: self.offload,
-            mss: u16::MAX,
-            stats: &mut self.stats.device,
+            ..TapDevice::new(
+                &self.tap,
+                &mut self.tx,
+                &mut self.stats.device,
+                self.mtu,
+                self.offload,
+            )
         };
         match idx.and_then(|i| self.tcp.get_mut(i)) {
             Some(slot) => {
@@ -570,15 +563,13 @@ impl Engine {
     /// Interface housekeeping and anything it queued outside the flows' sockets.
     fn egress(&mut self) {
         let now = self.now();
-        let mut dev = TapDevice {
-            tap: &self.tap,
-            rx: None,
-            tx: &mut self.tx,
-            mtu: self.mtu,
-            offload: self.offload,
-            mss: u16::MAX,
-            stats: &mut self.stats.device,
-        };
+        let mut dev = TapDevice::new(
+            &self.tap,
+            &mut self.tx,
+            &mut self.stats.device,
+            self.mtu,
+            self.offload,
+        );
         self.iface.poll_maintenance(now);
         self.iface.poll_egress(now, &mut dev, &mut self.no_sockets);
     }
@@ -908,13 +899,14 @@ impl Engine {
             return;
         }
         let mut dev = TapDevice {
-            tap: &self.tap,
-            rx: None,
-            tx: &mut self.tx,
-            mtu: self.mtu,
-            offload: self.offload,
             mss: slot.mss,
-            stats: &mut self.stats.device,
+            ..TapDevice::new(
+                &self.tap,
+                &mut self.tx,
+                &mut self.stats.device,
+                self.mtu,
+                self.offload,
+            )
         };
         // Each pass emits at most one segment; stop when a pass emits nothing.
         for _ in 0..4096 {

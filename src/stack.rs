@@ -53,7 +53,26 @@ pub struct TapDevice<'a> {
     pub stats: &'a mut DeviceStats,
 }
 
-impl TapDevice<'_> {
+impl<'a> TapDevice<'a> {
+    /// A device with nothing to receive, serving flows whose MSS the MTU decides.
+    pub fn new(
+        tap: &'a Tap,
+        tx: &'a mut [u8],
+        stats: &'a mut DeviceStats,
+        mtu: usize,
+        offload: bool,
+    ) -> TapDevice<'a> {
+        TapDevice {
+            tap,
+            rx: None,
+            tx,
+            mtu,
+            offload,
+            mss: u16::MAX,
+            stats,
+        }
+    }
+
     fn tx_token(&mut self) -> TxToken<'_> {
         TxToken {
             tap: self.tap,
