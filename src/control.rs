@@ -14,8 +14,10 @@
 //! the bytes received parse as one JSON value (clients that forget the shutdown, which
 //! slirp4netns tolerates because it does a single read). Requests over `api::MAX_REQUEST`
 //! bytes get the "too large message" error. Clients idle for [`CLIENT_TIMEOUT_MS`] are
-//! dropped, and at most [`MAX_CLIENTS`] are served at once (extra connections are closed at
-//! once). The socket file is created mode 0600 (umask around `bind`) and removed on drop.
+//! dropped, and at most [`MAX_CLIENTS`] are served at once: a new connection beyond that
+//! evicts the oldest client, which has stalled longest (a well-behaved request is done in
+//! microseconds), so stalled connections can never lock the API, not even for the timeout.
+//! The socket file is created mode 0600 (umask around `bind`) and removed on drop.
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
@@ -89,8 +91,15 @@ impl Control {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.clients.len() >= MAX_CLIENTS {
-                        tracing::warn!("API: too many clients; closing a new connection");
-                        continue;
+                        let oldest = self
+                            .clients
+                            .iter()
+                            .min_by_key(|(_, c)| c.since_ms)
+                            .map(|(i, _)| i);
+                        if let Some(oldest) = oldest {
+                            tracing::warn!("API: {MAX_CLIENTS} clients; dropping the oldest");
+                            self.clients.remove(oldest);
+                        }
                     }
                     let entry = self.clients.vacant_entry();
                     let idx = entry.key();

@@ -663,6 +663,43 @@ fn stalled_control_clients_never_block_anyone() {
     );
 }
 
+/// More stalled clients than the daemon serves at once (64): new requests are still answered
+/// at once (the oldest stalled client makes room), not after the 10 s client timeout.
+#[test]
+fn a_crowd_of_stalled_control_clients_cannot_lock_the_api() {
+    if !preflight(&[]) || !tapwire_only("control socket client limit") {
+        return;
+    }
+    let host = HostNs::new();
+    let guest = host.guest();
+    let sock = host.dir.join("api.sock");
+    let _d = Daemon::start(
+        &host,
+        &guest,
+        sandboxed().args(&["--api-socket", sock.to_str().unwrap()]),
+    );
+    let crowd: Vec<UnixStream> = (0..100)
+        .map(|_| {
+            let mut c = UnixStream::connect(&sock).unwrap();
+            c.write_all(br#"{"execute":"#).unwrap();
+            c
+        })
+        .collect();
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(
+            api(&sock, r#"{"execute":"list_hostfwd"}"#),
+            r#"{"return":{"entries":[]}}"#
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "5 requests took {:?} beside {} stalled clients",
+        start.elapsed(),
+        crowd.len()
+    );
+}
+
 // ---- soak (short here; scripts/soak.sh runs the long ones) ------------------------------------
 
 fn env_count(var: &str, default: usize) -> usize {
