@@ -2,13 +2,20 @@
 //!
 //! # Theory of operation
 //! Queries the guest sends to network+3 (UDP and TCP, port 53) are relayed, unchanged, to the
-//! first nameserver of the host's `/etc/resolv.conf`; the UDP and TCP proxies do the relaying
+//! current nameserver of the host's `/etc/resolv.conf` (the first, until it fails); the UDP and
+//! TCP proxies do the relaying
 //! as ordinary flows (see `nat`), so replies need no DNS parsing at all and a resolver on host
 //! loopback (127.0.0.53, a dnsmasq on 127.0.0.1) works as any other. [`Resolver`] re-reads the
 //! file when its modification time changes (checked at most once a second), so a host that
 //! switches networks is followed without a restart.
 //!
-//! Limits: only the first usable nameserver is used (like libslirp); no failover yet.
+//! Failover: when the current nameserver refuses (ICMP port unreachable on UDP, a refused TCP
+//! connect: typically a local resolver that is not running), [`Resolver::failed`] moves to
+//! the next one in the file, and the engine re-sends the pending UDP query there, so the
+//! guest sees no error. A changed file starts again from its first nameserver.
+//!
+//! Limits: a nameserver that stays silent (no refusal) is not detected; the guest's own
+//! retries go to the same one (libslirp does no better).
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +44,8 @@ pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
 pub struct Resolver {
     path: PathBuf,
     servers: Vec<IpAddr>,
+    /// Index of the nameserver in use.
+    current: usize,
     mtime: Option<SystemTime>,
     checked_ms: Option<u64>,
 }
@@ -46,6 +55,7 @@ impl Resolver {
         Resolver {
             path: path.into(),
             servers: Vec::new(),
+            current: 0,
             mtime: None,
             checked_ms: None,
         }
@@ -56,12 +66,13 @@ impl Resolver {
         Resolver {
             path: PathBuf::new(),
             servers,
+            current: 0,
             mtime: None,
             checked_ms: Some(u64::MAX),
         }
     }
 
-    /// The first nameserver's port 53, re-reading the file if it changed (at most once a
+    /// The current nameserver's port 53, re-reading the file if it changed (at most once a
     /// second of `now_ms`).
     pub fn upstream(&mut self, now_ms: u64) -> Option<SocketAddr> {
         let due = match self.checked_ms {
@@ -73,7 +84,26 @@ impl Resolver {
             self.checked_ms = Some(now_ms);
             self.reload();
         }
-        self.servers.first().map(|ip| SocketAddr::new(*ip, 53))
+        self.current()
+    }
+
+    fn current(&self) -> Option<SocketAddr> {
+        self.servers
+            .get(self.current)
+            .map(|ip| SocketAddr::new(*ip, 53))
+    }
+
+    /// `server` refused a query: if it is the one in use, move to the next nameserver
+    /// (wrapping around). Returns the nameserver to use now, if it differs from `server`.
+    pub fn failed(&mut self, server: IpAddr) -> Option<SocketAddr> {
+        if self.servers.get(self.current) == Some(&server) {
+            self.current = (self.current + 1) % self.servers.len();
+            tracing::info!(
+                "nameserver {server} refused a query; using {:?} from now on",
+                self.servers.get(self.current)
+            );
+        }
+        self.current().filter(|next| next.ip() != server)
     }
 
     fn reload(&mut self) {
@@ -87,6 +117,7 @@ impl Resolver {
         match std::fs::read_to_string(&self.path) {
             Ok(text) => {
                 self.servers = parse_resolv_conf(&text);
+                self.current = 0;
                 tracing::debug!(servers = ?self.servers, path = %self.path.display(), "nameservers loaded");
             }
             Err(e) => {
@@ -95,6 +126,7 @@ impl Resolver {
                     self.path.display()
                 );
                 self.servers.clear();
+                self.current = 0;
             }
         }
     }
@@ -126,6 +158,31 @@ mod tests {
         assert_eq!(r.upstream(0), Some("10.1.1.1:53".parse().unwrap()));
         let mut none = Resolver::fixed(vec![]);
         assert_eq!(none.upstream(0), None);
+    }
+
+    #[test]
+    fn failover_moves_to_the_next_and_wraps() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut r = Resolver::fixed(vec![ip("127.0.0.53"), ip("10.1.1.1"), ip("::1")]);
+        assert_eq!(r.upstream(0), Some("127.0.0.53:53".parse().unwrap()));
+        // A refusal from a server not in use changes nothing.
+        assert_eq!(
+            r.failed(ip("10.9.9.9")),
+            Some("127.0.0.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            r.failed(ip("127.0.0.53")),
+            Some("10.1.1.1:53".parse().unwrap())
+        );
+        assert_eq!(r.upstream(5), Some("10.1.1.1:53".parse().unwrap()));
+        assert_eq!(r.failed(ip("10.1.1.1")), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(r.failed(ip("::1")), Some("127.0.0.53:53".parse().unwrap()));
+        // One server only: nowhere else to go.
+        let mut one = Resolver::fixed(vec![ip("127.0.0.53")]);
+        assert_eq!(one.failed(ip("127.0.0.53")), None);
+        assert_eq!(one.upstream(0), Some("127.0.0.53:53".parse().unwrap()));
+        let mut none = Resolver::fixed(vec![]);
+        assert_eq!(none.failed(ip("127.0.0.53")), None);
     }
 
     #[test]

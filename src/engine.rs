@@ -614,12 +614,17 @@ impl Engine {
         }
     }
 
-    fn resolver_for(&mut self, dst: SocketAddr) -> Option<SocketAddr> {
-        let is_dns = match dst.ip() {
+    /// Whether the guest sent this to our DNS forwarder (network+3 or PREFIX::3, port 53).
+    fn is_dns(&self, dst: SocketAddr) -> bool {
+        let ours = match dst.ip() {
             std::net::IpAddr::V4(ip) => ip == self.net.dns(),
             std::net::IpAddr::V6(ip) => self.net.enable_ipv6 && ip == self.net.dns6(),
         };
-        if is_dns && !self.net.disable_dns {
+        ours && dst.port() == 53 && !self.net.disable_dns
+    }
+
+    fn resolver_for(&mut self, dst: SocketAddr) -> Option<SocketAddr> {
+        if self.is_dns(dst) {
             let now_ms = self.now_ms();
             self.resolver.upstream(now_ms)
         } else {
@@ -709,7 +714,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%target, "connect: {e}");
-                self.connect_failed(info, frame, &e);
+                self.connect_failed(info, frame, target, &e);
                 return None;
             }
         };
@@ -812,8 +817,12 @@ impl Engine {
         self.send_rst(&syn);
     }
 
-    /// The guest's connect must fail the way the host's did.
-    fn connect_failed(&mut self, syn: &TcpInfo, frame: &[u8], e: &io::Error) {
+    /// The guest's connect must fail the way the host's did. A refused DNS connection moves
+    /// the forwarder to the next nameserver for the guest's retry.
+    fn connect_failed(&mut self, syn: &TcpInfo, frame: &[u8], target: SocketAddr, e: &io::Error) {
+        if e.kind() == io::ErrorKind::ConnectionRefused && self.is_dns(syn.dst) {
+            self.resolver.failed(target.ip());
+        }
         match e.raw_os_error() {
             Some(libc::ENETUNREACH) => self.send_unreachable(Unreachable::Net, frame),
             Some(libc::EHOSTUNREACH) => self.send_unreachable(Unreachable::Host, frame),
@@ -872,8 +881,9 @@ impl Engine {
                 }
                 quote[ETH_LEN..ETH_LEN + qlen].copy_from_slice(&flow.syn_quote[..qlen]);
                 let quote = &quote[..ETH_LEN + qlen];
+                let target = flow.target;
                 self.remove_tcp(idx);
-                self.connect_failed(&syn, quote, &e);
+                self.connect_failed(&syn, quote, target, &e);
             }
         }
     }
@@ -1001,8 +1011,12 @@ impl Engine {
                 } else {
                     udp::IDLE_MS
                 };
+                let dns = self.is_dns(u.dst);
                 let flow = match UdpFlow::open(&self.net, u.src, u.dst, target, idle) {
-                    Ok(f) => f,
+                    Ok(f) => UdpFlow {
+                        last_query: dns.then(Vec::new),
+                        ..f
+                    },
                     Err(e) => {
                         tracing::debug!(%target, "udp socket: {e}");
                         self.stats.drops.bump(DropReason::Policy);
@@ -1036,6 +1050,10 @@ impl Engine {
                 tracing::debug!(dst = %flow.dst, "udp send: {e}");
                 self.stats.drops.bump(DropReason::Policy);
             }
+        }
+        if let Some(q) = &mut flow.last_query {
+            q.clear();
+            q.extend_from_slice(u.payload);
         }
     }
 
@@ -1089,13 +1107,51 @@ impl Engine {
                     tracing::debug!(dst = %flow.dst, "udp recv: {e}");
                     if e.kind() == io::ErrorKind::ConnectionRefused {
                         let (guest, dst) = (flow.guest, flow.dst);
-                        self.udp_port_unreachable(guest, dst);
+                        if !self.dns_failover(idx) {
+                            self.udp_port_unreachable(guest, dst);
+                        }
                     } else {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// The nameserver behind DNS binding `idx` refused: point the binding at the next one and
+    /// send it the guest's pending query. False if there is no other nameserver to try.
+    fn dns_failover(&mut self, idx: usize) -> bool {
+        let Some(flow) = self.udp.get(idx) else {
+            return false;
+        };
+        let UdpHost::Connected(sock) = &flow.host else {
+            return false;
+        };
+        if flow.last_query.is_none() {
+            return false;
+        }
+        let Ok(refused) = sock.peer_addr() else {
+            return false;
+        };
+        let dst = flow.dst;
+        let Some(next) = self.resolver.failed(refused.ip()) else {
+            return false;
+        };
+        let Verdict::Connect(target) = self.nat.translate(dst, Some(next)) else {
+            return false;
+        };
+        let Some(flow) = self.udp.get_mut(idx) else {
+            return false;
+        };
+        let (UdpHost::Connected(sock), Some(query)) = (&flow.host, &flow.last_query) else {
+            return false;
+        };
+        // A nameserver of the other family needs another socket: the guest's retry gets one.
+        if sock.connect(target).is_err() || sock.send(query).is_err() {
+            return false;
+        }
+        flow.datagrams_out += 1;
+        true
     }
 
     /// Send the `len` bytes at `self.out[UDP_PAYLOAD..]` to the guest as a datagram.

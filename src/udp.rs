@@ -48,6 +48,9 @@ pub struct UdpFlow {
     pub idle_ms: u64,
     pub datagrams_out: u64,
     pub datagrams_in: u64,
+    /// DNS bindings: the guest's latest query, re-sent to the next nameserver if the current
+    /// one refuses it (see `dns`). `None` for other bindings.
+    pub last_query: Option<Vec<u8>>,
 }
 
 /// Create a host socket for a binding: bound per `--outbound-addr`, connected to `target`.
@@ -107,6 +110,7 @@ impl UdpFlow {
             idle_ms,
             datagrams_out: 0,
             datagrams_in: 0,
+            last_query: None,
         })
     }
 }

@@ -348,6 +348,42 @@ fn dns_forwarder_udp_and_tcp() {
     assert_eq!(dns_tcp(&guest, dns, "tapwire.test"), Ok(want), "TCP query");
 }
 
+/// The first nameserver refuses (nothing listens on 127.0.0.2:53): the forwarder moves to the
+/// next one and re-sends the pending query, so the guest's first try is answered.
+#[test]
+fn dns_fails_over_to_the_next_nameserver() {
+    if !preflight(&["dnsmasq"]) || !tapwire_only("DNS failover") {
+        return;
+    }
+    let host = HostNs::new();
+    // Rewritten in place: /etc/resolv.conf of the host namespace is a bind mount of this file.
+    std::fs::write(
+        host.dir.join("resolv.conf"),
+        "nameserver 127.0.0.2\nnameserver 127.0.0.1\n",
+    )
+    .unwrap();
+    let _dns = host.dnsmasq();
+    let guest = host.guest();
+    let _d = Daemon::with_args(&host, &guest, &[]);
+    let want = vec![std::net::Ipv4Addr::new(10, 9, 8, 7)];
+    let dns: SocketAddr = SocketAddrV4::new(DNS, 53).into();
+    // One try with a generous timeout: without failover the refusal comes back as ICMP port
+    // unreachable and the query fails.
+    let s = guest.udp_to(dns);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.send(&dns_query("tapwire.test", 0x4242)).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf).expect("an answer to the first query");
+    assert_eq!(dns_answers(&buf[..n], 0x4242), Ok(want.clone()), "UDP");
+    // Later queries, UDP and TCP, go straight to the working nameserver.
+    assert_eq!(
+        dns_tcp(&guest, dns, "tapwire.test"),
+        Ok(want.clone()),
+        "TCP"
+    );
+    assert_eq!(dns_udp(&guest, dns, "tapwire.test"), Ok(want), "UDP again");
+}
+
 #[test]
 fn dns_disabled() {
     if !preflight(&["dnsmasq"]) {
