@@ -223,6 +223,8 @@ pub struct Engine {
     /// When the last router advertisement went out (unsolicited ones every minute).
     last_ra_ms: Option<u64>,
     ip_ident: u16,
+    /// Identification of the IPv6 datagrams we fragment.
+    frag_ident6: u32,
     exit: Option<i32>,
 }
 
@@ -337,6 +339,7 @@ impl Engine {
             last_sweep_ms: 0,
             last_ra_ms: None,
             ip_ident: 0,
+            frag_ident6: 0,
             exit: None,
             net,
         })
@@ -576,11 +579,20 @@ impl Engine {
 
     /// Write `self.out[..len]` to the guest, fragmenting if it exceeds the MTU.
     fn send_out(&mut self, len: usize) {
+        let ident6 = if self.out.get(12..14) == Some(&[0x86, 0xdd]) && len > self.mtu + ETH_LEN {
+            self.frag_ident6 = self.frag_ident6.wrapping_add(1);
+            Some(self.frag_ident6)
+        } else {
+            None
+        };
         let stats = &mut self.stats.device;
         let tap = &self.tap;
-        wire::fragment(&self.out[..len], self.mtu, &mut self.scratch, |f| {
-            stack::write_frame(tap, f, stats)
-        });
+        let frame = &self.out[..len];
+        let emit = |f: &[u8]| stack::write_frame(tap, f, stats);
+        match ident6 {
+            Some(ident) => wire::fragment6(frame, self.mtu, ident, &mut self.scratch, emit),
+            None => wire::fragment(frame, self.mtu, &mut self.scratch, emit),
+        }
     }
 
     fn next_ident(&mut self) -> u16 {
