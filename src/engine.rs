@@ -147,6 +147,10 @@ struct TcpSlot {
     /// The MSS the guest announced (with offloads, smoltcp is told a bigger one and this is
     /// the segment size of the TSO frames it sends; `u16::MAX`: the MTU decides).
     mss: u16,
+    /// When the guest's last segment on this flow arrived (engine clock, microseconds).
+    last_guest_us: i64,
+    /// Since when we wait for the guest (see [`TcpSlot::guest_deadline`]).
+    waiting_since_us: Option<i64>,
 }
 
 impl TcpSlot {
@@ -161,6 +165,8 @@ impl TcpSlot {
             flow: flow(handle),
             sockets,
             mss: u16::MAX,
+            last_guest_us: 0,
+            waiting_since_us: None,
         }
     }
 
@@ -168,6 +174,28 @@ impl TcpSlot {
     fn pump(&mut self) -> Outcome {
         let sock = self.sockets.get_mut::<tcp::Socket>(self.flow.handle);
         self.flow.pump(sock)
+    }
+
+    fn state(&self) -> tcp::State {
+        self.sockets.get::<tcp::Socket>(self.flow.handle).state()
+    }
+
+    /// When the guest must have sent something by (see [`TcpFlow::guest_timeout`]), counted
+    /// from its last segment or from when we started waiting, whichever is later. A deadline
+    /// already past gives up on the flow (its RST goes out with the next transmit).
+    fn guest_deadline(&mut self, now_us: i64) -> Option<i64> {
+        let sock = self.sockets.get_mut::<tcp::Socket>(self.flow.handle);
+        let Some(limit) = self.flow.guest_timeout(sock) else {
+            self.waiting_since_us = None;
+            return None;
+        };
+        let since = *self.waiting_since_us.get_or_insert(now_us);
+        let deadline = since.max(self.last_guest_us) + limit.total_micros() as i64;
+        if now_us >= deadline {
+            self.flow.give_up(sock);
+            return None;
+        }
+        Some(deadline)
     }
 }
 
@@ -270,14 +298,13 @@ impl Engine {
             .map_err(EngineError::Setup)?;
         }
 
-        let offload = net.offload
-            && match tap.set_offload() {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("TUNSETOFFLOAD: {e}; running without TSO/checksum offload");
-                    false
-                }
-            };
+        let offload = match tap.set_offload(net.offload) {
+            Ok(()) => net.offload,
+            Err(e) => {
+                tracing::warn!("TUNSETOFFLOAD: {e}; running without TSO/checksum offload");
+                false
+            }
+        };
         let mtu = net.mtu as usize;
         let frame_len = mtu + ETH_LEN;
         // With offloads, the guest sends and takes TCP frames of up to 64 KiB.
@@ -304,7 +331,8 @@ impl Engine {
             tap,
             iface,
             no_sockets: stack::new_socket_set(),
-            rx: vec![0u8; big_frame],
+            // Even without offloads: a device someone else left in TSO mode still sends them.
+            rx: vec![0u8; vnet::MAX_FRAME],
             tx,
             out: vec![0u8; 65_536 + UDP_PAYLOAD],
             scratch: vec![0u8; frame_len],
@@ -495,7 +523,15 @@ impl Engine {
         match class {
             Class::Drop(DropReason::Fragment) => self.fragment_from_guest(frame),
             Class::Drop(reason) => self.stats.drops.bump(reason),
-            Class::Stack => self.ingress(frame, None),
+            Class::Stack => {
+                self.ingress(frame, None);
+                if frame.get(12..14) != Some(&[0x08, 0x00]) {
+                    // ARP or neighbor discovery: flows that waited for the guest's MAC (smoltcp
+                    // retries a second later) can transmit now.
+                    let soon = self.now().total_micros() + 1_000_000;
+                    self.sched.expire(soon);
+                }
+            }
             Class::Tcp(info) => self.tcp_from_guest(&info, frame),
             Class::Udp(u) => self.udp_from_guest(&u, frame),
             Class::Echo(e) => self.echo_from_guest(&e),
@@ -550,6 +586,7 @@ impl Engine {
         };
         match idx.and_then(|i| self.tcp.get_mut(i)) {
             Some(slot) => {
+                slot.last_guest_us = now.total_micros();
                 self.iface
                     .poll_ingress_single(now, &mut dev, &mut slot.sockets);
             }
@@ -920,6 +957,7 @@ impl Engine {
             self.remove_tcp(idx);
             return;
         }
+        let deadline = slot.guest_deadline(now.total_micros());
         let mut dev = TapDevice {
             mss: slot.mss,
             ..TapDevice::new(
@@ -936,13 +974,24 @@ impl Engine {
                 break;
             }
         }
-        if slot.flow.phase == Phase::Aborted {
-            // The RST is out.
-            self.remove_tcp(idx);
-            return;
+        // The RST of an aborted flow is out. smoltcp may also have closed the socket while
+        // transmitting (a TIME-WAIT that ran out): nothing else would wake the flow, so let it
+        // see that now.
+        if slot.flow.phase == Phase::Aborted || slot.state() == tcp::State::Closed {
+            if slot.pump() == Outcome::Remove {
+                self.remove_tcp(idx);
+                return;
+            }
         }
-        if let Some(at) = self.iface.poll_at(now, &slot.sockets) {
-            self.sched.schedule(idx, at.total_micros());
+        // A paused SYN-ACK (host connect pending) makes smoltcp ask for a poll at once,
+        // forever: such a flow waits for its host socket or the guest instead.
+        if slot.flow.phase != Phase::Connecting {
+            if let Some(at) = self.iface.poll_at(now, &slot.sockets) {
+                self.sched.schedule(idx, at.total_micros());
+            }
+        }
+        if let Some(at) = deadline {
+            self.sched.schedule(idx, at);
         }
     }
 

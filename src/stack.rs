@@ -231,9 +231,8 @@ pub fn new_tcp_socket_unbound(buffer: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(rx, tx);
     s.set_ack_delay(None);
     s.set_nagle_enabled(false);
-    // Until the handshake completes; then `TcpFlow::pump` arms it only while something waits
-    // for the guest's acknowledgement (see `tcp::GUEST_ACK_TIMEOUT`).
-    s.set_timeout(Some(crate::tcp::GUEST_ACK_TIMEOUT));
+    // No smoltcp timeout: it counts from the peer's last segment even across idle periods.
+    // The engine enforces `tcp::TcpFlow::guest_timeout` instead.
     s
 }
 

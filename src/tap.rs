@@ -168,10 +168,15 @@ impl Tap {
         Ok(())
     }
 
-    /// Enable checksum and TCP segmentation offload (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`):
-    /// the guest may then send and must accept what [`crate::vnet`] describes.
-    pub fn set_offload(&self) -> io::Result<()> {
-        let flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+    /// Enable (or, with `on` false, disable) checksum and TCP segmentation offload
+    /// (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`): the guest may then send and must accept what
+    /// [`crate::vnet`] describes. The setting belongs to the device, not to this fd.
+    pub fn set_offload(&self, on: bool) -> io::Result<()> {
+        let flags = if on {
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        } else {
+            0
+        };
         // SAFETY: the fd is an open TAP owned by `self`; TUNSETOFFLOAD takes an unsigned int
         // argument by value.
         let rc = unsafe {

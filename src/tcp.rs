@@ -26,8 +26,11 @@
 //!   the host's EOF becomes smoltcp `close()` (a FIN after queued data).
 //! - **Reset**: a guest RST closes the host socket with SO_LINGER 0 (a RST to the host peer);
 //!   a host reset or error aborts the smoltcp socket (a RST to the guest).
-//! - **Timeout**: a guest that leaves our data or FIN unacknowledged for
-//!   [`GUEST_ACK_TIMEOUT`] is reset; an idle connection lives as long as both ends keep it.
+//! - **Timeout**: a guest that stays silent for [`GUEST_ACK_TIMEOUT`] while our data or FIN
+//!   waits for its acknowledgement, or for [`HANDSHAKE_TIMEOUT`] during a handshake, is given
+//!   up on ([`TcpFlow::guest_timeout`], enforced by the engine's clock: smoltcp's own timeout
+//!   counts from the peer's last segment even across idle periods, so it would reset the first
+//!   FIN after a long silence). An idle connection lives as long as both ends keep it.
 //!
 //! Host readiness is edge-triggered: `host_readable`/`host_writable` remember readiness until
 //! a call returns `WouldBlock` (or a read comes back shorter than the space offered, which
@@ -43,12 +46,13 @@ use std::net::{Shutdown, SocketAddr};
 use smoltcp::socket::tcp::{self, RecvError, State};
 use smoltcp::time::Duration;
 
-/// How long the guest may leave our data or FIN unacknowledged before the flow is reset (about
-/// what Linux's `tcp_retries2` gives). Idle connections have no limit: smoltcp's timeout
-/// counts from the peer's last segment even with nothing outstanding, so it is armed only
-/// while something is outstanding (see [`TcpFlow::pump`]); a paused container keeps its idle
-/// connections, as with slirp4netns.
+/// How long the guest may stay silent while our data or FIN waits for its acknowledgement
+/// before the flow is reset (about what Linux's `tcp_retries2` gives). Idle connections have
+/// no limit: a paused container keeps them, as with slirp4netns.
 pub const GUEST_ACK_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a handshake with the guest may take (our SYN to a guest that drops it, our
+/// SYN-ACK that it never acknowledges).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the proxy needs from a host connection.
 pub trait HostStream: Read + Write {
@@ -153,17 +157,12 @@ impl<H: HostStream> TcpFlow<H> {
         ) {
             self.guest_fin_seen = true;
         }
-        let outstanding = sock.send_queue() > 0
-            || matches!(state, State::FinWait1 | State::Closing | State::LastAck);
-        let timeout = outstanding.then_some(GUEST_ACK_TIMEOUT);
-        if sock.timeout() != timeout {
-            sock.set_timeout(timeout);
-        }
         match state {
             State::Closed | State::TimeWait if self.guest_fin_seen => {
                 // Graceful: both FINs. Keep the flow until everything the guest sent has been
-                // written to the host (the host socket may be full right now).
-                if sock.recv_queue() == 0 && self.guest_fin {
+                // written to the host (the host socket may be full right now). A TIME-WAIT
+                // that ran out (Closed) has discarded the ring: nothing is left to write.
+                if sock.recv_queue() == 0 && (self.guest_fin || state == State::Closed) {
                     Outcome::Remove
                 } else {
                     Outcome::Keep
@@ -176,6 +175,26 @@ impl<H: HostStream> TcpFlow<H> {
             }
             _ => Outcome::Keep,
         }
+    }
+
+    /// How long the guest may stay silent now: `None` when we wait for nothing from it (an
+    /// idle connection, or a flow whose host connect is still pending).
+    pub fn guest_timeout(&self, sock: &tcp::Socket<'_>) -> Option<Duration> {
+        if self.phase != Phase::Open {
+            return None;
+        }
+        match sock.state() {
+            State::SynSent | State::SynReceived => Some(HANDSHAKE_TIMEOUT),
+            State::FinWait1 | State::Closing | State::LastAck => Some(GUEST_ACK_TIMEOUT),
+            _ if sock.send_queue() > 0 => Some(GUEST_ACK_TIMEOUT),
+            _ => None,
+        }
+    }
+
+    /// The guest stayed silent past [`guest_timeout`](Self::guest_timeout): reset both sides.
+    pub fn give_up(&mut self, sock: &mut tcp::Socket<'_>) {
+        tracing::debug!(guest = %self.guest, dst = %self.dst, state = %sock.state(), "guest silent; resetting");
+        self.abort(sock);
     }
 
     fn abort(&mut self, sock: &mut tcp::Socket<'_>) -> Outcome {

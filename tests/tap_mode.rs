@@ -1657,6 +1657,49 @@ fn syn_flood_then_service() {
     );
 }
 
+/// A guest connection whose host connect hangs (a destination that never answers) costs no
+/// CPU while it waits: smoltcp asks for an immediate poll of a socket whose SYN-ACK is held
+/// back, which once made the daemon spin at 100% until the host connect gave up.
+#[test]
+fn pending_host_connect_does_not_spin() {
+    if !preflight(&[]) || !tapwire_only("CPU while a host connect is pending") {
+        return;
+    }
+    let host = HostNs::new();
+    let _peer = host.peer();
+    host.sh("ip route add 192.168.66.0/24 via 192.168.77.2")
+        .ok();
+    let guest = host.guest();
+    let d = Daemon::with_args(&host, &guest, &[]);
+    let ticks = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = s[s.rfind(')').unwrap() + 2..].split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    std::thread::scope(|sc| {
+        let guest = &guest;
+        let pending = sc.spawn(move || {
+            guest.connect(
+                SocketAddr::from(([192, 168, 66, 1], 80)),
+                Duration::from_secs(6),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let t0 = ticks(d.pid());
+        std::thread::sleep(Duration::from_secs(3));
+        let used = ticks(d.pid()) - t0;
+        // 3 s at 100 Hz: a spinning daemon shows ~300 ticks, an idle one ~0.
+        assert!(
+            used <= 30,
+            "daemon used {used} CPU ticks in 3 s with one pending connect"
+        );
+        assert!(
+            pending.join().unwrap().is_err(),
+            "the blackholed connect cannot succeed"
+        );
+    });
+}
+
 /// SYNs to a destination that never answers (routed to the peer, which does not forward: the
 /// host's connects hang until the kernel gives up, 1-2 minutes) must not starve other
 /// connections: past `MAX_CONNECTING` (1024) pending host connects, the oldest is abandoned
