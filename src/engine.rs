@@ -977,11 +977,11 @@ impl Engine {
         // The RST of an aborted flow is out. smoltcp may also have closed the socket while
         // transmitting (a TIME-WAIT that ran out): nothing else would wake the flow, so let it
         // see that now.
-        if slot.flow.phase == Phase::Aborted || slot.state() == tcp::State::Closed {
-            if slot.pump() == Outcome::Remove {
-                self.remove_tcp(idx);
-                return;
-            }
+        if (slot.flow.phase == Phase::Aborted || slot.state() == tcp::State::Closed)
+            && slot.pump() == Outcome::Remove
+        {
+            self.remove_tcp(idx);
+            return;
         }
         // A paused SYN-ACK (host connect pending) makes smoltcp ask for a poll at once,
         // forever: such a flow waits for its host socket or the guest instead.
