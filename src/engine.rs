@@ -1058,6 +1058,11 @@ impl Engine {
         let now_ms = self.now_ms();
         let idx = match self.udp.find(&key) {
             Some(idx) => idx,
+            None if self.udp.len() >= udp::MAX_FLOWS => {
+                // Full (a flood of new destinations): refuse before paying for a host socket.
+                self.stats.drops.bump(DropReason::Policy);
+                return;
+            }
             None => {
                 let resolver = self.resolver_for(u.dst);
                 let target = match self.nat.translate(u.dst, resolver) {
