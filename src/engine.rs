@@ -63,6 +63,20 @@ use crate::wire::{
     UdpInfo, Unreachable, ETH_LEN, ICMP_OFFSET, L2, UDP_PAYLOAD,
 };
 
+/// The smoltcp device over the engine's TAP fields. A macro, not a method: the borrows must
+/// stay disjoint from `self.iface` and the flow table used alongside it.
+macro_rules! tap_device {
+    ($e:expr) => {
+        TapDevice::new(
+            &$e.tap,
+            &mut $e.tx,
+            &mut $e.stats.device,
+            $e.mtu,
+            $e.offload,
+        )
+    };
+}
+
 mod control_plane;
 mod forward;
 mod schedule;
@@ -576,13 +590,7 @@ impl Engine {
         let now = self.now();
         let mut dev = TapDevice {
             rx: Some(frame),
-            ..TapDevice::new(
-                &self.tap,
-                &mut self.tx,
-                &mut self.stats.device,
-                self.mtu,
-                self.offload,
-            )
+            ..tap_device!(self)
         };
         match idx.and_then(|i| self.tcp.get_mut(i)) {
             Some(slot) => {
@@ -603,13 +611,7 @@ impl Engine {
     /// Interface housekeeping and anything it queued outside the flows' sockets.
     fn egress(&mut self) {
         let now = self.now();
-        let mut dev = TapDevice::new(
-            &self.tap,
-            &mut self.tx,
-            &mut self.stats.device,
-            self.mtu,
-            self.offload,
-        );
+        let mut dev = tap_device!(self);
         self.iface.poll_maintenance(now);
         self.iface.poll_egress(now, &mut dev, &mut self.no_sockets);
     }
@@ -960,13 +962,7 @@ impl Engine {
         let deadline = slot.guest_deadline(now.total_micros());
         let mut dev = TapDevice {
             mss: slot.mss,
-            ..TapDevice::new(
-                &self.tap,
-                &mut self.tx,
-                &mut self.stats.device,
-                self.mtu,
-                self.offload,
-            )
+            ..tap_device!(self)
         };
         // Each pass emits at most one segment; stop when a pass emits nothing.
         for _ in 0..4096 {

@@ -483,42 +483,12 @@ fn udp6_replies_larger_than_the_mtu_are_fragmented() {
         .host
         .in_ns(|| UdpSocket::bind((Ipv6Addr::LOCALHOST, 20625)))
         .expect("host udp [::1]:20625");
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let server = task("big replies", move || {
-        let mut buf = [0u8; 64];
-        let mut served = 0;
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let size: usize = std::str::from_utf8(&buf[..n]).unwrap().parse().unwrap();
-            sock.send_to(&random_bytes(size, size as u64), from)
-                .unwrap();
-            served += 1;
-            if size == 0 {
-                break;
-            }
-        }
-        served
-    });
+    let server = serve_udp_big_replies(sock);
     let s = guest_udp6_to(&w.guest, sa(GW6, 20625));
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = vec![0u8; 65536];
     for size in [1452, 1500, 4000, 9000, 30000] {
-        let mut got = None;
-        for _ in 0..3 {
-            s.send(size.to_string().as_bytes()).unwrap();
-            if let Ok(k) = s.recv(&mut buf) {
-                got = Some(k);
-                break;
-            }
-        }
-        let k = got.unwrap_or_else(|| panic!("no {size}-byte reply over IPv6 after 3 tries"));
-        assert_eq!(k, size, "reply length");
-        assert!(
-            buf[..k] == random_bytes(size, size as u64)[..],
-            "reply bytes"
-        );
+        check_big_udp_reply(&s, size, &mut buf);
     }
-    s.send(b"0").unwrap();
     assert!(server.join(SETUP_TIMEOUT) >= 5);
 }
 

@@ -1088,21 +1088,6 @@ fn ping_proxied_to_peer() {
 // ---- 17. UDP datagrams bigger than the MTU ---------------------------------------------------
 
 /// Host-side server: a datagram "N" is answered with N pseudo-random bytes (seed N).
-fn serve_udp_big_replies(sock: std::net::UdpSocket) -> Task<usize> {
-    task("udp-big-replies", move || {
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        while let Ok((k, from)) = sock.recv_from(&mut buf) {
-            let size: usize = String::from_utf8_lossy(&buf[..k]).parse().unwrap();
-            sock.send_to(&random_bytes(size, size as u64), from)
-                .unwrap();
-            n += 1;
-        }
-        n
-    })
-}
-
 #[test]
 fn udp_large_datagram_fragmented() {
     if !preflight(&[]) {
@@ -1118,24 +1103,7 @@ fn udp_large_datagram_fragmented() {
     let mut buf = vec![0u8; 70_000];
     for size in [1473usize, 4000, 8000, 65_507] {
         // One socket per size, so a late reply to an earlier try cannot be mistaken.
-        let s = guest.udp_to(gw(20160));
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let want = random_bytes(size, size as u64);
-        let mut got = None;
-        for _ in 0..3 {
-            s.send(size.to_string().as_bytes()).unwrap();
-            if let Ok(k) = s.recv(&mut buf) {
-                got = Some(k);
-                break;
-            }
-        }
-        let k = got.unwrap_or_else(|| panic!("no {size} B reply reached the guest (3 tries)"));
-        assert_eq!(k, size, "size of the reply datagram");
-        assert_eq!(
-            sha256_hex(&buf[..k]),
-            sha256_hex(&want),
-            "{size} B reply corrupted"
-        );
+        check_big_udp_reply(&guest.udp_to(gw(20160)), size, &mut buf);
     }
     assert!(server.join(SETUP_TIMEOUT) >= 4);
     // Guest -> host above the MTU is udp_large_datagram_from_guest's job. Only report it here.
@@ -1657,6 +1625,15 @@ fn syn_flood_then_service() {
     );
 }
 
+/// Route 192.168.66.0/24 to the peer, which does not forward: connects there hang until the
+/// kernel gives up (1-2 minutes). Keep the returned peer alive.
+fn route_to_blackhole(host: &HostNs) -> Peer {
+    let peer = host.peer();
+    host.sh("ip route add 192.168.66.0/24 via 192.168.77.2")
+        .ok();
+    peer
+}
+
 /// A guest connection whose host connect hangs (a destination that never answers) costs no
 /// CPU while it waits: smoltcp asks for an immediate poll of a socket whose SYN-ACK is held
 /// back, which once made the daemon spin at 100% until the host connect gave up.
@@ -1666,9 +1643,7 @@ fn pending_host_connect_does_not_spin() {
         return;
     }
     let host = HostNs::new();
-    let _peer = host.peer();
-    host.sh("ip route add 192.168.66.0/24 via 192.168.77.2")
-        .ok();
+    let _peer = route_to_blackhole(&host);
     let guest = host.guest();
     let d = Daemon::with_args(&host, &guest, &[]);
     let ticks = |pid: u32| -> u64 {
@@ -1711,9 +1686,7 @@ fn syn_flood_to_blackhole_keeps_service() {
         return;
     }
     let host = HostNs::new();
-    let _peer = host.peer();
-    host.sh("ip route add 192.168.66.0/24 via 192.168.77.2")
-        .ok();
+    let _peer = route_to_blackhole(&host);
     let guest = host.guest();
     let d = Daemon::with_args(&host, &guest, &[]);
     let out = guest

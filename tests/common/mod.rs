@@ -1302,6 +1302,45 @@ pub fn check_download(guest: &Guest, listener: TcpListener, target: SocketAddr, 
     );
 }
 
+/// A server task on `sock` that answers a datagram holding a decimal size with that many bytes
+/// of `random_bytes(size, size)`, until 3 s pass with nothing; returns how many it answered.
+pub fn serve_udp_big_replies(sock: UdpSocket) -> Task<usize> {
+    task("udp-big-replies", move || {
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while let Ok((k, from)) = sock.recv_from(&mut buf) {
+            let size: usize = String::from_utf8_lossy(&buf[..k]).parse().unwrap();
+            sock.send_to(&random_bytes(size, size as u64), from)
+                .unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// Ask a [`serve_udp_big_replies`] server reached by the connected socket `s` for a `size`-byte
+/// reply (3 tries of 2 s) and check its length and sha256.
+#[track_caller]
+pub fn check_big_udp_reply(s: &UdpSocket, size: usize, buf: &mut [u8]) {
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = None;
+    for _ in 0..3 {
+        s.send(size.to_string().as_bytes()).unwrap();
+        if let Ok(k) = s.recv(buf) {
+            got = Some(k);
+            break;
+        }
+    }
+    let k = got.unwrap_or_else(|| panic!("no {size} B reply reached the guest (3 tries)"));
+    assert_eq!(k, size, "size of the reply datagram");
+    assert_eq!(
+        sha256_hex(&buf[..k]),
+        sha256_hex(&random_bytes(size, size as u64)),
+        "{size} B reply corrupted"
+    );
+}
+
 /// UDP echo server task on `sock`: echoes every datagram until `quiet` passes with nothing.
 pub fn serve_udp_echo(sock: UdpSocket, quiet: Duration) -> Task<usize> {
     task("udp-echo", move || {
