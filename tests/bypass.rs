@@ -1322,35 +1322,9 @@ fn bypass_as_unprivileged_user() {
         return;
     }
     let host = HostNs::new();
-    let tun = host.dir.join("tun");
-    host.sh(&format!(
-        "mknod -m 0666 {t} c 10 200 && mount --bind {t} /dev/net/tun",
-        t = tun.display()
-    ))
-    .ok();
-    let probe = run(
-        host.cmd("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["unshare", "--user", "--map-root-user", "--net", "true"]),
-        RUN_TIMEOUT,
-    );
-    if !probe.success() {
-        skip(&format!(
-            "unprivileged user namespaces are not allowed here: {probe}"
-        ));
+    let Some(exe) = host.unprivileged_binary() else {
         return;
-    }
-    let exe = host.dir.join("tapwire");
-    // cp, not std::fs::copy: a child forked meanwhile by a parallel test would inherit our
-    // write fd on the copy until it execs, and executing the copy then fails with ETXTBSY.
-    run(
-        std::process::Command::new("cp").arg(bin()).arg(&exe),
-        SETUP_TIMEOUT,
-    )
-    .ok();
-    for p in [host.dir.path(), exe.as_path()] {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
+    };
     let port = 22095;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));

@@ -1265,25 +1265,9 @@ fn rootless_run_mode_is_sandboxed_and_bypass_still_works() {
         return;
     }
     let host = HostNs::new();
-    // Only inside the host's private mount namespace: a world-usable /dev/net/tun.
-    let tun = host.dir.join("tun");
-    host.sh(&format!(
-        "mknod -m 0666 {t} c 10 200 && mount --bind {t} /dev/net/tun",
-        t = tun.display()
-    ))
-    .ok();
-    let exe = host.dir.join("tapwire");
-    // cp, not std::fs::copy: a child forked meanwhile by a parallel test would inherit our
-    // write fd on the copy until it execs, and executing the copy then fails with ETXTBSY.
-    run(
-        std::process::Command::new("cp").arg(bin()).arg(&exe),
-        SETUP_TIMEOUT,
-    )
-    .ok();
-    use std::os::unix::fs::PermissionsExt;
-    for p in [host.dir.path(), exe.as_path()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let Some(exe) = host.unprivileged_binary() else {
+        return;
+    };
     let l = host.listen(24400);
     let server = task("rootless-server", move || {
         for _ in 0..2 {

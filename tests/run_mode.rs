@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -184,38 +183,9 @@ fn run_mode_as_unprivileged_user() {
         return;
     }
     let host = HostNs::new();
-    // Only inside the host's private mount namespace: a world-usable /dev/net/tun.
-    let tun = host.dir.join("tun");
-    host.sh(&format!(
-        "mknod -m 0666 {t} c 10 200 && mount --bind {t} /dev/net/tun",
-        t = tun.display()
-    ))
-    .ok();
-    let probe = run(
-        host.cmd("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["unshare", "--user", "--map-root-user", "--net", "true"]),
-        RUN_TIMEOUT,
-    );
-    if !probe.success() {
-        skip(&format!(
-            "unprivileged user namespaces are not allowed here: {probe}"
-        ));
+    let Some(exe) = host.unprivileged_binary() else {
         return;
-    }
-    // A copy of the binary that uid 65534 can surely execute (the checkout may be under a
-    // private home directory).
-    let exe = host.dir.join("tapwire");
-    // cp, not std::fs::copy: a child forked meanwhile by a parallel test would inherit our
-    // write fd on the copy until it execs, and executing the copy then fails with ETXTBSY.
-    run(
-        std::process::Command::new("cp").arg(bin()).arg(&exe),
-        SETUP_TIMEOUT,
-    )
-    .ok();
-    for p in [host.dir.path(), exe.as_path()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    };
     let l = host.listen(21020);
     let server = task("unpriv-server", move || {
         let (mut s, _) = accept_timeout(&l, RUN_TIMEOUT).expect("accept");

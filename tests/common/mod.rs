@@ -506,6 +506,40 @@ impl HostNs {
         self.holder.pid()
     }
 
+    /// Prepare this host namespace for tests as uid 65534: a world-usable /dev/net/tun (only
+    /// inside our private mount namespace) and a copy of the binary under test that uid 65534
+    /// can execute (the checkout may be under a private home directory). Returns the copy, or
+    /// `None` (after [`skip`]) where unprivileged user namespaces are not allowed.
+    pub fn unprivileged_binary(&self) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let tun = self.dir.join("tun");
+        self.sh(&format!(
+            "mknod -m 0666 {t} c 10 200 && mount --bind {t} /dev/net/tun",
+            t = tun.display()
+        ))
+        .ok();
+        let probe = run(
+            self.cmd("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .args(["unshare", "--user", "--map-root-user", "--net", "true"]),
+            SETUP_TIMEOUT,
+        );
+        if !probe.success() {
+            skip(&format!(
+                "unprivileged user namespaces are not allowed here: {probe}"
+            ));
+            return None;
+        }
+        let exe = self.dir.join("tapwire");
+        // cp, not std::fs::copy: a child forked meanwhile by a parallel test would inherit our
+        // write fd on the copy until it execs, and executing the copy then fails with ETXTBSY.
+        run(Command::new("cp").arg(bin()).arg(&exe), SETUP_TIMEOUT).ok();
+        for p in [self.dir.path(), exe.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Some(exe)
+    }
+
     /// A command that runs in this host namespace (net + mount, so it sees our resolv.conf).
     pub fn cmd(&self, prog: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("nsenter");
