@@ -53,28 +53,8 @@ PY=$(command -v python3)
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
 # ---- re-exec inside a private host namespace ------------------------------------------------
-if [ -z "${TAPWIRE_BENCH_INNER:-}" ]; then
-	export TAPWIRE_BENCH_INNER=1
-	exec unshare --net --mount --propagation private -- "$BASH" "$0" "${ORIG_ARGS[@]}"
-fi
-
-WORK=$(mktemp -d /tmp/tapwire-bench-bypass.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ip link set lo up
-echo "nameserver 127.0.0.1" >"$WORK/resolv.conf"
-mount --bind "$WORK/resolv.conf" /etc/resolv.conf
-if ip -4 route show | grep -q default || ip -6 route show | grep -q default; then
-	die "private namespace unexpectedly has a default route"
-fi
+source "$(dirname "$0")/bench/private-ns.sh"
+enter_private_ns "${ORIG_ARGS[@]}"
 
 listening() { ss -Hltn "sport = :$1" | grep -q .; }
 wait_listen() {

@@ -54,29 +54,8 @@ done
 case "$DURATION" in '' | *[!0-9]*) die "-t needs whole seconds" ;; esac
 
 # ---- step 1: re-exec inside a private host namespace ------------------------------------
-if [ -z "${TAPWIRE_BENCH_INNER:-}" ]; then
-	# Relative paths (the default ./target/release/tapwire) stay valid: unshare keeps the cwd.
-	export TAPWIRE_BENCH_INNER=1
-	exec unshare --net --mount --propagation private -- "$BASH" "$0" "${ORIG_ARGS[@]}"
-fi
-
-WORK=$(mktemp -d /tmp/tapwire-bench.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ip link set lo up
-echo "nameserver 127.0.0.1" >"$WORK/resolv.conf"
-mount --bind "$WORK/resolv.conf" /etc/resolv.conf
-if ip -4 route show | grep -q default || ip -6 route show | grep -q default; then
-	die "private namespace unexpectedly has a default route"
-fi
+source "$(dirname "$0")/bench/private-ns.sh"
+enter_private_ns "${ORIG_ARGS[@]}"
 
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -147,22 +126,7 @@ start_slirp_like() {
 
 has_guest_addr() { in_guest ip -o -4 addr show | grep -q 'inet 10\.0\.2\.100/'; }
 
-# pasta refuses to run as root: the guest and pasta run as nobody, with a world-usable
-# /dev/net/tun bind-mounted in this private mount namespace only. pasta needs a template
-# interface; a veth pair (no default route) serves.
-PASTA_READY=0
-prepare_pasta() {
-	[ "$PASTA_READY" = 1 ] && return 0
-	ip link add twbench0 type veth peer name twbench1
-	ip addr add 10.200.0.1/24 dev twbench0
-	ip link set twbench0 up
-	ip link set twbench1 up
-	mknod -m 0666 "$WORK/tun" c 10 200
-	mount --bind "$WORK/tun" /dev/net/tun
-	PASTA_READY=1
-}
-
-NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups --)
+# prepare_pasta and NOBODY: scripts/bench/private-ns.sh.
 
 start_pasta() {
 	local mtu=$1

@@ -108,29 +108,8 @@ case "$ROUNDS$DUR" in *[!0-9]*) die "--rounds and -t take whole numbers" ;; esac
 [ "$ROUNDS" -ge 1 ] || die "--rounds must be >= 1"
 
 # ---- step 1: re-exec inside a private host namespace --------------------------------------
-if [ -z "${TAPWIRE_BENCH_INNER:-}" ]; then
-	export TAPWIRE_BENCH_INNER=1
-	exec unshare --net --mount --propagation private -- "$BASH" "$0" "${ORIG_ARGS[@]}"
-fi
-
-WORK=$(mktemp -d /tmp/tapwire-bench.XXXXXX)
-chmod 0755 "$WORK"
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	if [ "$KEEP" = 1 ]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ip link set lo up
-echo "nameserver 127.0.0.1" >"$WORK/resolv.conf"
-mount --bind "$WORK/resolv.conf" /etc/resolv.conf
-if ip -4 route show | grep -q default || ip -6 route show | grep -q default; then
-	die "private namespace unexpectedly has a default route"
-fi
+source "$HERE/bench/private-ns.sh"
+enter_private_ns "${ORIG_ARGS[@]}"
 # Per-namespace knobs for connection-rate tests (this namespace only).
 echo "1024 65000" >/proc/sys/net/ipv4/ip_local_port_range
 echo 1 >/proc/sys/net/ipv4/tcp_tw_reuse
@@ -246,21 +225,7 @@ PIDS+=($!)
 wait_for "host twb server" 10 host_listening 7000 || die "twb serve did not start"
 wait_for "host sockperf server" 10 host_listening 11111 || die "sockperf server did not start"
 
-# pasta refuses root: pasta and its guest run as nobody, with a world-usable /dev/net/tun
-# bind-mounted in this private mount namespace only, and a template interface (a veth pair
-# with no route to anywhere).
-NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups --)
-PASTA_READY=0
-prepare_pasta() {
-	[ "$PASTA_READY" = 1 ] && return 0
-	ip link add twbench0 type veth peer name twbench1
-	ip addr add 10.200.0.1/24 dev twbench0
-	ip link set twbench0 up
-	ip link set twbench1 up
-	mknod -m 0666 "$WORK/tun" c 10 200
-	mount --bind "$WORK/tun" /dev/net/tun
-	PASTA_READY=1
-}
+# pasta runs as nobody: prepare_pasta and NOBODY are in scripts/bench/private-ns.sh.
 
 # ---- guest setup: start_path NAME MTU sets GUEST (a pid to nsenter), DAEMON, GUEST_IP ----
 GUEST=""
