@@ -53,7 +53,7 @@ PY=$(command -v python3)
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
 # ---- re-exec inside a private host namespace ------------------------------------------------
-source "$(dirname "$0")/bench/private-ns.sh"
+source "$(dirname "$0")/bench/common.sh"
 enter_private_ns "${ORIG_ARGS[@]}"
 
 listening() { ss -Hltn "sport = :$1" | grep -q .; }

@@ -54,24 +54,14 @@ done
 case "$DURATION" in '' | *[!0-9]*) die "-t needs whole seconds" ;; esac
 
 # ---- step 1: re-exec inside a private host namespace ------------------------------------
-source "$(dirname "$0")/bench/private-ns.sh"
+source "$(dirname "$0")/bench/common.sh"
 enter_private_ns "${ORIG_ARGS[@]}"
 
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 # ---- helpers -------------------------------------------------------------------------------
 
-# wait_for DESC SECONDS CMD...: poll CMD every 50 ms.
-wait_for() {
-	local desc=$1 secs=$2 i
-	shift 2
-	for ((i = 0; i < secs * 20; i++)); do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		sleep 0.05
-	done
-	echo "timed out after ${secs}s waiting for $desc" >&2
-	return 1
-}
+# wait_for DESC SECONDS CMD...: scripts/bench/common.sh.
 
 is_sleep() { [ "$(cat "/proc/$1/comm" 2>/dev/null)" = sleep ]; }
 alive() { kill -0 "$1" 2>/dev/null; }
@@ -126,7 +116,7 @@ start_slirp_like() {
 
 has_guest_addr() { in_guest ip -o -4 addr show | grep -q 'inet 10\.0\.2\.100/'; }
 
-# prepare_pasta and NOBODY: scripts/bench/private-ns.sh.
+# prepare_pasta and NOBODY: scripts/bench/common.sh.
 
 start_pasta() {
 	local mtu=$1

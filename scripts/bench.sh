@@ -108,7 +108,7 @@ case "$ROUNDS$DUR" in *[!0-9]*) die "--rounds and -t take whole numbers" ;; esac
 [ "$ROUNDS" -ge 1 ] || die "--rounds must be >= 1"
 
 # ---- step 1: re-exec inside a private host namespace --------------------------------------
-source "$HERE/bench/private-ns.sh"
+source "$HERE/bench/common.sh"
 enter_private_ns "${ORIG_ARGS[@]}"
 # Per-namespace knobs for connection-rate tests (this namespace only).
 echo "1024 65000" >/proc/sys/net/ipv4/ip_local_port_range
@@ -173,16 +173,7 @@ is_daemon() { case "$1" in tap | tapb | run | bypass | slirp4netns | pasta) retu
 is_runmode() { case "$1" in run | bypass) return 0 ;; esac; return 1; }
 
 # ---- helpers -------------------------------------------------------------------------------
-wait_for() {
-	local desc=$1 secs=$2 i
-	shift 2
-	for ((i = 0; i < secs * 20; i++)); do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		sleep 0.05
-	done
-	echo "    timed out after ${secs}s waiting for $desc" >&2
-	return 1
-}
+# wait_for: scripts/bench/common.sh.
 alive() { kill -0 "$1" 2>/dev/null; }
 is_sleep() { [ "$(cat "/proc/$1/comm" 2>/dev/null)" = sleep ]; }
 host_listening() { ss -Hltn "sport = :$1" | grep -q .; }
@@ -225,7 +216,7 @@ PIDS+=($!)
 wait_for "host twb server" 10 host_listening 7000 || die "twb serve did not start"
 wait_for "host sockperf server" 10 host_listening 11111 || die "sockperf server did not start"
 
-# pasta runs as nobody: prepare_pasta and NOBODY are in scripts/bench/private-ns.sh.
+# pasta runs as nobody: prepare_pasta and NOBODY are in scripts/bench/common.sh.
 
 # ---- guest setup: start_path NAME MTU sets GUEST (a pid to nsenter), DAEMON, GUEST_IP ----
 GUEST=""

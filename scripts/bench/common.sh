@@ -1,5 +1,6 @@
 # Sourced by scripts/bench.sh, bench-iperf3.sh and bench-bypass.sh: the private "host" network
-# namespace every benchmark runs in, and what pasta needs there. The caller defines die().
+# namespace every benchmark runs in, what pasta needs there, and small helpers. The caller
+# defines die().
 
 # enter_private_ns ARGS...: re-exec the calling script (with ARGS, its original arguments)
 # inside `unshare --net --mount`, once; relative paths stay valid, unshare keeps the cwd. Then
@@ -44,4 +45,16 @@ prepare_pasta() {
 	mknod -m 0666 "$WORK/tun" c 10 200
 	mount --bind "$WORK/tun" /dev/net/tun
 	PASTA_READY=1
+}
+
+# wait_for DESC SECONDS CMD...: poll CMD every 50 ms.
+wait_for() {
+	local desc=$1 secs=$2 i
+	shift 2
+	for ((i = 0; i < secs * 20; i++)); do
+		if "$@" >/dev/null 2>&1; then return 0; fi
+		sleep 0.05
+	done
+	echo "    timed out after ${secs}s waiting for $desc" >&2
+	return 1
 }
