@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Audit the daemon's seccomp allow-list (src/filter.rs) against what the daemon really does.
+# Audit the daemon's seccomp allow-list (crates/tapwire/src/confine/allowlist.rs) against what the daemon really does.
 #
 #   sudo scripts/seccomp-audit.sh [CARGO-TEST-ARGS...]
 #       default: --test tap_mode; e.g. `--test bypass bypass_runc` for the supervisor thread
@@ -32,7 +32,7 @@ TAPWIRE_TEST_BIN="$work/tapwire" TAPWIRE_TEST_EXTRA_FLAGS="${AUDIT_FLAGS---enabl
 	cargo test --release --quiet "${args[@]}" >"$work/test.log" 2>&1 ||
 	{ echo "seccomp-audit: some tests failed under strace (timing?); continuing" >&2; tail -5 "$work/test.log" >&2; }
 
-python3 - "$work/traces" src/filter.rs <<'EOF'
+python3 - "$work/traces" crates/tapwire/src/confine/allowlist.rs <<'EOF'
 import os, re, sys
 traces, filter_rs = sys.argv[1], sys.argv[2]
 line_re = re.compile(r'^(\d+)\s+([a-z0-9_]+)\((.*)')

@@ -9,8 +9,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use tapwire::vnet;
-use tapwire::wire::{self, Class, Link6, LinkInfo, L2};
+use tapwire_proto::vnet;
+use tapwire_proto::wire::{self, Class, Link6, LinkInfo, L2};
 
 const MAC: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
 

@@ -1,4 +1,4 @@
-//! Control requests: `api::parse` on any bytes, then the same bytes through
+//! Control requests: `control::parse` on any bytes, then the same bytes through
 //! `Engine::handle_request` of a live engine (fake TAP, private network namespace), so
 //! add_hostfwd really opens sockets. Properties: no panic, every reply is one JSON object with
 //! either "return" or "error", and the engine is left as found (forwards removed after each
@@ -12,10 +12,10 @@ use std::cell::RefCell;
 use std::os::fd::OwnedFd;
 
 use libfuzzer_sys::fuzz_target;
-use tapwire::api;
-use tapwire::config::NetConfig;
+use tapwire_proto::control;
+use tapwire_proto::config::NetConfig;
 use tapwire::engine::{Engine, Lifecycle};
-use tapwire::tap::Tap;
+use tapwire::link::tap::Tap;
 
 thread_local! {
     static ENGINE: RefCell<Option<(Engine, OwnedFd)>> = const { RefCell::new(None) };
@@ -33,7 +33,7 @@ fn check_reply(reply: &str) -> serde_json::Value {
 }
 
 fuzz_target!(init: common::isolate(), |data: &[u8]| {
-    let _ = api::parse(data);
+    let _ = control::parse(data);
     ENGINE.with(|cell| {
         let mut cell = cell.borrow_mut();
         let (engine, _guest) = cell.get_or_insert_with(|| {

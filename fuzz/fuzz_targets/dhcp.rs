@@ -10,8 +10,8 @@ mod common;
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use tapwire::config::NetConfig;
-use tapwire::dhcp::{DhcpServer, POOL_SIZE, POOL_START};
+use tapwire_proto::config::NetConfig;
+use tapwire_proto::dhcp::{DhcpServer, POOL_SIZE, POOL_START};
 
 fuzz_target!(|data: &[u8]| {
     let net = NetConfig::default();

@@ -15,9 +15,9 @@ mod common;
 use std::os::fd::AsRawFd;
 
 use libfuzzer_sys::fuzz_target;
-use tapwire::config::NetConfig;
+use tapwire_proto::config::NetConfig;
 use tapwire::engine::{Engine, Lifecycle, RX_BUDGET};
-use tapwire::tap::Tap;
+use tapwire::link::tap::Tap;
 
 fuzz_target!(init: common::isolate(), |data: &[u8]| {
     let Some((&cfg, frames)) = data.split_first() else {

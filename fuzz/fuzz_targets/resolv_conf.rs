@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tapwire::dns::parse_resolv_conf;
+use tapwire_proto::dns::parse_resolv_conf;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

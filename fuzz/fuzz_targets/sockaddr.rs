@@ -9,8 +9,8 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use tapwire::bypass::{self, Dest, Policy, Route, SOCKADDR_MAX};
-use tapwire::config::NetConfig;
+use tapwire_proto::bypass::{self, Dest, Policy, Route, SOCKADDR_MAX};
+use tapwire_proto::config::NetConfig;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cfg, raw)) = data.split_first() else {

@@ -1,0 +1,28 @@
+//! tapwire-proto: tapwire's protocol logic, sans I/O.
+//!
+//! Everything here is deterministic state driven by bytes and a caller-supplied `now`: no
+//! sockets, no files, no clock reads, no `unsafe` (checked by the compiler below, and by
+//! `cargo tree -p tapwire-proto` showing no I/O crate). The daemon (`tapwire`) owns the I/O.
+//! - [`wire`]: validation and classification of every guest frame, reply frames.
+//! - [`vnet`]: the virtio-net header and the offloads it carries.
+//! - [`reassembly`]: IPv4/IPv6 fragment reassembly.
+//! - [`flow`]: the flow table with idle expiry; [`nat`]: destination translation.
+//! - [`dhcp`]: the DHCP server; [`dns`]: resolv.conf parsing and upstream failover.
+//! - [`control`]: control-socket requests and replies; [`config`]: the virtual network.
+//! - [`schedule`]: the engine's dirty list and timer heap.
+//! - [`bypass`]: bypass mode's decision and sockaddr decoding.
+//! - [`linux`]: the Linux ABI numbers (errno, address families) the logic speaks in.
+#![forbid(unsafe_code)]
+
+pub mod bypass;
+pub mod config;
+pub mod control;
+pub mod dhcp;
+pub mod dns;
+pub mod flow;
+pub mod linux;
+pub mod nat;
+pub mod reassembly;
+pub mod schedule;
+pub mod vnet;
+pub mod wire;

@@ -1,0 +1,175 @@
+//! The control plane inside the event loop: accepting API clients, answering requests, and
+//! the `list_connections` / `get_stats` reports.
+//!
+//! # Theory of operation
+//! `control` owns the socket state machines; this file connects them to the engine: a
+//! complete request is parsed by `api`, executed against the engine's tables, and the reply
+//! queued on the client, all within one loop turn and without blocking (see `control`).
+
+use std::io;
+use std::net::SocketAddr;
+
+use mio::Interest;
+
+use super::*;
+use tapwire_proto::control::{parse, reply_error, reply_ok};
+
+impl Engine {
+    /// Serve the JSON API on `path`.
+    pub fn listen_api(&mut self, path: &std::path::Path) -> io::Result<()> {
+        let mut control = Control::bind(path)?;
+        self.poll
+            .registry()
+            .register(control.listener(), TOKEN_API, Interest::READABLE)?;
+        self.control = Some(control);
+        Ok(())
+    }
+
+    pub(super) fn api_accept(&mut self) {
+        let now_ms = self.now_ms();
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        let registry = self.poll.registry();
+        control.accept(now_ms, |idx, stream| {
+            registry.register(
+                stream,
+                token(KIND_API, idx),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        });
+    }
+
+    pub(super) fn api_event(&mut self, idx: usize, ev: &mio::event::Event) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        if ev.is_writable() {
+            control.writable(idx);
+        }
+        if !(ev.is_readable() || ev.is_read_closed()) {
+            return;
+        }
+        let Readiness::Request(bytes) = control.readable(idx) else {
+            return;
+        };
+        let reply = self.handle_request(&bytes);
+        if let Some(control) = &mut self.control {
+            control.respond(idx, reply);
+        }
+    }
+
+    /// Answer one API request.
+    pub fn handle_request(&mut self, bytes: &[u8]) -> String {
+        let req = match parse(bytes) {
+            Ok(r) => r,
+            Err(desc) => return reply_error(desc),
+        };
+        match req {
+            Request::AddHostfwd {
+                proto,
+                host,
+                guest_addr,
+                guest_port,
+            } => {
+                let guest_ip = guest_addr.unwrap_or(self.net.guest().into());
+                let fwd = Forward {
+                    proto,
+                    host,
+                    guest: SocketAddr::new(guest_ip, guest_port),
+                };
+                match self.add_forward(fwd) {
+                    Ok(id) => reply_ok(serde_json::json!({ "id": id })),
+                    Err(desc) => reply_error(&desc),
+                }
+            }
+            Request::ListHostfwd => reply_ok(self.forwards.list()),
+            Request::RemoveHostfwd { id } => {
+                if self.remove_forward(id) {
+                    reply_ok(serde_json::json!({}))
+                } else {
+                    reply_error("bad request: remove_hostfwd: bad arguments.id")
+                }
+            }
+            Request::ListConnections => reply_ok(self.connections_json()),
+            Request::GetStats => reply_ok(self.stats_json()),
+        }
+    }
+
+    fn connections_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let now_ms = self.now_ms();
+        let age = |born: Option<u64>| now_ms.saturating_sub(born.unwrap_or(now_ms)) as f64 / 1000.0;
+        let mut out = Vec::new();
+        for (idx, _, slot) in self.tcp.iter() {
+            let f = &slot.flow;
+            out.push(json!({
+                "proto": "tcp",
+                "state": match f.phase { Phase::Connecting => "connecting", Phase::Open => "open", Phase::Aborted => "aborted" },
+                "guest": f.guest.to_string(),
+                "remote": f.dst.to_string(),
+                "host": f.target.to_string(),
+                "bytes_from_guest": f.bytes_to_host,
+                "bytes_to_guest": f.bytes_to_guest,
+                "segments_from_guest": f.segments_from_guest,
+                "age_s": age(self.tcp.born_ms(idx)),
+            }));
+        }
+        for (idx, _, f) in self.udp.iter() {
+            let host = match &f.host {
+                UdpHost::Connected(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+                UdpHost::Forwarded { client, .. } => client.to_string(),
+            };
+            out.push(json!({
+                "proto": "udp",
+                "guest": f.guest.to_string(),
+                "remote": f.dst.to_string(),
+                "host": host,
+                "packets_from_guest": f.datagrams_out,
+                "packets_to_guest": f.datagrams_in,
+                "age_s": age(self.udp.born_ms(idx)),
+            }));
+        }
+        for (idx, _, f) in self.icmp.iter() {
+            out.push(json!({
+                "proto": "icmp",
+                "guest": f.guest.to_string(),
+                "remote": f.dst.to_string(),
+                "ident": f.ident,
+                "age_s": age(self.icmp.born_ms(idx)),
+            }));
+        }
+        json!({ "connections": out })
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let s = &self.stats;
+        let drops: serde_json::Map<String, serde_json::Value> = s
+            .drops
+            .iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        json!({
+            "frames_in": s.frames_in,
+            "bytes_in": s.bytes_in,
+            "frames_out": s.device.frames_out,
+            "bytes_out": s.device.bytes_out,
+            "tap_write_errors": s.device.write_errors,
+            "drops": drops,
+            "drops_total": s.drops.total(),
+            "flows": {
+                "tcp": self.tcp.len(),
+                "udp": self.udp.len(),
+                "icmp": self.icmp.len(),
+                "tcp_connecting": self.connecting,
+            },
+            "flows_total": {
+                "tcp": s.tcp_flows,
+                "udp": s.udp_flows,
+                "icmp": s.icmp_flows,
+            },
+            "forwards": self.forwards.len(),
+        })
+    }
+}

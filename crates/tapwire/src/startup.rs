@@ -1,0 +1,218 @@
+//! Top-level orchestration of the two commands.
+//!
+//! # Theory of operation
+//! Order matters, because a threaded process cannot join a user namespace and a child must
+//! not inherit our blocked signal mask:
+//!
+//! 1. logging (no threads), RLIMIT_NOFILE raised;
+//! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
+//!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
+//! 3. the engine (blocks signals, builds the smoltcp interface), the API socket, `-p` forwards;
+//! 4. confinement, in slirp4netns's order: the sandbox (`--enable-sandbox`; always in run mode,
+//!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
+//!    sandbox may join a user namespace, so no thread may exist before it;
+//! 5. readiness: `-r FD` gets "1" and is closed; run mode releases the command;
+//! 6. the event loop until an exit condition.
+#![allow(unsafe_code)]
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use crate::bypass::supervisor;
+use crate::cli::{Command, DaemonArgs, RunArgs};
+use crate::confine::{allowlist as filter, sandbox};
+use crate::engine::{Engine, Lifecycle};
+use crate::link::tap::Tap;
+use crate::netns;
+use crate::sys::fd;
+use tapwire_proto::config::{IfConfig, NetConfig, Publish};
+
+/// Run a parsed command; returns the process exit status.
+pub fn run(cmd: Command) -> i32 {
+    init_logging();
+    fd::raise_nofile_limit();
+    bound_heap();
+    let result = match cmd {
+        Command::Daemon(args) => daemon(*args),
+        Command::Run(args) => run_mode(*args),
+        Command::Ctl(args) => return crate::control::client::run(&args),
+        Command::SeccompProfile(args) => return crate::bypass::supervisor::print_profile(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tapwire: {e}");
+            1
+        }
+    }
+}
+
+/// Keep the heap from holding on to flows' memory. Every TCP flow has two smoltcp rings of
+/// 256 KiB (1 MiB at large MTUs). glibc serves the first ones with mmap, but raises its mmap
+/// threshold to the size of the first one freed, after which every ring is carved from the
+/// heap and zeroed page by page: half a MiB of RSS per flow at once (a SYN flood of 1024
+/// pending handshakes: ~500 MiB) that stays after the flows close. A fixed threshold keeps
+/// ring pages unbacked until data is written and returns them to the kernel when a flow ends.
+fn bound_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes an allocator parameter; called before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
+    // Adopt inherited fds first so a bad number fails before anything is created.
+    let ready = args
+        .ready_fd
+        .map(|n| fd::adopt(n, "--ready-fd"))
+        .transpose()?;
+    let exit_fd = args
+        .exit_fd
+        .map(|n| fd::adopt(n, "--exit-fd"))
+        .transpose()?;
+    if !args.net.disable_host_loopback {
+        eprintln!(
+            "WARNING: 127.0.0.1:* on the host is accessible as {} (set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)",
+            args.net.gateway()
+        );
+    }
+    let ifcfg = args.configure.then(|| IfConfig::from_net(&args.net));
+    let tap_fd = netns::open_tap(
+        &args.target,
+        args.userns_path.as_deref(),
+        &args.tapname,
+        ifcfg.as_ref(),
+    )?;
+    // The engine's exit fd also fires when the guest's process exits (see `lifeline`).
+    let guest_pid = match &args.target {
+        crate::cli::Target::Pid(pid) => Some(*pid),
+        crate::cli::Target::Path(_) => None,
+    };
+    let (exit_fd, _lifeline_members) = match crate::confine::lifeline::new(exit_fd, guest_pid)? {
+        Some(l) => (Some(l.fd), l.members),
+        None => (None, Vec::new()),
+    };
+    let life = Lifecycle {
+        exit_fd,
+        child: None,
+    };
+    // Bypass for OCI runtimes: prepared before confinement, served by its own thread.
+    let bypass = match &args.seccomp_listener {
+        Some(path) => Some(supervisor::prepare_daemon(&args, path)?),
+        None => None,
+    };
+    let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
+    if let Some(path) = &args.api_socket {
+        engine.listen_api(path)?;
+    }
+    let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
+    publish(&mut engine, &tap_publish, &args.net)?;
+    if args.enable_sandbox {
+        let userns = args.userns_path.clone().or(match &args.target {
+            crate::cli::Target::Pid(pid) => Some(format!("/proc/{pid}/ns/user").into()),
+            crate::cli::Target::Path(_) => None,
+        });
+        let lowest = args.publish.iter().map(|p| p.host_port).min();
+        let sockets = [args.api_socket.as_deref(), args.seccomp_listener.as_deref()];
+        let policy = sandbox::Policy::daemon(userns, &sockets, lowest);
+        let applied = sandbox::apply(&policy)?;
+        tracing::info!(?applied, "sandbox applied");
+    }
+    // The supervisor thread starts after the sandbox (which may need a single thread) and
+    // before the filter, which then covers it too (TSYNC) and need not allow thread creation.
+    let bypassing = bypass.is_some();
+    if let Some(prep) = bypass {
+        prep.spawn(Vec::new())?;
+    }
+    if args.enable_seccomp {
+        filter::apply(bypassing)?;
+    }
+    if let Some(ready) = ready {
+        signal_ready(ready)?;
+    }
+    let status = engine.run();
+    // The supervisor thread owns the runtimes' socket and is never joined: remove its file
+    // here, as the engine removes the API socket's.
+    if let Some(path) = &args.seccomp_listener {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(status?)
+}
+
+fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
+    let mut f = std::fs::File::from(fd);
+    f.write_all(b"1")
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing to --ready-fd: {e}")))
+}
+
+fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
+    let ifcfg = IfConfig::from_net(&args.net);
+    let filter = args
+        .bypass
+        .as_ref()
+        .map(|b| crate::bypass::seccomp::Program::new(b.udp));
+    let mut child = netns::spawn_run_filtered(
+        &args.command,
+        &args.tapname,
+        &ifcfg,
+        args.net.dns(),
+        filter.as_ref(),
+    )?;
+    let bypass = supervisor::prepare_run(&args)?;
+    let tap = Tap::from_fd(child.tap.try_clone()?);
+    let life = Lifecycle {
+        exit_fd: None,
+        child: Some(child.pid),
+    };
+    let mut engine = Engine::new(args.net.clone(), tap, life)?;
+    let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
+    publish(&mut engine, &tap_publish, &args.net)?;
+    // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
+    let lowest = args.publish.iter().map(|p| p.host_port).min();
+    let userns = Some(format!("/proc/{}/ns/user", child.pid).into());
+    let policy = sandbox::Policy {
+        keep_ptrace: bypass.is_some(),
+        ..sandbox::Policy::daemon(userns, &[], lowest)
+    };
+    match sandbox::apply(&policy) {
+        Ok(applied) => tracing::info!(?applied, "sandbox applied"),
+        Err(e) => tracing::warn!("{e}; running without the sandbox"),
+    }
+    match bypass {
+        Some((prep, udp)) => {
+            let listener = child.start_with_listener()?;
+            prep.spawn(vec![(listener, udp)])?;
+        }
+        None => child.start()?,
+    }
+    Ok(engine.run()?)
+}
+
+/// Open the `-p` forwards; a forward that cannot be opened stops start-up.
+fn publish(engine: &mut Engine, publish: &[Publish], net: &NetConfig) -> Result<(), AnyError> {
+    for p in publish {
+        let fwd = p.forward(net);
+        engine.add_forward(fwd).map_err(|desc| {
+            format!(
+                "-p {}:{}:{}/{}: cannot listen on the host ({desc}; see the log above)",
+                p.host_addr,
+                p.host_port,
+                p.guest_port,
+                p.proto.as_str()
+            )
+        })?;
+    }
+    Ok(())
+}

@@ -1,9 +1,0 @@
-//! The `tapwire` binary: parse the command line, hand over to the library.
-
-fn main() {
-    let cmd = match tapwire::cli::parse(std::env::args_os()) {
-        Ok(cmd) => cmd,
-        Err(e) => e.exit(),
-    };
-    std::process::exit(tapwire::app::run(cmd));
-}
