@@ -3,14 +3,17 @@
 //! Everything here is deterministic state driven by bytes and a caller-supplied `now`: no
 //! sockets, no files, no clock reads, no `unsafe` (checked by the compiler below, and by
 //! `cargo tree -p tapwire-proto` showing no I/O crate). The daemon (`tapwire`) owns the I/O.
-//! - [`wire`]: validation and classification of every guest frame, reply frames.
+//! - [`wire`]: the shared frame types and offsets; in its submodules the validation and
+//!   classification of every guest frame, the reply frames, fragmentation of outgoing packets
+//!   and the Internet checksum (all re-exported as `wire::X`).
 //! - [`vnet`]: the virtio-net header and the offloads it carries.
 //! - [`reassembly`]: IPv4/IPv6 fragment reassembly.
 //! - [`flow`]: the flow table with idle expiry; [`nat`]: destination translation.
 //! - [`dhcp`]: the DHCP server; [`dns`]: resolv.conf parsing and upstream failover.
 //! - [`control`]: control-socket requests and replies; [`config`]: the virtual network.
 //! - [`schedule`]: the engine's dirty list and timer heap.
-//! - [`bypass`]: bypass mode's decision and sockaddr decoding.
+//! - [`bypass`]: bypass mode's decision (routes, published binds, the peer table);
+//!   [`sockaddr`]: raw `struct sockaddr` decoding and encoding (re-exported by `bypass`).
 //! - [`linux`]: the Linux ABI numbers (errno, address families) the logic speaks in.
 #![forbid(unsafe_code)]
 
@@ -24,5 +27,6 @@ pub mod linux;
 pub mod nat;
 pub mod reassembly;
 pub mod schedule;
+pub mod sockaddr;
 pub mod vnet;
 pub mod wire;
