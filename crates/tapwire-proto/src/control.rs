@@ -308,4 +308,105 @@ mod tests {
             r#"{"entries":[{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80},{"id":3,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}]}"#
         );
     }
+
+    #[test]
+    fn argumentless_requests_and_remove_ids() {
+        assert_eq!(
+            parse(br#"{"execute":"list_hostfwd"}"#),
+            Ok(Request::ListHostfwd)
+        );
+        assert_eq!(
+            parse(br#"{"execute":"list_connections","arguments":{}}"#),
+            Ok(Request::ListConnections)
+        );
+        assert_eq!(parse(br#"{"execute":"get_stats"}"#), Ok(Request::GetStats));
+        assert_eq!(
+            parse(br#"{"execute":"remove_hostfwd","arguments":{"id":3}}"#),
+            Ok(Request::RemoveHostfwd { id: 3 })
+        );
+        // Numbers are doubles to slirp4netns: 3.0 is 3, 2.5 is no id.
+        assert_eq!(
+            parse(br#"{"execute":"remove_hostfwd","arguments":{"id":3.0}}"#),
+            Ok(Request::RemoveHostfwd { id: 3 })
+        );
+        assert_eq!(
+            parse(br#"{"execute":"remove_hostfwd","arguments":{"id":2.5}}"#),
+            Err("bad request: remove_hostfwd: bad arguments.id")
+        );
+        assert_eq!(
+            parse(br#"{"execute":"remove_hostfwd","arguments":{"id":"1"}}"#),
+            Err("bad request: remove_hostfwd: bad arguments.id")
+        );
+    }
+
+    #[test]
+    fn add_hostfwd_argument_edges() {
+        // Arguments that are not an object count as none.
+        assert_eq!(
+            parse(br#"{"execute":"add_hostfwd","arguments":[1]}"#),
+            Err("bad request: add_hostfwd: bad arguments.proto")
+        );
+        // An empty host_addr is the default, a null guest_addr is "not given".
+        assert_eq!(
+            parse(br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"","host_port":65535,"guest_addr":null,"guest_port":1}}"#),
+            Ok(Request::AddHostfwd {
+                proto: Proto::Tcp,
+                host: "0.0.0.0:65535".parse().unwrap(),
+                guest_addr: None,
+                guest_port: 1,
+            })
+        );
+        for bad_port in ["8080.5", "-1", "null", "true", "65536"] {
+            let req = format!(
+                r#"{{"execute":"add_hostfwd","arguments":{{"proto":"udp","host_port":1,"guest_port":{bad_port}}}}}"#
+            );
+            assert_eq!(
+                parse(req.as_bytes()),
+                Err("bad request: add_hostfwd: bad arguments.guest_port"),
+                "{bad_port}"
+            );
+        }
+        assert_eq!(
+            parse(br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":1,"host_port":1,"guest_port":1}}"#),
+            Err("bad request: add_hostfwd: bad arguments.host_addr")
+        );
+        assert_eq!(
+            parse(br#"{"execute":"add_hostfwd","arguments":{"proto":"TCP","host_port":1,"guest_port":1}}"#),
+            Err("bad request: add_hostfwd: bad arguments.proto")
+        );
+    }
+
+    #[test]
+    fn size_limit_is_exactly_max_request() {
+        let mut req = br#"{"execute":"get_stats"}"#.to_vec();
+        req.resize(MAX_REQUEST, b' ');
+        assert_eq!(parse(&req), Ok(Request::GetStats));
+        req.push(b' ');
+        assert_eq!(parse(&req), Err(TOO_LARGE));
+        assert_eq!(
+            reply_error(TOO_LARGE),
+            r#"{"error":{"desc":"bad request: too large message"}}"#
+        );
+    }
+
+    #[test]
+    fn forward_entries_and_lookup() {
+        let mut f = Forwards::default();
+        assert!(f.is_empty());
+        assert_eq!(f.list().to_string(), r#"{"entries":[]}"#);
+        let fwd = Forward {
+            proto: Proto::Udp,
+            host: "[::1]:5353".parse().unwrap(),
+            guest: "10.0.2.100:53".parse().unwrap(),
+        };
+        let id = f.add(fwd);
+        assert_eq!((f.len(), f.get(id)), (1, Some(&fwd)));
+        assert_eq!(f.get(id + 1), None);
+        assert_eq!(
+            forward_entry(id, &fwd).to_string(),
+            r#"{"id":1,"proto":"udp","host_addr":"::1","host_port":5353,"guest_addr":"10.0.2.100","guest_port":53}"#
+        );
+        assert_eq!(f.remove(id), Some(fwd));
+        assert!(f.is_empty() && !f.conflicts(&fwd));
+    }
 }

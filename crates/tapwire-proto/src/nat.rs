@@ -196,4 +196,101 @@ mod tests {
             Verdict::Connect("10.0.2.2:1".parse().unwrap())
         );
     }
+
+    #[test]
+    fn ipv6_gateway_dns_and_link_local() {
+        let r: SocketAddr = "[::1]:53".parse().unwrap();
+        let nat = Nat::new(&NetConfig {
+            enable_ipv6: true,
+            disable_host_loopback: true,
+            ..Default::default()
+        });
+        let t = |s: &str, resolver| nat.translate(s.parse().unwrap(), resolver);
+        assert_eq!(
+            t("[fd00::2]:80", None),
+            Verdict::Unreachable(Unreachable::Net)
+        );
+        assert_eq!(t("[fd00::3]:80", Some(r)), Verdict::Refused);
+        assert_eq!(t("[fd00::3]:53", None), Verdict::Refused);
+        // Link-local addresses count as the virtual link: nobody there.
+        assert_eq!(
+            t("[fe80::1]:80", None),
+            Verdict::Unreachable(Unreachable::Host)
+        );
+        assert_eq!(
+            t("[febf::1]:80", None),
+            Verdict::Unreachable(Unreachable::Host)
+        );
+        assert_eq!(
+            t("[fec0::1]:80", None),
+            Verdict::Connect("[fec0::1]:80".parse().unwrap())
+        );
+        // An IPv4 destination is decided by the IPv4 network whatever -6 says.
+        assert_eq!(
+            t("10.0.2.2:80", None),
+            Verdict::Unreachable(Unreachable::Net)
+        );
+        let no_dns = Nat::new(&NetConfig {
+            enable_ipv6: true,
+            disable_dns: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            no_dns.translate("[fd00::3]:53".parse().unwrap(), Some(r)),
+            Verdict::Refused
+        );
+    }
+
+    #[test]
+    fn network_edges_and_the_guest_are_unreachable() {
+        let nat = Nat::new(&NetConfig::default());
+        for a in [
+            [10, 0, 2, 0],
+            [10, 0, 2, 1],
+            [10, 0, 2, 100],
+            [10, 0, 2, 255],
+        ] {
+            assert_eq!(
+                nat.translate(v4(a, 80), None),
+                Verdict::Unreachable(Unreachable::Host),
+                "{a:?}"
+            );
+        }
+        // Just outside the /24.
+        assert_eq!(
+            nat.translate(v4([10, 0, 3, 2], 80), None),
+            Verdict::Connect("10.0.3.2:80".parse().unwrap())
+        );
+        // A wider network moves the gateway with it.
+        let nat = Nat::new(&NetConfig {
+            network: Ipv4Addr::new(10, 0, 0, 0),
+            prefix: 16,
+            ..Default::default()
+        });
+        assert_eq!(
+            nat.translate(v4([10, 0, 3, 2], 80), None),
+            Verdict::Unreachable(Unreachable::Host)
+        );
+        assert_eq!(
+            nat.translate(v4([10, 0, 0, 2], 80), None),
+            Verdict::Connect("127.0.0.1:80".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn loopback_targets() {
+        let nat = Nat::new(&NetConfig {
+            enable_ipv6: true,
+            ..Default::default()
+        });
+        let target = |s: &str| match nat.translate(s.parse().unwrap(), None) {
+            Verdict::Connect(t) => t,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert!(Nat::is_loopback(&target("10.0.2.2:22")));
+        assert!(Nat::is_loopback(&target("[fd00::2]:22")));
+        assert!(!Nat::is_loopback(&target("192.0.2.1:22")));
+        assert!(!Nat::is_loopback(&target("[2001:db8::1]:22")));
+        assert!(Nat::is_loopback(&"127.0.0.53:53".parse().unwrap()));
+    }
 }
