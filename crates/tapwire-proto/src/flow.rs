@@ -177,4 +177,63 @@ mod tests {
         t.remove(old);
         assert_eq!(t.find(&7), Some(new));
     }
+
+    #[test]
+    fn expiry_boundary_and_per_flow_timeouts() {
+        // Values are the flows' idle timeouts.
+        let mut t: FlowTable<u32, u64> = FlowTable::new(10);
+        let short = t.insert(1, 500, 1_000).unwrap();
+        let long = t.insert(2, 60_000, 1_000).unwrap();
+        // Idle for exactly the timeout: still alive; one millisecond more: gone.
+        assert!(t.expire(1_500, |v| *v).is_empty());
+        assert_eq!(t.expire(1_501, |v| *v), vec![(1, 500)]);
+        assert_eq!((t.find(&1), t.get(short)), (None, None));
+        // Touching moves the idle start but not the birth.
+        t.touch(long, 50_000);
+        assert_eq!(t.born_ms(long), Some(1_000));
+        assert!(t.expire(110_000, |v| *v).is_empty());
+        assert_eq!(t.expire(110_001, |v| *v), vec![(2, 60_000)]);
+        // A clock earlier than the last activity never expires anything.
+        let a = t.insert(3, 0, 10).unwrap();
+        assert!(t.expire(5, |v| *v).is_empty());
+        assert_eq!(t.key(a), Some(&3));
+    }
+
+    #[test]
+    fn expiry_frees_capacity_and_unknown_indices_are_harmless() {
+        let mut t: FlowTable<(u16, u16), u8> = FlowTable::new(1);
+        let a = t.insert((1, 2), 9, 0).unwrap();
+        assert_eq!(t.insert((3, 4), 9, 0), Err(Full));
+        t.touch(a + 100, 1_000); // no such flow: nothing happens
+        assert_eq!(t.born_ms(a + 100), None);
+        assert_eq!(t.key(a + 100), None);
+        assert!(t.get_mut(a + 100).is_none());
+        assert_eq!(t.expire(1_000, |_| 999), vec![((1, 2), 9)]);
+        let b = t.insert((3, 4), 7, 1_000).unwrap();
+        if let Some(v) = t.get_mut(b) {
+            *v += 1;
+        }
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![(b, &(3, 4), &8)]);
+    }
+
+    #[test]
+    fn indices_snapshot_and_reuse() {
+        let mut t: FlowTable<u32, ()> = FlowTable::new(10);
+        let ids: Vec<usize> = (0..4).map(|k| t.insert(k, (), 0).unwrap()).collect();
+        assert_eq!(t.indices(), ids);
+        let mut out = vec![99, 98];
+        // Removing while walking a snapshot is allowed.
+        for i in t.indices() {
+            if i % 2 == 0 {
+                t.remove(i);
+            }
+        }
+        t.indices_into(&mut out);
+        assert_eq!(out, vec![ids[1], ids[3]]);
+        // A freed index is reused by the next flow, which the key index then finds.
+        let again = t.insert(42, (), 0).unwrap();
+        assert!(again == ids[0] || again == ids[2]);
+        assert_eq!(t.find(&42), Some(again));
+        assert_eq!(t.find(&0), None);
+    }
 }

@@ -190,4 +190,35 @@ mod tests {
         assert_eq!(turn, vec![1]);
         assert_eq!(dirty(&mut s), vec![1]);
     }
+
+    #[test]
+    fn due_flow_already_dirty_is_listed_once() {
+        let mut s = Schedule::default();
+        s.mark(5);
+        s.schedule(5, 10);
+        s.expire(10);
+        assert_eq!(dirty(&mut s), vec![5]);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_fired_flow_can_be_rescheduled_later() {
+        let mut s = Schedule::default();
+        s.schedule(1, 100);
+        s.expire(150);
+        assert_eq!(dirty(&mut s), vec![1]);
+        // The deadline was consumed: a later time is accepted again.
+        s.schedule(1, 400);
+        assert_eq!(s.next_deadline(), Some(400));
+        s.expire(399);
+        assert!(!s.has_dirty());
+        s.expire(400);
+        assert_eq!(dirty(&mut s), vec![1]);
+        // Negative clocks (the engine's epoch) order like any other.
+        s.schedule(2, -5);
+        s.schedule(3, -10);
+        assert_eq!(s.next_deadline(), Some(-10));
+        s.expire(-6);
+        assert_eq!(dirty(&mut s), vec![3]);
+    }
 }
