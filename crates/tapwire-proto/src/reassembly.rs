@@ -302,4 +302,96 @@ mod tests {
         assert_eq!(r.feed(&p[1], 100), Fed::Pending);
         assert!(matches!(r.feed(&p[2], 100), Fed::Complete(_)));
     }
+
+    /// `f` with its IPv4 total length set to `len` and cut to fit.
+    fn with_ip_len(f: &[u8], len: usize) -> Vec<u8> {
+        let mut g = f[..ETH_LEN + len].to_vec();
+        g[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&(len as u16).to_be_bytes());
+        g
+    }
+
+    /// `f` with its fragment offset (in bytes) and MF flag replaced.
+    fn with_offset(f: &[u8], offset: usize, more: bool) -> Vec<u8> {
+        let mut g = f.to_vec();
+        let v = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        g[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&v.to_be_bytes());
+        g
+    }
+
+    #[test]
+    fn rebuilt_header_is_whole_and_timeout_is_inclusive() {
+        let f = big_udp(3000, 12);
+        let p = pieces(&f);
+        let mut r = Reassembler::default();
+        assert_eq!(r.feed(&p[0], 1_000), Fed::Pending);
+        assert_eq!(r.feed(&p[1], 1_000 + TIMEOUT_MS), Fed::Pending);
+        let Fed::Complete(whole) = r.feed(&p[2], 1_000 + TIMEOUT_MS) else {
+            panic!("not complete at exactly the timeout")
+        };
+        assert_eq!(whole.len(), f.len());
+        let hdr = &whole[ETH_LEN..ETH_LEN + IP_LEN];
+        assert_eq!(
+            usize::from(u16::from_be_bytes([hdr[2], hdr[3]])),
+            f.len() - ETH_LEN
+        );
+        assert_eq!(&hdr[6..8], &[0, 0], "no MF, offset 0");
+        assert_eq!(wire::checksum(hdr, 0), 0);
+        assert_eq!(&whole[..ETH_LEN], &f[..ETH_LEN]);
+        // The slot was freed: the same pieces start a new datagram.
+        assert_eq!(r.feed(&p[2], 2_000 + TIMEOUT_MS), Fed::Pending);
+    }
+
+    #[test]
+    fn inconsistent_lengths_discard_the_datagram() {
+        let f = big_udp(3000, 13);
+        let p = pieces(&f);
+        let last_len = p[2].len() - ETH_LEN;
+        let mut r = Reassembler::default();
+        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
+        assert_eq!(r.feed(&p[2], 0), Fed::Pending);
+        // A second "last" fragment ending elsewhere.
+        assert_eq!(r.feed(&with_ip_len(&p[2], last_len - 8), 0), Fed::Invalid);
+        // Discarded: the missing middle no longer completes anything.
+        assert_eq!(r.feed(&p[1], 0), Fed::Pending);
+
+        // A fragment past the known end.
+        let mut r = Reassembler::default();
+        assert_eq!(r.feed(&p[2], 0), Fed::Pending);
+        assert_eq!(r.feed(&with_offset(&p[1], 4_000, true), 0), Fed::Invalid);
+
+        // A non-final fragment whose data is not a multiple of 8 bytes, and an empty one.
+        let mut r = Reassembler::default();
+        let odd = with_ip_len(&p[0], p[0].len() - ETH_LEN - 4);
+        assert_eq!(r.feed(&odd, 0), Fed::Invalid);
+        assert_eq!(r.feed(&with_ip_len(&p[0], IP_LEN), 0), Fed::Invalid);
+        // A total length shorter than the header, or longer than the frame.
+        let mut short = p[0].clone();
+        short[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&10u16.to_be_bytes());
+        assert_eq!(r.feed(&short, 0), Fed::Invalid);
+        let mut long = p[0].clone();
+        long[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&1600u16.to_be_bytes());
+        assert_eq!(r.feed(&long, 0), Fed::Invalid);
+    }
+
+    #[test]
+    fn datagrams_are_told_apart_by_ident_and_addresses() {
+        let a = pieces(&big_udp(3000, 20));
+        let b = pieces(&big_udp(3000, 21));
+        let mut c = a.clone();
+        for piece in &mut c {
+            piece[ETH_LEN + 15] = 101; // another guest source, same ident
+        }
+        let mut r = Reassembler::default();
+        for i in 0..2 {
+            assert_eq!(r.feed(&a[i], 0), Fed::Pending);
+            assert_eq!(r.feed(&b[i], 0), Fed::Pending);
+            assert_eq!(r.feed(&c[i], 0), Fed::Pending);
+        }
+        let Fed::Complete(whole) = r.feed(&c[2], 0) else {
+            panic!("c not complete")
+        };
+        assert_eq!(whole[ETH_LEN + 15], 101);
+        assert!(matches!(r.feed(&b[2], 0), Fed::Complete(_)));
+        assert!(matches!(r.feed(&a[2], 0), Fed::Complete(_)));
+    }
 }
