@@ -438,4 +438,131 @@ mod tests {
             .handle(&request(DISCOVER, &[]), 0, &mut [0u8; 10])
             .is_err());
     }
+
+    /// `request` from another client.
+    fn from(mac_last: u8, msg_type: u8, extra: &[u8]) -> Vec<u8> {
+        let mut m = request(msg_type, extra);
+        m[33] = mac_last;
+        m
+    }
+
+    const WANT_15: [u8; 6] = [50, 4, 10, 0, 2, 15];
+
+    #[test]
+    fn inform_acks_without_an_address() {
+        let mut s = DhcpServer::new(&NetConfig::default());
+        let mut out = [0u8; 600];
+        let mut m = request(INFORM, &[]);
+        m[12..16].copy_from_slice(&[10, 0, 2, 100]); // ciaddr: configured by hand
+        m[10] = 0x80; // broadcast flag
+        let n = s.handle(&m, 0, &mut out).unwrap();
+        let r = &out[..n];
+        assert_eq!(opt(r, 53), Some(vec![ACK]));
+        assert_eq!(&r[12..16], &[10, 0, 2, 100], "ciaddr echoed");
+        assert_eq!(&r[16..20], &[0, 0, 0, 0], "no yiaddr");
+        assert_eq!(&r[20..24], &[10, 0, 2, 2], "siaddr");
+        assert_eq!(&r[10..12], &[0x80, 0], "flags echoed");
+        assert_eq!(opt(r, 51), None, "no lease time");
+        assert_eq!(opt(r, 3), Some(vec![10, 0, 2, 2]));
+        assert_eq!(s.lease_of(MAC), None);
+    }
+
+    #[test]
+    fn taken_addresses_nak_until_declined_or_expired() {
+        let mut s = DhcpServer::new(&NetConfig::default());
+        let mut out = [0u8; 600];
+        let n = s.handle(&from(1, REQUEST, &WANT_15), 0, &mut out).unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![ACK]));
+        // Another client asking for the same address.
+        let n = s.handle(&from(2, REQUEST, &WANT_15), 10, &mut out).unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![NAK]));
+        assert_eq!(&out[16..20], &[0, 0, 0, 0]);
+        assert_eq!(opt(&out[..n], 51), None);
+        // Still taken one second before the lease ends, free at its end.
+        let end = u64::from(LEASE_SECS);
+        let n = s
+            .handle(&from(2, REQUEST, &WANT_15), end - 1, &mut out)
+            .unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![NAK]));
+        let n = s
+            .handle(&from(2, REQUEST, &WANT_15), end, &mut out)
+            .unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![ACK]));
+        // DECLINE frees it at once.
+        assert_eq!(
+            s.handle(&from(2, DECLINE, &[]), end + 1, &mut out),
+            Err(DhcpError::Ignored)
+        );
+        let n = s
+            .handle(&from(3, REQUEST, &WANT_15), end + 2, &mut out)
+            .unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![ACK]));
+    }
+
+    #[test]
+    fn renewal_by_ciaddr_and_one_address_per_client() {
+        let mut s = DhcpServer::new(&NetConfig::default());
+        let mut out = [0u8; 600];
+        s.handle(&request(REQUEST, &WANT_15), 0, &mut out).unwrap();
+        // A renewing client names its address in ciaddr, without option 50.
+        let mut renew = request(REQUEST, &[]);
+        renew[12..16].copy_from_slice(&[10, 0, 2, 15]);
+        let n = s.handle(&renew, 100, &mut out).unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![ACK]));
+        assert_eq!(&out[16..20], &[10, 0, 2, 15]);
+        // Moving to another pool address frees the first.
+        s.handle(&request(REQUEST, &[50, 4, 10, 0, 2, 20]), 200, &mut out)
+            .unwrap();
+        assert_eq!(s.lease_of(MAC), Some(Ipv4Addr::new(10, 0, 2, 20)));
+        let n = s
+            .handle(&from(9, REQUEST, &WANT_15), 300, &mut out)
+            .unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![ACK]));
+        // Pool edges: network+30 is the last address, network+31 is outside.
+        let n = s
+            .handle(&from(10, REQUEST, &[50, 4, 10, 0, 2, 30]), 0, &mut out)
+            .unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![ACK]));
+        let n = s
+            .handle(&from(11, REQUEST, &[50, 4, 10, 0, 2, 31]), 0, &mut out)
+            .unwrap();
+        assert_eq!(opt(&out[..n], 53), Some(vec![NAK]));
+    }
+
+    #[test]
+    fn custom_network_and_mtu_are_offered() {
+        let mut s = DhcpServer::new(&NetConfig {
+            network: Ipv4Addr::new(192, 168, 0, 0),
+            prefix: 16,
+            mtu: 9000,
+            ..Default::default()
+        });
+        let mut out = [0u8; 600];
+        let n = s.handle(&request(DISCOVER, &[]), 0, &mut out).unwrap();
+        let r = &out[..n];
+        assert_eq!(&r[16..20], &[192, 168, 0, 15]);
+        assert_eq!(opt(r, 1), Some(vec![255, 255, 0, 0]));
+        assert_eq!(opt(r, 3), Some(vec![192, 168, 0, 2]));
+        assert_eq!(opt(r, 54), Some(vec![192, 168, 0, 2]));
+        assert_eq!(opt(r, 6), Some(vec![192, 168, 0, 3]));
+        assert_eq!(opt(r, 26), Some(9000u16.to_be_bytes().to_vec()));
+        assert_eq!(opt(r, 58), Some((LEASE_SECS / 2).to_be_bytes().to_vec()));
+        assert_eq!(
+            opt(r, 59),
+            Some((LEASE_SECS / 8 * 7).to_be_bytes().to_vec())
+        );
+        // Pad options are skipped; an unknown message type is malformed.
+        let mut padded = request(DISCOVER, &[]);
+        padded.splice(HEADER_LEN..HEADER_LEN, [0, 0, 0]);
+        assert!(s.handle(&padded, 1, &mut out).is_ok());
+        assert_eq!(
+            s.handle(&request(OFFER, &[]), 1, &mut out),
+            Err(DhcpError::Malformed)
+        );
+        // A requested-address option of the wrong length is malformed.
+        assert_eq!(
+            s.handle(&request(REQUEST, &[50, 3, 1, 2, 3]), 1, &mut out),
+            Err(DhcpError::Malformed)
+        );
+    }
 }
