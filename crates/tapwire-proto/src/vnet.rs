@@ -371,4 +371,56 @@ mod tests {
         let mut h = tcp4(0, true, &[8, 40, 0, 0]);
         assert_eq!(raise_syn_mss(&mut h), None);
     }
+
+    #[test]
+    fn syn_without_mss_is_left_alone() {
+        // Window scale and SACK-permitted, no MSS.
+        let mut f = tcp4(0, true, &[3, 3, 7, 4, 2, 1, 1, 1]);
+        let before = f.clone();
+        assert_eq!(raise_syn_mss(&mut f), None);
+        assert_eq!(f, before);
+        // End of option list before the MSS.
+        let mut f = tcp4(0, true, &[0, 1, 1, 1, 2, 4, 5, 0xb4]);
+        let before = f.clone();
+        assert_eq!(raise_syn_mss(&mut f), None);
+        assert_eq!(f, before);
+        // An MSS option of the wrong length is skipped, not read.
+        let mut f = tcp4(0, true, &[2, 6, 5, 0xb4, 0, 0, 1, 1]);
+        assert_eq!(raise_syn_mss(&mut f), None);
+        // SYN-ACK (SYN with ACK) is raised too.
+        let mut f = tcp4(0, true, &[2, 4, 0x05, 0x78]);
+        f[ETH_LEN + 20 + 13] |= 0x10;
+        assert_eq!(raise_syn_mss(&mut f), Some(1400));
+        assert_eq!(
+            &f[ETH_LEN + 20 + 22..ETH_LEN + 20 + 24],
+            &BIG_MSS.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn lengths_that_do_not_fit_get_a_plain_header() {
+        // IP total length shorter than IP + TCP headers.
+        let mut f = tcp4(10, false, &[]);
+        f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&30u16.to_be_bytes());
+        assert_eq!(offload_tcp(&mut f, 1500, 1460), VnetHdr::default());
+        // IP total length past the end of the frame.
+        let mut f = tcp4(10, false, &[]);
+        f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(offload_tcp(&mut f, 1500, 1460), VnetHdr::default());
+        // IPv4 options move the TCP header: csum_start follows the IHL.
+        let mut f = tcp4(100, false, &[]);
+        f[ETH_LEN] = 0x46;
+        f.splice(ETH_LEN + 20..ETH_LEN + 20, [1, 1, 1, 1]);
+        let tot = u16::from_be_bytes([f[ETH_LEN + 2], f[ETH_LEN + 3]]) + 4;
+        f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&tot.to_be_bytes());
+        let h = offload_tcp(&mut f, 1500, 1460);
+        assert_eq!(
+            (h.flags, h.csum_start, h.csum_offset),
+            (F_NEEDS_CSUM, 38, 16)
+        );
+        // An unknown ethertype.
+        let mut f = tcp4(10, false, &[]);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(offload_tcp(&mut f, 1500, 1460), VnetHdr::default());
+    }
 }
