@@ -2,7 +2,7 @@
 //! sent back to it, and the types and offsets both sides share.
 //!
 //! # Theory of operation
-//! Every frame the guest writes to the TAP passes through [`classify`] exactly once, before
+//! Every frame the guest writes to the TAP passes through [`classify()`] exactly once, before
 //! anything else looks at it. `classify` validates the frame completely (lengths, IPv4 header
 //! checksum, transport checksum, TCP flag sanity) and says who handles it:
 //!
@@ -32,12 +32,12 @@
 //! `*Info` it carries) and the inputs of the builders ([`L2`], [`Unreachable`],
 //! [`RouterAdvert`]). The code is in private submodules, all re-exported here, so that every
 //! item is `tapwire_proto::wire::X`:
-//! - `classify`: [`classify`], [`classify_offloaded`] (guest to us);
+//! - `classify`: [`classify()`], [`classify_offloaded`] (guest to us);
 //! - `reply`: the frame builders (us to guest): [`finish_udp`], [`finish_dhcp`],
 //!   [`finish_echo_reply`], [`icmp_error`], [`icmp6_error`], [`tcp_rst`], [`router_advert`],
 //!   [`multicast_mac`];
 //! - `frag`: [`fragment`], [`fragment6`] for outgoing packets larger than the MTU;
-//! - `checksum`: the Internet checksum ([`checksum`]) and the pseudo-header sum.
+//! - `checksum`: the Internet checksum ([`checksum()`]) and the pseudo-header sum.
 #![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};

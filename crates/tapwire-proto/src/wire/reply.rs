@@ -203,8 +203,8 @@ pub fn icmp_error(
     finish_ipv4(out, l2, router, guest, 1, len, 0)
 }
 
-/// Build a RST|ACK answering a guest SYN (`syn` from [`classify`]): the guest sees
-/// "connection refused".
+/// Build a RST|ACK answering a guest SYN (`syn` from [`classify`](super::classify())): the
+/// guest sees "connection refused".
 pub fn tcp_rst(out: &mut [u8], l2: &L2, syn: &TcpInfo) -> Option<usize> {
     let l4 = l4_offset(syn.src.is_ipv6());
     let seg = out.get_mut(l4..l4 + 20)?;
