@@ -191,8 +191,11 @@ pub fn icmp6(dst_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hop: u8, msg: &[u8]
 
 // ---- parsing the engine's frames ----
 
-/// The Ethernet header of a frame from the engine: (dst, src, ethertype, payload).
-pub fn parse_eth(f: &[u8]) -> Option<([u8; 6], [u8; 6], u16, &[u8])> {
+/// A frame's Ethernet header: (dst, src, ethertype, payload).
+pub type Eth<'a> = ([u8; 6], [u8; 6], u16, &'a [u8]);
+
+/// The Ethernet header of a frame from the engine.
+pub fn parse_eth(f: &[u8]) -> Option<Eth<'_>> {
     if f.len() < 14 {
         return None;
     }

@@ -183,9 +183,9 @@ fn tcp_host_close_is_guest_fin() {
 }
 
 /// The ACK of the guest's FIN, when the host closed first, must go out. Today the engine
-/// removes the flow in the same pump that sees the FIN (TIME-WAIT, ring empty), before
-/// smoltcp transmits the ACK; the guest's FIN retransmission then meets no flow and gets a
-/// RST instead.
+/// removes the flow in the same pump that sees the FIN (smoltcp in TIME-WAIT, ring empty,
+/// `guest_fin` set: `Outcome::Remove`), before `service_flow` lets smoltcp transmit the ACK
+/// it queued; no ACK ever reaches the guest.
 #[test]
 #[ignore = "engine bug: the guest's last FIN is never ACKed (flow removed first)"]
 fn tcp_last_fin_is_acked() {
