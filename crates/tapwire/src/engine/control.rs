@@ -5,20 +5,27 @@
 //! `control` owns the socket state machines; this file connects them to the engine: a
 //! complete request is parsed by `api`, executed against the engine's tables, and the reply
 //! queued on the client, all within one loop turn and without blocking (see `control`).
+//! The reports read the flow tables and counters as they are at that moment.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddr;
 
 use mio::Interest;
 
-use super::*;
-use tapwire_proto::control::{parse, reply_error, reply_ok};
+use super::host::{token, KIND_API, TOKEN_API};
+use super::tcp::Phase;
+use super::udp::UdpHost;
+use super::Engine;
+use crate::control::server::{Control, Readiness};
+use tapwire_proto::config::Forward;
+use tapwire_proto::control::{parse, reply_error, reply_ok, Request};
 
 impl Engine {
     /// Serve the JSON API on `path`.
     pub fn listen_api(&mut self, path: &std::path::Path) -> io::Result<()> {
         let mut control = Control::bind(path)?;
-        self.poll
+        self.host
             .registry()
             .register(control.listener(), TOKEN_API, Interest::READABLE)?;
         self.control = Some(control);
@@ -26,11 +33,11 @@ impl Engine {
     }
 
     pub(super) fn api_accept(&mut self) {
-        let now_ms = self.now_ms();
+        let now_ms = self.clock.now_ms();
         let Some(control) = &mut self.control else {
             return;
         };
-        let registry = self.poll.registry();
+        let registry = self.host.registry();
         control.accept(now_ms, |idx, stream| {
             registry.register(
                 stream,
@@ -83,7 +90,7 @@ impl Engine {
                     Err(desc) => reply_error(&desc),
                 }
             }
-            Request::ListHostfwd => reply_ok(self.forwards.list()),
+            Request::ListHostfwd => reply_ok(self.fwd.list.list()),
             Request::RemoveHostfwd { id } => {
                 if self.remove_forward(id) {
                     reply_ok(serde_json::json!({}))
@@ -98,10 +105,10 @@ impl Engine {
 
     fn connections_json(&self) -> serde_json::Value {
         use serde_json::json;
-        let now_ms = self.now_ms();
+        let now_ms = self.clock.now_ms();
         let age = |born: Option<u64>| now_ms.saturating_sub(born.unwrap_or(now_ms)) as f64 / 1000.0;
         let mut out = Vec::new();
-        for (idx, _, slot) in self.tcp.iter() {
+        for (idx, _, slot) in self.tcp.flows.iter() {
             let f = &slot.flow;
             out.push(json!({
                 "proto": "tcp",
@@ -112,7 +119,7 @@ impl Engine {
                 "bytes_from_guest": f.bytes_to_host,
                 "bytes_to_guest": f.bytes_to_guest,
                 "segments_from_guest": f.segments_from_guest,
-                "age_s": age(self.tcp.born_ms(idx)),
+                "age_s": age(self.tcp.flows.born_ms(idx)),
             }));
         }
         for (idx, _, f) in self.udp.iter() {
@@ -159,17 +166,17 @@ impl Engine {
             "drops": drops,
             "drops_total": s.drops.total(),
             "flows": {
-                "tcp": self.tcp.len(),
+                "tcp": self.tcp.flows.len(),
                 "udp": self.udp.len(),
                 "icmp": self.icmp.len(),
-                "tcp_connecting": self.connecting,
+                "tcp_connecting": self.tcp.connecting,
             },
             "flows_total": {
                 "tcp": s.tcp_flows,
                 "udp": s.udp_flows,
                 "icmp": s.icmp_flows,
             },
-            "forwards": self.forwards.len(),
+            "forwards": self.fwd.list.len(),
         })
     }
 }

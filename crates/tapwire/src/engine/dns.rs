@@ -4,14 +4,25 @@
 //! [`Resolver`] owns the file side of [`tapwire_proto::dns`]: it re-reads the file when its
 //! modification time changes (checked at most once a second of the engine's clock), so a host
 //! that switches networks is followed without a restart, and leaves the choice of nameserver
-//! and the failover to [`Upstreams`].
+//! and the failover to [`Upstreams`]. [`is_dns`] tells which guest destinations are the
+//! forwarder (the engine maps them to the current upstream; see `host`).
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use tapwire_proto::config::NetConfig;
 use tapwire_proto::dns::{parse_resolv_conf, Upstreams};
+
+/// Whether the guest sent this to our DNS forwarder (network+3 or PREFIX::3, port 53).
+pub fn is_dns(net: &NetConfig, dst: SocketAddr) -> bool {
+    let ours = match dst.ip() {
+        IpAddr::V4(ip) => ip == net.dns(),
+        IpAddr::V6(ip) => net.enable_ipv6 && ip == net.dns6(),
+    };
+    ours && dst.port() == 53 && !net.disable_dns
+}
 
 /// The upstream nameserver, tracked from a resolv.conf file.
 #[derive(Debug)]

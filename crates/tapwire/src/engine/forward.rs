@@ -10,14 +10,49 @@
 //! new client creates an inbound UDP binding keyed like an outbound one; the guest's replies
 //! leave through the forward's socket to that client. Removing a forward closes its socket:
 //! new connections are refused at once, established flows finish on their own.
+//!
+//! State: [`Forwards`] (the configured list, as the API reports it), the open sockets in a
+//! slab (an entry keeps its forward's id, so a binding that outlives its forward and a reused
+//! slab index cannot be confused), and the inbound UDP bindings by (forward id, client).
+#![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use mio::Interest;
+use slab::Slab;
 use smoltcp::wire::IpEndpoint;
+use tapwire_proto::config::{Forward, Proto};
+use tapwire_proto::control::Forwards;
+use tapwire_proto::wire::{self, DropReason};
 
-use super::*;
+use super::host::{token, KIND_FWD, KIND_TCP};
+use super::tcp::{TcpFlow, TcpSlot, MAX_TCP_FLOWS};
+use super::udp::{self, UdpFlow, UdpHost};
+use super::Engine;
+use crate::link::device;
+
+/// The host socket of a port forward.
+pub(super) enum FwdSocket {
+    Tcp(mio::net::TcpListener),
+    Udp(mio::net::UdpSocket),
+}
+
+pub(super) struct FwdEntry {
+    pub id: u64,
+    pub guest: SocketAddr,
+    pub sock: FwdSocket,
+}
+
+/// The forwards and their host sockets.
+#[derive(Default)]
+pub(super) struct Forwarding {
+    pub list: Forwards,
+    pub socks: Slab<FwdEntry>,
+    /// Inbound UDP bindings by (forward id, host client).
+    pub clients: HashMap<(u64, SocketAddr), usize>,
+}
 
 impl Engine {
     /// The address a host client appears from inside the guest: its own address when the
@@ -58,7 +93,7 @@ impl Engine {
         let taken = |p: u16| {
             let key = (guest, SocketAddr::new(ip, p));
             if tcp {
-                self.tcp.find(&key).is_some()
+                self.tcp.flows.find(&key).is_some()
             } else {
                 self.udp.find(&key).is_some()
             }
@@ -66,7 +101,7 @@ impl Engine {
         if client.port() != 0 && !taken(client.port()) {
             return Some(SocketAddr::new(ip, client.port()));
         }
-        let start = (self.now_ms() as u16) | 0x8000;
+        let start = (self.clock.now_ms() as u16) | 0x8000;
         (0..4096u16)
             .map(|i| 0x8000 | start.wrapping_add(i))
             .find(|p| !taken(*p))
@@ -81,7 +116,7 @@ impl Engine {
             return Err("bad request: add_hostfwd: bad arguments.guest_addr".into());
         }
         const FAILED: &str = "bad request: add_hostfwd: slirp_add_hostfwd failed";
-        if self.forwards.conflicts(&fwd) {
+        if self.fwd.list.conflicts(&fwd) {
             return Err(FAILED.into());
         }
         let sock = match open_forward(&fwd) {
@@ -91,25 +126,25 @@ impl Engine {
                 return Err(FAILED.into());
             }
         };
-        let id = self.forwards.add(fwd);
-        let idx = self.fwd_socks.insert(FwdEntry { id, guest, sock });
-        let entry = &mut self.fwd_socks[idx];
+        let id = self.fwd.list.add(fwd);
+        let idx = self.fwd.socks.insert(FwdEntry { id, guest, sock });
+        let entry = &mut self.fwd.socks[idx];
         let registered = match &mut entry.sock {
             FwdSocket::Tcp(l) => {
-                self.poll
+                self.host
                     .registry()
                     .register(l, token(KIND_FWD, idx), Interest::READABLE)
             }
             FwdSocket::Udp(u) => {
-                self.poll
+                self.host
                     .registry()
                     .register(u, token(KIND_FWD, idx), Interest::READABLE)
             }
         };
         if let Err(e) = registered {
             tracing::warn!("registering forward: {e}");
-            self.fwd_socks.remove(idx);
-            self.forwards.remove(id);
+            self.fwd.socks.remove(idx);
+            self.fwd.list.remove(id);
             return Err(FAILED.into());
         }
         tracing::info!(id, proto = fwd.proto.as_str(), host = %fwd.host, guest = %fwd.guest, "forward added");
@@ -118,26 +153,27 @@ impl Engine {
 
     /// Stop a forward: no new connections; existing TCP flows finish on their own.
     pub fn remove_forward(&mut self, id: u64) -> bool {
-        if self.forwards.remove(id).is_none() {
+        if self.fwd.list.remove(id).is_none() {
             return false;
         }
         if let Some(idx) = self
-            .fwd_socks
+            .fwd
+            .socks
             .iter()
             .find(|(_, e)| e.id == id)
             .map(|(i, _)| i)
         {
-            let entry = self.fwd_socks.remove(idx);
+            let entry = self.fwd.socks.remove(idx);
             match entry.sock {
-                FwdSocket::Tcp(mut l) => drop(self.poll.registry().deregister(&mut l)),
-                FwdSocket::Udp(mut u) => drop(self.poll.registry().deregister(&mut u)),
+                FwdSocket::Tcp(mut l) => drop(self.host.registry().deregister(&mut l)),
+                FwdSocket::Udp(mut u) => drop(self.host.registry().deregister(&mut u)),
             }
         }
         true
     }
 
     pub(super) fn fwd_readable(&mut self, idx: usize) {
-        let Some(entry) = self.fwd_socks.get(idx) else {
+        let Some(entry) = self.fwd.socks.get(idx) else {
             return;
         };
         let (id, guest) = (entry.id, entry.guest);
@@ -146,7 +182,7 @@ impl Engine {
                 let Some(FwdEntry {
                     sock: FwdSocket::Tcp(listener),
                     ..
-                }) = self.fwd_socks.get(idx)
+                }) = self.fwd.socks.get(idx)
                 else {
                     return;
                 };
@@ -164,12 +200,12 @@ impl Engine {
                 let Some(FwdEntry {
                     sock: FwdSocket::Udp(sock),
                     ..
-                }) = self.fwd_socks.get(idx)
+                }) = self.fwd.socks.get(idx)
                 else {
                     return;
                 };
                 let at = wire::udp_payload_offset(guest.is_ipv6());
-                match sock.recv_from(&mut self.out[at..]) {
+                match sock.recv_from(&mut self.link.out[at..]) {
                     Ok((n, client)) => self.inbound_udp(idx, id, guest, client, n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -182,7 +218,7 @@ impl Engine {
         }
     }
 
-    /// A datagram of `len` bytes (at the UDP payload offset of `self.out`) from `client` for
+    /// A datagram of `len` bytes (at the UDP payload offset of the link's frame buffer) from `client` for
     /// `guest`.
     fn inbound_udp(
         &mut self,
@@ -192,9 +228,9 @@ impl Engine {
         client: SocketAddr,
         len: usize,
     ) {
-        let now_ms = self.now_ms();
+        let now_ms = self.clock.now_ms();
         // This client's binding (its guest-visible port may differ from its own).
-        let idx = match self.fwd_clients.get(&(id, client)).copied() {
+        let idx = match self.fwd.clients.get(&(id, client)).copied() {
             Some(i) => i,
             None => {
                 let Some(src) = self.inbound_source(guest, client, false) else {
@@ -212,7 +248,7 @@ impl Engine {
                 };
                 match self.insert_udp((guest, src), flow, now_ms) {
                     Some(i) => {
-                        self.fwd_clients.insert((id, client), i);
+                        self.fwd.clients.insert((id, client), i);
                         i
                     }
                     None => return,
@@ -225,13 +261,13 @@ impl Engine {
         };
         flow.datagrams_in += 1;
         let src = flow.dst;
-        self.udp_to_guest(src, guest, len);
+        self.link.send_udp(src, guest, len, &mut self.stats.device);
     }
 
     /// An accepted host connection for `guest`: connect a smoltcp socket to the guest from the
     /// client's (guest-visible) address.
     fn inbound_tcp(&mut self, stream: mio::net::TcpStream, client: SocketAddr, guest: SocketAddr) {
-        if self.tcp.len() >= MAX_TCP_FLOWS {
+        if self.tcp.flows.len() >= MAX_TCP_FLOWS {
             self.stats.drops.bump(DropReason::Policy);
             return;
         }
@@ -240,44 +276,27 @@ impl Engine {
             self.stats.drops.bump(DropReason::Policy);
             return;
         };
-        let mut sock = device::new_tcp_socket_unbound(self.tcp_buffer);
+        let mut sock = device::new_tcp_socket_unbound(self.tcp.buffer);
         let remote = IpEndpoint::new(guest.ip().into(), guest.port());
         let local = IpEndpoint::new(src.ip().into(), src.port());
-        if let Err(e) = sock.connect(self.iface.context(), remote, local) {
+        if let Err(e) = sock.connect(self.link.iface.context(), remote, local) {
             tracing::debug!("inbound connect to {guest}: {e}");
             self.stats.drops.bump(DropReason::Policy);
             return;
         }
-        let slot = TcpSlot::new(sock, |handle| TcpFlow {
-            host: stream,
-            handle,
-            phase: Phase::Open,
-            guest,
-            dst: src,
-            target: client,
-            host_readable: true,
-            host_writable: true,
-            host_eof: false,
-            host_read_closed: false,
-            guest_fin: false,
-            guest_fin_seen: false,
-            bytes_to_host: 0,
-            bytes_to_guest: 0,
-            segments_from_guest: 0,
-            syn_quote: [0; 48],
-            syn_quote_len: 0,
-            syn_seq: 0,
+        let slot = TcpSlot::new(sock, |handle| {
+            TcpFlow::new(stream, handle, guest, src, client, None)
         });
-        let now_ms = self.now_ms();
-        let Ok(idx) = self.tcp.insert((guest, src), slot, now_ms) else {
+        let now_ms = self.clock.now_ms();
+        let Ok(idx) = self.tcp.flows.insert((guest, src), slot, now_ms) else {
             self.stats.drops.bump(DropReason::Policy);
             return;
         };
-        let Some(slot) = self.tcp.get_mut(idx) else {
+        let Some(slot) = self.tcp.flows.get_mut(idx) else {
             return;
         };
         if self
-            .poll
+            .host
             .registry()
             .register(
                 &mut slot.flow.host,
@@ -290,7 +309,7 @@ impl Engine {
             return;
         }
         // The SYN goes out this turn.
-        self.sched.mark(idx);
+        self.tcp.sched.mark(idx);
         self.stats.tcp_flows += 1;
     }
 }

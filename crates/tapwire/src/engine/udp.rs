@@ -14,10 +14,27 @@
 //! Bindings expire after [`IDLE_MS`] without traffic in either direction ([`DNS_IDLE_MS`] for
 //! DNS). The table is capped at [`MAX_FLOWS`]; a datagram that would exceed it is dropped and
 //! counted.
+//!
+//! A DNS binding (to the forwarder's address) keeps the guest's latest query: when the
+//! upstream nameserver refuses it (ECONNREFUSED), the binding moves to the next nameserver and
+//! the query is sent again (see `dns`); with no other nameserver the guest gets an ICMP port
+//! unreachable, as for any refused destination. Inbound bindings of UDP port forwards live in
+//! the same table (see `forward`) but have no socket of their own.
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::net::SocketAddr;
 
+use mio::Interest;
 use tapwire_proto::config::{NetConfig, Outbound};
+use tapwire_proto::flow::FlowTable;
+use tapwire_proto::nat::Verdict;
+use tapwire_proto::wire::{self, DropReason, UdpInfo, Unreachable, L2};
+
+use super::dns;
+use super::forward::{FwdEntry, FwdSocket};
+use super::host::{token, KIND_UDP};
+use super::Engine;
 
 /// Idle timeout of a binding.
 pub const IDLE_MS: u64 = 60_000;
@@ -25,6 +42,12 @@ pub const IDLE_MS: u64 = 60_000;
 pub const DNS_IDLE_MS: u64 = 10_000;
 /// Most bindings at once.
 pub const MAX_FLOWS: usize = 4096;
+
+/// (guest endpoint, destination).
+pub(super) type UdpKey = (SocketAddr, SocketAddr);
+
+/// The bindings.
+pub(super) type UdpTable = FlowTable<UdpKey, UdpFlow>;
 
 /// The host side of a binding.
 pub enum UdpHost {
@@ -112,5 +135,210 @@ impl UdpFlow {
             datagrams_in: 0,
             last_query: None,
         })
+    }
+}
+
+impl Engine {
+    pub(super) fn udp_from_guest(&mut self, u: &UdpInfo<'_>, frame: &[u8]) {
+        let key = (u.src, u.dst);
+        let now_ms = self.clock.now_ms();
+        let idx = match self.udp.find(&key) {
+            Some(idx) => idx,
+            None if self.udp.len() >= MAX_FLOWS => {
+                // Full (a flood of new destinations): refuse before paying for a host socket.
+                self.stats.drops.bump(DropReason::Policy);
+                return;
+            }
+            None => {
+                let target = match self.host.translate(&self.net, u.dst, self.clock) {
+                    Verdict::Connect(t) => t,
+                    Verdict::Refused => {
+                        return self.send_unreachable(Unreachable::Port, frame);
+                    }
+                    Verdict::Unreachable(code) => return self.send_unreachable(code, frame),
+                };
+                let idle = if u.dst.port() == 53 {
+                    DNS_IDLE_MS
+                } else {
+                    IDLE_MS
+                };
+                let is_dns = dns::is_dns(&self.net, u.dst);
+                let flow = match UdpFlow::open(&self.net, u.src, u.dst, target, idle) {
+                    Ok(f) => UdpFlow {
+                        last_query: is_dns.then(Vec::new),
+                        ..f
+                    },
+                    Err(e) => {
+                        tracing::debug!(%target, "udp socket: {e}");
+                        self.stats.drops.bump(DropReason::Policy);
+                        return;
+                    }
+                };
+                match self.insert_udp(key, flow, now_ms) {
+                    Some(idx) => idx,
+                    None => return,
+                }
+            }
+        };
+        self.udp.touch(idx, now_ms);
+        let Some(flow) = self.udp.get_mut(idx) else {
+            return;
+        };
+        let sent = match &flow.host {
+            UdpHost::Connected(sock) => sock.send(u.payload),
+            UdpHost::Forwarded { fwd, id, client } => match self.fwd.socks.get(*fwd) {
+                Some(FwdEntry {
+                    id: fid,
+                    sock: FwdSocket::Udp(sock),
+                    ..
+                }) if fid == id => sock.send_to(u.payload, *client),
+                _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
+            },
+        };
+        match sent {
+            Ok(_) => flow.datagrams_out += 1,
+            Err(e) => {
+                tracing::debug!(dst = %flow.dst, "udp send: {e}");
+                self.stats.drops.bump(DropReason::Policy);
+            }
+        }
+        if let Some(q) = &mut flow.last_query {
+            q.clear();
+            q.extend_from_slice(u.payload);
+        }
+    }
+
+    /// Add a binding and register its socket (if it has its own).
+    pub(super) fn insert_udp(&mut self, key: UdpKey, flow: UdpFlow, now_ms: u64) -> Option<usize> {
+        let Ok(idx) = self.udp.insert(key, flow, now_ms) else {
+            self.stats.drops.bump(DropReason::Policy);
+            return None;
+        };
+        if let Some(UdpFlow {
+            host: UdpHost::Connected(sock),
+            ..
+        }) = self.udp.get_mut(idx)
+        {
+            if self
+                .host
+                .registry()
+                .register(sock, token(KIND_UDP, idx), Interest::READABLE)
+                .is_err()
+            {
+                self.remove_udp(idx);
+                self.stats.drops.bump(DropReason::Policy);
+                return None;
+            }
+        }
+        self.stats.udp_flows += 1;
+        Some(idx)
+    }
+
+    pub(super) fn udp_readable(&mut self, idx: usize) {
+        let now_ms = self.clock.now_ms();
+        loop {
+            let Some(flow) = self.udp.get_mut(idx) else {
+                return;
+            };
+            let UdpHost::Connected(sock) = &flow.host else {
+                return;
+            };
+            let at = wire::udp_payload_offset(flow.guest.is_ipv6());
+            match sock.recv(&mut self.link.out[at..]) {
+                Ok(n) => {
+                    flow.datagrams_in += 1;
+                    let (src, dst) = (flow.dst, flow.guest);
+                    self.udp.touch(idx, now_ms);
+                    self.link.send_udp(src, dst, n, &mut self.stats.device);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // E.g. ECONNREFUSED after an ICMP port unreachable: tell the guest.
+                    tracing::debug!(dst = %flow.dst, "udp recv: {e}");
+                    if e.kind() == io::ErrorKind::ConnectionRefused {
+                        let (guest, dst) = (flow.guest, flow.dst);
+                        if !self.dns_failover(idx) {
+                            self.udp_port_unreachable(guest, dst);
+                        }
+                    } else {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The nameserver behind DNS binding `idx` refused: point the binding at the next one and
+    /// send it the guest's pending query. False if there is no other nameserver to try.
+    fn dns_failover(&mut self, idx: usize) -> bool {
+        let Some(flow) = self.udp.get(idx) else {
+            return false;
+        };
+        let UdpHost::Connected(sock) = &flow.host else {
+            return false;
+        };
+        if flow.last_query.is_none() {
+            return false;
+        }
+        let Ok(refused) = sock.peer_addr() else {
+            return false;
+        };
+        let dst = flow.dst;
+        let Some(next) = self.host.resolver.failed(refused.ip()) else {
+            return false;
+        };
+        let Verdict::Connect(target) = self.host.nat.translate(dst, Some(next)) else {
+            return false;
+        };
+        let Some(flow) = self.udp.get_mut(idx) else {
+            return false;
+        };
+        let (UdpHost::Connected(sock), Some(query)) = (&flow.host, &flow.last_query) else {
+            return false;
+        };
+        // A nameserver of the other family needs another socket: the guest's retry gets one.
+        if sock.connect(target).is_err() || sock.send(query).is_err() {
+            return false;
+        }
+        flow.datagrams_out += 1;
+        true
+    }
+
+    /// Tell the guest that `dst` refused its datagrams (quote a synthetic header).
+    fn udp_port_unreachable(&mut self, guest: SocketAddr, dst: SocketAddr) {
+        let mut pkt = [0u8; wire::UDP6_PAYLOAD];
+        let to_us = L2 {
+            src: self.link.l2.dst,
+            dst: self.link.l2.src,
+        };
+        if let Some(n) = wire::finish_udp(&mut pkt, &to_us, guest, dst, 0, 0) {
+            let copy = pkt;
+            self.send_unreachable(Unreachable::Port, &copy[..n]);
+        }
+    }
+
+    fn remove_udp(&mut self, idx: usize) {
+        if let Some((_, flow)) = self.udp.remove(idx) {
+            self.release_udp(flow);
+        }
+    }
+
+    fn release_udp(&mut self, flow: UdpFlow) {
+        match flow.host {
+            UdpHost::Connected(mut sock) => {
+                let _ = self.host.registry().deregister(&mut sock);
+            }
+            UdpHost::Forwarded { id, client, .. } => {
+                self.fwd.clients.remove(&(id, client));
+            }
+        }
+    }
+
+    /// Close the bindings idle for their timeout.
+    pub(super) fn expire_udp(&mut self, now_ms: u64) {
+        for (_, flow) in self.udp.expire(now_ms, |f| f.idle_ms) {
+            self.release_udp(flow);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! TCP proxy: one guest connection (a smoltcp socket) spliced to one host socket.
+//! TCP splice: one guest connection (a smoltcp socket) spliced to one host socket.
 //!
 //! # Theory of operation
 //! A flow is born when the guest sends a SYN to an (address, port) nobody handles yet. The
@@ -37,6 +37,10 @@
 //! means the socket's queue was emptied: new data raises a new edge), so back-pressure never
 //! loses an edge.
 //!
+//! A flow opened by the guest keeps the start of its SYN ([`GuestSyn`]) so that a failed host
+//! connect can be answered with a RST or an ICMP error quoting it; one opened by the host (a
+//! port forward) starts `Open`. Both are built by [`TcpFlow::new`].
+//!
 //! Generic over [`HostStream`] so the splice logic can be driven by an in-memory host in tests.
 #![forbid(unsafe_code)]
 
@@ -45,6 +49,7 @@ use std::net::{Shutdown, SocketAddr};
 
 use smoltcp::socket::tcp::{self, RecvError, State};
 use smoltcp::time::Duration;
+use tapwire_proto::wire::{TcpInfo, ETH_LEN};
 
 /// How long the guest may stay silent while our data or FIN waits for its acknowledgement
 /// before the flow is reset (about what Linux's `tcp_retries2` gives). Idle connections have
@@ -104,11 +109,71 @@ pub struct TcpFlow<H> {
     pub bytes_to_guest: u64,
     /// Segments the guest sent on this flow.
     pub segments_from_guest: u64,
-    /// The start of the guest's SYN (IP header + TCP header start), to quote in an ICMP error.
-    pub syn_quote: [u8; 48],
-    pub syn_quote_len: usize,
-    /// The guest's SYN sequence number (for a RST built without smoltcp).
-    pub syn_seq: u32,
+    /// The guest's SYN (zero for a flow the host opened).
+    pub syn: GuestSyn,
+}
+
+/// What a flow keeps of the guest's SYN while its host connect is pending, to fail the
+/// guest's connect the way the host's failed.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestSyn {
+    /// The start of the SYN (IP header + TCP header start), to quote in an ICMP error.
+    pub quote: [u8; 48],
+    pub quote_len: usize,
+    /// The SYN's sequence number (for a RST built without smoltcp).
+    pub seq: u32,
+}
+
+impl Default for GuestSyn {
+    /// No SYN (a flow the host opened).
+    fn default() -> GuestSyn {
+        GuestSyn {
+            quote: [0; 48],
+            quote_len: 0,
+            seq: 0,
+        }
+    }
+}
+
+impl GuestSyn {
+    /// Keep the SYN `syn` that arrived in `frame`.
+    pub fn new(syn: &TcpInfo, frame: &[u8]) -> GuestSyn {
+        let mut quote = [0u8; 48];
+        let ip = frame.get(ETH_LEN..).unwrap_or(&[]);
+        let quote_len = ip.len().min(quote.len());
+        quote[..quote_len].copy_from_slice(&ip[..quote_len]);
+        GuestSyn {
+            quote,
+            quote_len,
+            seq: syn.seq,
+        }
+    }
+
+    /// The SYN from `guest` to `dst`, as `wire::classify` described it (to answer with a RST).
+    pub fn info(&self, guest: SocketAddr, dst: SocketAddr) -> TcpInfo {
+        TcpInfo {
+            src: guest,
+            dst,
+            syn: true,
+            ack: false,
+            rst: false,
+            fin: false,
+            seq: self.seq,
+            seq_len: 1,
+        }
+    }
+
+    /// The SYN as a frame (a zero Ethernet header, IPv6's EtherType if `v6`, then the quote),
+    /// for an ICMP error to quote; its length.
+    pub fn frame(&self, v6: bool) -> ([u8; ETH_LEN + 48], usize) {
+        let mut frame = [0u8; ETH_LEN + 48];
+        let qlen = self.quote_len;
+        if v6 {
+            frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        }
+        frame[ETH_LEN..ETH_LEN + qlen].copy_from_slice(&self.quote[..qlen]);
+        (frame, ETH_LEN + qlen)
+    }
 }
 
 /// What the engine must do after a pump.
@@ -118,6 +183,45 @@ pub enum Outcome {
     Keep,
     /// Remove the flow now (both sides done, or the guest reset it).
     Remove,
+}
+
+impl<H> TcpFlow<H> {
+    /// A flow between the guest's `guest` and `dst` (the address it sees at the other end),
+    /// its smoltcp socket `handle`, spliced to `host`, which goes to `target`. `syn`: the
+    /// guest opened the flow with this SYN, and `host` is still connecting; `None`: the host
+    /// opened it (a port forward), `host` is connected.
+    pub fn new(
+        host: H,
+        handle: smoltcp::iface::SocketHandle,
+        guest: SocketAddr,
+        dst: SocketAddr,
+        target: SocketAddr,
+        syn: Option<GuestSyn>,
+    ) -> TcpFlow<H> {
+        let connected = syn.is_none();
+        TcpFlow {
+            host,
+            handle,
+            phase: if connected {
+                Phase::Open
+            } else {
+                Phase::Connecting
+            },
+            guest,
+            dst,
+            target,
+            host_readable: connected,
+            host_writable: connected,
+            host_eof: false,
+            host_read_closed: false,
+            guest_fin: false,
+            guest_fin_seen: false,
+            bytes_to_host: 0,
+            bytes_to_guest: 0,
+            segments_from_guest: 0,
+            syn: syn.unwrap_or_default(),
+        }
+    }
 }
 
 impl<H: HostStream> TcpFlow<H> {
