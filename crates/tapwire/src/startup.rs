@@ -17,7 +17,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use crate::bypass::supervisor;
+use crate::bypass::{self, supervisor};
 use crate::cli::{Command, DaemonArgs, RunArgs};
 use crate::confine::{allowlist as filter, sandbox};
 use crate::engine::{Engine, Lifecycle};
@@ -35,7 +35,9 @@ pub fn run(cmd: Command) -> i32 {
         Command::Daemon(args) => daemon(*args),
         Command::Run(args) => run_mode(*args),
         Command::Ctl(args) => return crate::control::client::run(&args),
-        Command::SeccompProfile(args) => return crate::bypass::supervisor::print_profile(&args),
+        Command::SeccompProfile(args) => {
+            return supervisor::print_profile(args.udp, &args.listener_path)
+        }
     };
     match result {
         Ok(code) => code,
@@ -110,7 +112,16 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     };
     // Bypass for OCI runtimes: prepared before confinement, served by its own thread.
     let bypass = match &args.seccomp_listener {
-        Some(path) => Some(supervisor::prepare_daemon(&args, path)?),
+        Some(path) => Some(supervisor::prepare_daemon(&bypass::DaemonOptions {
+            bypass: bypass::Options {
+                net: &args.net,
+                publish: &args.publish,
+                ignore: &args.ignore,
+            },
+            listener_path: path,
+            sandbox: args.enable_sandbox,
+            seccomp: args.enable_seccomp,
+        })?),
         None => None,
     };
     let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
@@ -162,7 +173,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     let filter = args
         .bypass
         .as_ref()
-        .map(|b| crate::bypass::seccomp::Program::new(b.udp));
+        .map(|b| crate::bypass::rules::Program::new(b.udp));
     let mut child = netns::spawn_run_filtered(
         &args.command,
         &args.tapname,
@@ -170,7 +181,17 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         args.net.dns(),
         filter.as_ref(),
     )?;
-    let bypass = supervisor::prepare_run(&args)?;
+    let bypass = match &args.bypass {
+        Some(b) => {
+            let opts = bypass::Options {
+                net: &args.net,
+                publish: &args.publish,
+                ignore: &b.ignore,
+            };
+            Some((supervisor::prepare_run(opts)?, b.udp))
+        }
+        None => None,
+    };
     let tap = Tap::from_fd(child.tap.try_clone()?);
     let life = Lifecycle {
         exit_fd: None,

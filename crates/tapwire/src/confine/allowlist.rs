@@ -574,6 +574,7 @@ pub fn apply(bypass: bool) -> Result<(), FilterError> {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // the tests fork and make raw syscalls to probe the filter
 mod tests {
     use super::*;
     use std::collections::HashSet;

@@ -19,10 +19,13 @@
 //! bind-mounted with no process inside yet), so only the exit fd and signals end the daemon,
 //! as in slirp4netns. A kernel without pidfds keeps the old behaviour, with a warning.
 //!
-//! Syscalls (start-up only): `pidfd_open`, `epoll_create1`, `epoll_ctl`.
+//! Syscalls (start-up only): `pidfd_open` ([`crate::sys::pidfd`]), `epoll_create1`, `epoll_ctl`.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::sys::pidfd::pidfd_open;
 
 /// The fd to hand to the engine, and what must stay open as long as it is used.
 #[derive(Debug)]
@@ -80,17 +83,6 @@ fn add(ep: &OwnedFd, fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall just returned this fd (checked >= 0, fits an int); nothing else
-    // owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
 }
 
 #[cfg(test)]

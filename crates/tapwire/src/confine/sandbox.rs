@@ -63,16 +63,19 @@
 //!
 //! Syscalls: `capget`, `setns`, `unshare`, `open`/`write` on `/proc/self/{setgroups,uid_map,
 //! gid_map}`, `mount`, `open_tree`, `move_mount`, `statfs`, `mkdir`, `symlink`, `chdir`,
-//! `pivot_root`, `umount2`, `prctl`, `capset`.
+//! `pivot_root`, `umount2`, `prctl`, `capset` (`open_tree`/`move_mount` through [`crate::sys::mount`]).
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::sys::mount as mount_api;
 
 /// The capability that lets a socket bind a port below 1024.
 pub const CAP_NET_BIND_SERVICE: u32 = 10;
@@ -340,46 +343,19 @@ fn cstring(p: &Path) -> Result<CString, SandboxError> {
 /// `open_tree(path, OPEN_TREE_CLONE [| AT_RECURSIVE])`: a detached bind mount of `path`.
 fn open_tree(path: &Path, recursive: bool) -> Result<OwnedFd, SandboxError> {
     let c = cstring(path)?;
-    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: `c` is a NUL-terminated string alive across the call; open_tree reads only it
-    // and returns a new fd or -1.
-    let rc = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    if rc < 0 {
-        return Err(step(
+    mount_api::open_tree_clone(&c, recursive).map_err(|e| {
+        step(
             format!("open_tree {} (needs Linux >= 5.2)", path.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: open_tree just returned this fd (checked >= 0, fits an int) and nothing else
-    // owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) })
+            e,
+        )
+    })
 }
 
 /// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`.
 fn move_mount(fd: &OwnedFd, target: &Path) -> Result<(), SandboxError> {
     let c = cstring(target)?;
-    // SAFETY: `fd` is an open detached-mount fd; both strings are NUL-terminated and alive
-    // across the call; move_mount only reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(step(
-            format!("move_mount onto {}", target.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    mount_api::move_mount_to(fd.as_fd(), &c)
+        .map_err(|e| step(format!("move_mount onto {}", target.display()), e))
 }
 
 /// Remount a bind mount read-only, keeping the flags a less privileged user namespace may not

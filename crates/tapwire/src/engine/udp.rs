@@ -26,7 +26,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use mio::Interest;
-use tapwire_proto::config::{NetConfig, Outbound};
+use tapwire_proto::config::NetConfig;
 use tapwire_proto::flow::FlowTable;
 use tapwire_proto::nat::Verdict;
 use tapwire_proto::wire::{self, DropReason, UdpInfo, Unreachable, L2};
@@ -35,6 +35,8 @@ use super::dns;
 use super::forward::{FwdEntry, FwdSocket};
 use super::host::{token, KIND_UDP};
 use super::Engine;
+
+pub use crate::sys::socket::{bind_outbound, host_socket};
 
 /// Idle timeout of a binding.
 pub const IDLE_MS: u64 = 60_000;
@@ -74,41 +76,6 @@ pub struct UdpFlow {
     /// DNS bindings: the guest's latest query, re-sent to the next nameserver if the current
     /// one refuses it (see `dns`). `None` for other bindings.
     pub last_query: Option<Vec<u8>>,
-}
-
-/// Create a host socket for a binding: bound per `--outbound-addr`, connected to `target`.
-pub fn host_socket(
-    net: &NetConfig,
-    target: SocketAddr,
-    ty: socket2::Type,
-    proto: Option<socket2::Protocol>,
-) -> io::Result<socket2::Socket> {
-    let domain = socket2::Domain::for_address(target);
-    let sock = socket2::Socket::new(domain, ty.nonblocking().cloexec(), proto)?;
-    if !target.ip().is_loopback() {
-        bind_outbound(&sock, net, target)?;
-    }
-    Ok(sock)
-}
-
-/// Apply `--outbound-addr` / `--outbound-addr6` to a fresh host socket.
-pub fn bind_outbound(
-    sock: &socket2::Socket,
-    net: &NetConfig,
-    target: SocketAddr,
-) -> io::Result<()> {
-    match target {
-        SocketAddr::V4(_) => match &net.outbound4 {
-            Some(Outbound::Addr(a)) => sock.bind(&SocketAddr::new((*a).into(), 0).into()),
-            Some(Outbound::Device(d)) => sock.bind_device(Some(d.as_bytes())),
-            None => Ok(()),
-        },
-        SocketAddr::V6(_) => match &net.outbound6 {
-            Some(Outbound::Addr(a)) => sock.bind(&SocketAddr::new((*a).into(), 0).into()),
-            Some(Outbound::Device(d)) => sock.bind_device(Some(d.as_bytes())),
-            None => Ok(()),
-        },
-    }
 }
 
 impl UdpFlow {
