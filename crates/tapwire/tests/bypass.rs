@@ -56,11 +56,7 @@ fn preflight_bypass(tools: &[&str]) -> bool {
 }
 
 /// Shared Python prelude: `emit(**kw)` prints one JSON line.
-const PRELUDE: &str = r#"
-import errno, hashlib, json, os, select, socket, struct, sys, threading, time
-def emit(**kw):
-    print(json.dumps(kw), flush=True)
-"#;
+const PRELUDE: &str = include_str!("py/bypass_prelude.py");
 
 fn script(body: &str) -> String {
     format!("{PRELUDE}\n{body}")
@@ -137,23 +133,7 @@ fn ss_owners(host: &HostNs, args: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 
-const GATEWAY_CLIENT: &str = r#"
-port, n = int(sys.argv[1]), int(sys.argv[2])
-s = socket.create_connection(("10.0.2.2", port), timeout=30)
-emit(pid=os.getpid(), sock=s.getsockname(), peer=s.getpeername())
-assert s.recv(2) == b"go"
-data = (bytes(range(256)) * (n // 256 + 1))[:n]
-s.sendall(data)
-s.shutdown(socket.SHUT_WR)
-h, total = hashlib.sha256(), 0
-while True:
-    b = s.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    total += len(b)
-emit(up=hashlib.sha256(data).hexdigest(), down=h.hexdigest(), n=total)
-"#;
+const GATEWAY_CLIENT: &str = include_str!("py/bypass_gateway_client.py");
 
 #[test]
 fn bypass_gateway_is_host_loopback_at_kernel_level() {
@@ -215,39 +195,7 @@ fn bypass_gateway_is_host_loopback_at_kernel_level() {
     assert_eq!(v[1]["down"].as_str(), Some(sha256_hex(&down).as_str()));
 }
 
-const OPTIONS_CLIENT: &str = r#"
-port = int(sys.argv[1])
-def opts(s):
-    return dict(
-        nodelay=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
-        keepalive=s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-        keepidle=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-        keepintvl=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-        keepcnt=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-        tos=s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS),
-        sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-        linger=list(struct.unpack("ii", s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))),
-        rcvtimeo=list(struct.unpack("ll", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))),
-        inheritable=s.get_inheritable(),
-    )
-s = socket.socket()
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 7)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 100000)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 5))
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 500000))
-before = opts(s)
-s.connect(("10.0.2.2", port))
-after = opts(s)
-t = socket.socket()
-t.set_inheritable(True)
-t.connect(("10.0.2.2", port))
-emit(before=before, after=after, sock=s.getsockname(), inh_sock=t.getsockname(), inh=t.get_inheritable())
-"#;
+const OPTIONS_CLIENT: &str = include_str!("py/bypass_options_client.py");
 
 #[test]
 fn bypass_carries_socket_options_and_close_on_exec() {
@@ -286,36 +234,7 @@ fn bypass_carries_socket_options_and_close_on_exec() {
     );
 }
 
-const NONBLOCKING_CLIENT: &str = r#"
-port, closed = int(sys.argv[1]), int(sys.argv[2])
-res = {}
-s = socket.socket()
-s.setblocking(False)
-res["first"] = s.connect_ex(("10.0.2.2", port))
-r, w, x = select.select([], [s], [], 10)
-res["writable"] = bool(w)
-res["so_error"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-res["sock"] = s.getsockname()
-res["peer"] = s.getpeername()
-s.setblocking(True)
-res["greeting"] = s.recv(10).decode()
-# Non-blocking connect to a closed port: EINPROGRESS then ECONNREFUSED, or refused at once.
-c = socket.socket()
-c.setblocking(False)
-first = c.connect_ex(("10.0.2.2", closed))
-if first == errno.EINPROGRESS:
-    select.select([], [c], [], 10)
-    first = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-res["refused_nb"] = first
-# Blocking connect to a closed port.
-b = socket.socket()
-try:
-    b.connect(("10.0.2.2", closed))
-    res["refused_b"] = 0
-except OSError as e:
-    res["refused_b"] = e.errno
-emit(**res)
-"#;
+const NONBLOCKING_CLIENT: &str = include_str!("py/bypass_nonblocking_client.py");
 
 #[test]
 fn bypass_nonblocking_and_refused_connects() {
@@ -346,41 +265,7 @@ fn bypass_nonblocking_and_refused_connects() {
     assert_eq!(v["refused_b"], libc::ECONNREFUSED, "{out}");
 }
 
-const ROUTES_CLIENT: &str = r#"
-peer_port, lo_port = int(sys.argv[1]), int(sys.argv[2])
-res = {}
-# The container's own loopback: our own server, never the host's (which listens on the same port).
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", lo_port))
-srv.listen(4)
-def serve():
-    c, _ = srv.accept()
-    c.sendall(b"container")
-    c.close()
-threading.Thread(target=serve, daemon=True).start()
-c = socket.create_connection(("127.0.0.1", lo_port), timeout=10)
-res["loopback"] = c.recv(20).decode()
-# A remote host: bypassed unless ignored.
-p = socket.create_connection(("192.168.77.2", peer_port), timeout=10)
-res["peer_sock"] = p.getsockname()
-res["peer_greeting"] = p.recv(20).decode()
-# The gateway.
-try:
-    g = socket.create_connection(("10.0.2.2", lo_port), timeout=10)
-    res["gw_sock"] = g.getsockname()
-    res["gw_greeting"] = g.recv(20).decode()
-except OSError as e:
-    res["gw_errno"] = e.errno
-# UDP to the gateway.
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-try:
-    u.connect(("10.0.2.2", lo_port))
-    res["udp_sock"] = u.getsockname()
-except OSError as e:
-    res["udp_errno"] = e.errno
-emit(**res)
-"#;
+const ROUTES_CLIENT: &str = include_str!("py/bypass_routes_client.py");
 
 fn routes(flags: &[&str]) -> (serde_json::Value, Out) {
     let host = HostNs::new();
@@ -449,32 +334,7 @@ fn bypass_routes_default_ignore_and_disable_host_loopback() {
     assert_eq!(addr_of(&v["peer_sock"]).ip(), PEER_HOST_ADDR, "{out}");
 }
 
-const UDP_CLIENT: &str = r#"
-port, other = int(sys.argv[1]), int(sys.argv[2])
-res = {}
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(10)
-u.connect(("10.0.2.2", port))
-res["sock"] = u.getsockname()
-res["peer"] = u.getpeername()
-u.send(b"one")
-res["one"] = u.recv(100).decode()
-# sendto/sendmsg with the gateway again: performed by the supervisor, translated.
-u.sendto(b"two", ("10.0.2.2", port))
-res["two"] = u.recv(100).decode()
-u.sendmsg([b"thr", b"ee"], [], 0, ("10.0.2.2", port))
-res["three"] = u.recv(100).decode()
-# A destination the host socket must not reach: the container's own loopback.
-for name, f in (("sendto", lambda: u.sendto(b"x", ("127.0.0.1", other))),
-                ("sendmsg", lambda: u.sendmsg([b"x"], [], 0, ("127.0.0.1", other))),
-                ("connect", lambda: u.connect(("127.0.0.1", other)))):
-    try:
-        f()
-        res[name] = 0
-    except OSError as e:
-        res[name] = e.errno
-emit(**res)
-"#;
+const UDP_CLIENT: &str = include_str!("py/bypass_udp_client.py");
 
 #[test]
 fn bypass_udp_connect_and_sends_are_policed() {
@@ -520,44 +380,7 @@ fn bypass_udp_connect_and_sends_are_policed() {
     );
 }
 
-const THREADS_CLIENT: &str = r#"
-port, procs, threads, per = (int(a) for a in sys.argv[1:5])
-def worker(results):
-    for _ in range(per):
-        try:
-            s = socket.create_connection(("10.0.2.2", port), timeout=30)
-            ok = s.recv(1) == b"x" and s.getsockname()[0] == "127.0.0.1"
-            s.close()
-            results.append(ok)
-        except OSError as e:
-            results.append(repr(e))
-children = []
-for p in range(procs):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        results = []
-        ts = [threading.Thread(target=worker, args=(results,)) for _ in range(threads)]
-        for t in ts: t.start()
-        for t in ts: t.join()
-        os.write(w, json.dumps(results).encode())
-        os._exit(0)
-    os.close(w)
-    children.append((pid, r))
-good, bad = 0, []
-for pid, r in children:
-    data = b""
-    while True:
-        b = os.read(r, 65536)
-        if not b: break
-        data += b
-    os.waitpid(pid, 0)
-    for x in json.loads(data or b"[]"):
-        if x is True: good += 1
-        else: bad.append(x)
-emit(good=good, bad=bad[:5], nbad=len(bad))
-"#;
+const THREADS_CLIENT: &str = include_str!("py/bypass_threads_client.py");
 
 #[test]
 fn bypass_many_threads_and_processes_connect_at_once() {
@@ -588,58 +411,7 @@ fn bypass_many_threads_and_processes_connect_at_once() {
     assert_eq!(count.load(Ordering::Relaxed) as u64, total);
 }
 
-const SLOW_CLIENT: &str = r#"
-port = int(sys.argv[1])
-res = {}
-t0 = time.time()
-def slow():
-    s = socket.socket()
-    try:
-        s.connect(("192.168.77.3", 80))   # nobody answers ARP: takes seconds
-        res["slow"] = 0
-    except OSError as e:
-        res["slow"] = e.errno
-    res["slow_t"] = time.time() - t0
-th = threading.Thread(target=slow)
-th.start()
-time.sleep(0.3)
-n = 0
-for _ in range(20):
-    s = socket.create_connection(("10.0.2.2", port), timeout=10)
-    n += s.getsockname()[0] == "127.0.0.1"
-    s.close()
-res["fast"], res["fast_t"] = n, time.time() - t0
-# SO_SNDTIMEO bounds a blocking connect: EINPROGRESS after it, as the kernel does.
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 400000))
-t1 = time.time()
-try:
-    s.connect(("192.168.77.4", 80))
-    res["sndtimeo"] = 0
-except OSError as e:
-    res["sndtimeo"] = e.errno
-res["sndtimeo_t"] = time.time() - t1
-th.join()
-# A process killed while its connect is pending in the supervisor.
-pid = os.fork()
-if pid == 0:
-    socket.socket().connect(("192.168.77.5", 80))
-    os._exit(0)
-time.sleep(0.5)
-os.kill(pid, 9)
-os.waitpid(pid, 0)
-# tapwire (our parent) must stay idle meanwhile: no spinning on the dead notification.
-def cpu(p):
-    f = open("/proc/%d/stat" % p).read().rsplit(")", 1)[1].split()
-    return int(f[11]) + int(f[12])
-tw = os.getppid()
-c0 = cpu(tw)
-time.sleep(2)
-res["idle_ticks"] = cpu(tw) - c0
-s = socket.create_connection(("10.0.2.2", port), timeout=10)
-res["after"] = s.getsockname()[0]
-emit(**res)
-"#;
+const SLOW_CLIENT: &str = include_str!("py/bypass_slow_client.py");
 
 #[test]
 fn bypass_slow_connect_never_stalls_others_and_dead_processes_are_dropped() {
@@ -683,64 +455,7 @@ fn bypass_slow_connect_never_stalls_others_and_dead_processes_are_dropped() {
 /// rewrites that struct as fast as it can with one of three addresses: an allowed one (the
 /// peer), the container's own 127.0.0.1 and the gateway, both of which must never reach the
 /// host's loopback (`--disable-host-loopback`).
-const RACE_C: &str = r#"
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-static struct sockaddr_in target;
-static struct sockaddr_in choices[3];
-static volatile int stop;
-static volatile unsigned long flips;
-
-static void *flip(void *arg) {
-    unsigned i = 0;
-    volatile struct sockaddr_in *t = &target;
-    (void)arg;
-    while (!stop) {
-        const struct sockaddr_in *c = &choices[i++ % 3];
-        t->sin_port = c->sin_port;
-        t->sin_addr.s_addr = c->sin_addr.s_addr;
-        flips++;
-    }
-    return NULL;
-}
-
-static void set(struct sockaddr_in *a, const char *ip, int port) {
-    memset(a, 0, sizeof *a);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(port);
-    inet_pton(AF_INET, ip, &a->sin_addr);
-}
-
-int main(int argc, char **argv) {
-    int rounds = atoi(argv[3]), ok = 0, refused = 0, unreach = 0, other = 0;
-    pthread_t t;
-    set(&choices[0], "192.168.77.2", atoi(argv[1]));
-    set(&choices[1], "127.0.0.1", atoi(argv[2]));
-    set(&choices[2], "10.0.2.2", atoi(argv[2]));
-    target = choices[0];
-    pthread_create(&t, NULL, flip, NULL);
-    for (int i = 0; i < rounds; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (connect(fd, (struct sockaddr *)&target, sizeof target) == 0) ok++;
-        else if (errno == ECONNREFUSED) refused++;
-        else if (errno == ENETUNREACH) unreach++;
-        else other++;
-        close(fd);
-    }
-    stop = 1;
-    pthread_join(t, NULL);
-    printf("{\"ok\": %d, \"refused\": %d, \"unreach\": %d, \"other\": %d, \"flips\": %lu}\n", ok, refused, unreach, other, flips);
-    return 0;
-}
-"#;
+const RACE_C: &str = include_str!("c/bypass_race.c");
 
 #[test]
 fn bypass_sockaddr_rewrite_race_never_lands_where_policy_forbids() {
@@ -807,24 +522,7 @@ fn bypass_sockaddr_rewrite_race_never_lands_where_policy_forbids() {
     assert_eq!(v["other"], 0, "{out}");
 }
 
-const PUBLISH_SERVER: &str = r#"
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 80))
-s.listen(8)
-emit(pid=os.getpid(), listening=s.getsockname())
-c, a = s.accept()
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-c.sendall(("%s %d" % (h.hexdigest(), n)).encode())
-c.close()
-emit(client=a)
-"#;
+const PUBLISH_SERVER: &str = include_str!("py/bypass_publish_server.py");
 
 #[test]
 fn bypass_published_port_is_a_host_socket() {
@@ -910,30 +608,7 @@ fn bypass_seccomp_profile_is_valid_json() {
     }
 }
 
-const SENDS_CLIENT: &str = r#"
-port = int(sys.argv[1])
-res = {}
-# DNS through the tap's forwarder: glibc's resolver sends with sendmmsg/sendto, which the
-# supervisor performs on the container's own socket.
-res["dns"] = socket.gethostbyname("tapwire.test")
-# UNIX sockets are not IP: their calls pass through (SCM_RIGHTS included).
-a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-r, w = os.pipe()
-socket.send_fds(a, [b"fd"], [w])
-msg, fds, _, _ = socket.recv_fds(b, 10, 1)
-res["unix"] = [msg.decode(), len(fds)]
-# Bulk sendmsg on a blocking bypassed TCP socket: performed by the supervisor in chunks.
-s = socket.create_connection(("10.0.2.2", port), timeout=60)
-s.settimeout(None)
-data = bytes(range(256)) * 16384
-view, sent = memoryview(data), 0
-while sent < len(data):
-    sent += s.sendmsg([view[sent:sent + 3000000]])
-s.shutdown(socket.SHUT_WR)
-res["sha"] = hashlib.sha256(data).hexdigest()
-res["sock"] = s.getsockname()
-emit(**res)
-"#;
+const SENDS_CLIENT: &str = include_str!("py/bypass_sends_client.py");
 
 #[test]
 fn bypass_dns_unix_sockets_and_sendmsg_still_work() {
@@ -957,46 +632,7 @@ fn bypass_dns_unix_sockets_and_sendmsg_still_work() {
 /// The container's client: connect, print our address, wait for "go", upload NBYTES of a
 /// fixed pattern, half-close, copy the download to stdout. Static, so the rootfs needs nothing
 /// but busybox.
-const RUNC_CLIENT_C: &str = r#"
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    struct sockaddr_in a = {0}, me;
-    socklen_t ml = sizeof me;
-    long n = atol(argv[3]);
-    static char buf[65536];
-    char go[2];
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (argc != 4) return 2;
-    a.sin_family = AF_INET;
-    a.sin_port = htons(atoi(argv[2]));
-    inet_pton(AF_INET, argv[1], &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { perror("connect"); return 1; }
-    getsockname(fd, (struct sockaddr *)&me, &ml);
-    fprintf(stderr, "client local %s:%d\n", inet_ntoa(me.sin_addr), ntohs(me.sin_port));
-    if (read(fd, go, 2) != 2) { perror("go"); return 1; }
-    for (long i = 0; i < (long)sizeof buf; i++) buf[i] = (char)(i * 7 + 3);
-    while (n > 0) {
-        long k = n < (long)sizeof buf ? n : (long)sizeof buf;
-        long w = write(fd, buf, k);
-        if (w <= 0) { perror("write"); return 1; }
-        n -= w;
-    }
-    shutdown(fd, SHUT_WR);
-    for (;;) {
-        long r = read(fd, buf, sizeof buf);
-        if (r < 0) { perror("read"); return 1; }
-        if (r == 0) break;
-        if (fwrite(buf, 1, r, stdout) != (size_t)r) return 1;
-    }
-    return 0;
-}
-"#;
+const RUNC_CLIENT_C: &str = include_str!("c/bypass_runc_client.c");
 
 /// The pattern RUNC_CLIENT_C uploads.
 fn runc_pattern(n: usize) -> Vec<u8> {
@@ -1250,24 +886,7 @@ fn runc_scenario(daemon_flags: &[&str]) {
     );
 }
 
-const IPV6_CLIENT: &str = r#"
-port = int(sys.argv[1])
-res = {}
-for key, fam, addr in (("v6", socket.AF_INET6, ("fd00::2", port)),
-                       ("mapped", socket.AF_INET6, ("::ffff:10.0.2.2", port)),
-                       ("v4", socket.AF_INET, ("10.0.2.2", port))):
-    s = socket.socket(fam)
-    s.settimeout(10)
-    try:
-        s.connect(addr)
-        res[key] = dict(sock=s.getsockname()[:2], peer=s.getpeername()[:2], got=s.recv(10).decode())
-    except OSError as e:
-        res[key] = e.errno
-# ::1 is the container's own: nobody listens there.
-s = socket.socket(socket.AF_INET6)
-res["lo6"] = s.connect_ex(("::1", port))
-emit(**res)
-"#;
+const IPV6_CLIENT: &str = include_str!("py/bypass_ipv6_client.py");
 
 #[test]
 fn bypass_ipv6_gateway_and_ipv4_mapped_destinations() {
