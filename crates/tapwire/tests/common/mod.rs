@@ -69,6 +69,7 @@ pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 pub const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 pub const PEER_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 
+pub mod api;
 mod daemon;
 mod dns;
 mod netns;
