@@ -75,6 +75,7 @@ mod dns;
 mod netns;
 mod preflight;
 mod process;
+pub mod tap_mode;
 mod traffic;
 
 // Not every test binary uses every part.
