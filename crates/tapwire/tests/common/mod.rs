@@ -72,6 +72,7 @@ pub const PEER_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 pub mod api;
 mod daemon;
 mod dns;
+pub mod hardening;
 mod netns;
 mod preflight;
 mod process;
