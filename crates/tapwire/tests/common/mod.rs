@@ -70,6 +70,7 @@ pub const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 pub const PEER_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 
 pub mod api;
+pub mod bypass;
 mod daemon;
 mod dns;
 pub mod hardening;
