@@ -74,6 +74,7 @@ pub mod bypass;
 mod daemon;
 mod dns;
 pub mod hardening;
+pub mod ipv6;
 mod netns;
 mod preflight;
 mod process;
