@@ -34,6 +34,11 @@
 //! or else the tapwire binary Cargo built. Missing prerequisites (not root, missing tool, no
 //! /dev/net/tun) fail the test with "skipping: <why>" unless `TAPWIRE_ALLOW_SKIP=1`, in which case
 //! the test returns early after printing the reason (on the real stderr, never captured).
+//!
+//! Layout: `preflight` (root, tools, skip policy), `process` (spawning with deadlines), `netns`
+//! (HostNs, Guest, Peer), `daemon` (the binary under test), `traffic` (random data, SHA-256 via
+//! `sha2`, checked transfers), `dns` (A queries), all re-exported here; per-suite helpers in
+//! `api`, `tap_mode`, `hardening`, `bypass` and `ipv6`, imported explicitly by those suites.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
