@@ -96,22 +96,7 @@ fn run_mode_exit_status_zero_and_signal() {
 
 /// Python client run inside run mode: send FILE, half-close, read the reply to EOF, print
 /// "<sha256 of reply> <reply length>".
-const CLIENT: &str = r#"
-import hashlib, socket, sys
-host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.create_connection((host, port), timeout=30)
-with open(path, "rb") as f:
-    s.sendall(f.read())
-s.shutdown(socket.SHUT_WR)
-h, n = hashlib.sha256(), 0
-while True:
-    b = s.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(h.hexdigest(), n)
-"#;
+const CLIENT: &str = include_str!("py/run_mode_client.py");
 
 #[test]
 fn run_mode_tcp_both_directions_to_host_loopback() {
