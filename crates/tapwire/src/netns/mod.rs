@@ -71,10 +71,18 @@ use nix::sys::socket::{
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, getpid, getppid, ForkResult, Gid, Pid, Uid};
 
-use crate::cli::Target;
 use crate::link::netlink::{self, NetlinkError};
 use crate::link::tap::{self, Tap, TapError};
 use tapwire_proto::config::IfConfig;
+
+/// Which network namespace the daemon attaches to (its positional argument).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `--netns-type=pid` (default): /proc/PID/ns/{user,net}.
+    Pid(i32),
+    /// `--netns-type=path`: a netns file (e.g. /run/netns/x or /proc/N/ns/net).
+    Path(PathBuf),
+}
 
 /// Largest error text a child sends back (bigger texts are cut).
 const MAX_REPLY: usize = 4096;
