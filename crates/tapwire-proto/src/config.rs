@@ -4,9 +4,16 @@
 //! partially applied); everything downstream reads addresses from it through the helper
 //! methods (`gateway()`, `dns()`, `guest()`) so the "network+2 / +3 / +100" convention of
 //! slirp4netns lives in exactly one place.
+//!
+//! The command-line spellings of the values that live here are their [`FromStr`] impls:
+//! [`Publish`] (`-p [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]`), [`Proto`] (`tcp`, `udp`) and
+//! [`Outbound`] (`--outbound-addr*`: an IP literal or an interface name, checked by
+//! [`valid_ifname`]). Their errors are plain strings, which the CLI prints after the flag's
+//! name, so the texts are part of the user interface.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
 
 /// Where host sockets are bound for outbound traffic (`--outbound-addr`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +22,62 @@ pub enum Outbound<A> {
     Addr(A),
     /// Bind to an interface (SO_BINDTODEVICE).
     Device(String),
+}
+
+/// `--outbound-addr*`: an IP literal or an interface name.
+impl FromStr for Outbound<IpAddr> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => Ok(Outbound::Addr(ip)),
+            Err(_) if valid_ifname(s) => Ok(Outbound::Device(s.to_owned())),
+            Err(_) => Err("expected an IP address or a valid interface name".to_owned()),
+        }
+    }
+}
+
+/// `--outbound-addr`: IPv4 literal or interface name.
+impl FromStr for Outbound<Ipv4Addr> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<Outbound<IpAddr>>()? {
+            Outbound::Addr(IpAddr::V4(a)) => Ok(Outbound::Addr(a)),
+            Outbound::Addr(IpAddr::V6(_)) => {
+                Err("expected an IPv4 address (use --outbound-addr6 for IPv6)".to_owned())
+            }
+            Outbound::Device(d) => Ok(Outbound::Device(d)),
+        }
+    }
+}
+
+/// `--outbound-addr6`: IPv6 literal or interface name.
+impl FromStr for Outbound<Ipv6Addr> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<Outbound<IpAddr>>()? {
+            Outbound::Addr(IpAddr::V6(a)) => Ok(Outbound::Addr(a)),
+            Outbound::Addr(IpAddr::V4(_)) => {
+                Err("expected an IPv6 address (use --outbound-addr for IPv4)".to_owned())
+            }
+            Outbound::Device(d) => Ok(Outbound::Device(d)),
+        }
+    }
+}
+
+/// Whether `s` is a Linux interface name as the kernel's `dev_valid_name` accepts it:
+/// 1..=15 bytes, not "." or "..", no '/', ':' or whitespace.
+pub fn valid_ifname(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+/// Only ASCII digits (no sign, no whitespace) parsed as `N`, else `None`.
+fn parse_digits<N: FromStr>(s: &str) -> Option<N> {
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// The virtual network seen by the guest and the policy for reaching the host.
@@ -133,6 +196,18 @@ impl Proto {
     }
 }
 
+/// The `/tcp` or `/udp` suffix of `-p`.
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            other => Err(format!("unknown protocol '{other}' (tcp or udp)")),
+        }
+    }
+}
+
 /// A port forward from the host into the guest (`add_hostfwd`, `-p`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
@@ -161,6 +236,45 @@ impl Publish {
             host: SocketAddr::new(self.host_addr, self.host_port),
             guest: SocketAddr::new(net.guest().into(), self.guest_port),
         }
+    }
+}
+
+/// `-p/--publish`: `[HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]`; an IPv6 HOST_ADDR is
+/// written in brackets (`[::1]:8080:80`). Ports are 1..=65535; the default HOST_ADDR is 0.0.0.0.
+impl FromStr for Publish {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        const MSG: &str = "expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]";
+        let (spec, proto) = match s.rsplit_once('/') {
+            Some((spec, proto)) => (spec, proto.parse()?),
+            None => (s, Proto::Tcp),
+        };
+        let port = |p: &str| -> Result<u16, String> {
+            parse_digits::<u16>(p)
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("invalid port '{p}' (1-65535)"))
+        };
+        let (rest, guest) = spec.rsplit_once(':').ok_or(MSG)?;
+        let guest_port = port(guest)?;
+        let (host_addr, host_port) = match rest.rsplit_once(':') {
+            None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), port(rest)?),
+            Some((addr, hp)) => {
+                let addr = addr
+                    .strip_prefix('[')
+                    .and_then(|a| a.strip_suffix(']'))
+                    .unwrap_or(addr);
+                let ip: IpAddr = addr
+                    .parse()
+                    .map_err(|_| format!("invalid host address '{addr}'"))?;
+                (ip, port(hp)?)
+            }
+        };
+        Ok(Publish {
+            proto,
+            host_addr,
+            host_port,
+            guest_port,
+        })
     }
 }
 
@@ -201,5 +315,106 @@ mod tests {
         assert!(n.contains(Ipv4Addr::new(10, 0, 2, 77)));
         assert!(!n.contains(Ipv4Addr::new(10, 0, 3, 1)));
         assert_eq!(n.host_mac(), [0x52, 0x55, 10, 0, 2, 2]);
+    }
+
+    #[test]
+    fn publish_forms() {
+        let p: Publish = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.proto, p.host_addr, p.host_port, p.guest_port),
+            (Proto::Tcp, IpAddr::from([0, 0, 0, 0]), 8080, 80)
+        );
+        let p: Publish = "127.0.0.1:5353:53/udp".parse().unwrap();
+        assert_eq!(
+            (p.proto, p.host_addr),
+            (Proto::Udp, IpAddr::from([127, 0, 0, 1]))
+        );
+        let p: Publish = "[::1]:8443:443/tcp".parse().unwrap();
+        assert_eq!(p.host_addr, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!((p.host_port, p.guest_port), (8443, 443));
+        for bad in [
+            "80",
+            "0:80",
+            "80:0",
+            "x:80",
+            "8080:80/sctp",
+            "1.2.3:80:80",
+            "70000:80",
+            "",
+        ] {
+            assert!(bad.parse::<Publish>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn publish_error_texts() {
+        let err = |s: &str| s.parse::<Publish>().unwrap_err();
+        assert_eq!(
+            err("80"),
+            "expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]"
+        );
+        assert_eq!(err("8080:80/sctp"), "unknown protocol 'sctp' (tcp or udp)");
+        assert_eq!(err("0:80"), "invalid port '0' (1-65535)");
+        assert_eq!(err("70000:80"), "invalid port '70000' (1-65535)");
+        assert_eq!(err("+1:80"), "invalid port '+1' (1-65535)");
+        assert_eq!(err("1.2.3:80:80"), "invalid host address '1.2.3'");
+        assert_eq!(err("[::1:80:80"), "invalid host address '[::1'");
+        assert_eq!("udp".parse::<Proto>(), Ok(Proto::Udp));
+        assert_eq!("tcp".parse::<Proto>(), Ok(Proto::Tcp));
+    }
+
+    #[test]
+    fn outbound_forms() {
+        assert_eq!(
+            "192.0.2.1".parse::<Outbound<Ipv4Addr>>(),
+            Ok(Outbound::Addr(Ipv4Addr::new(192, 0, 2, 1)))
+        );
+        assert_eq!(
+            "2001:db8::1".parse::<Outbound<Ipv6Addr>>(),
+            Ok(Outbound::Addr("2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(
+            "eth0".parse::<Outbound<Ipv6Addr>>(),
+            Ok(Outbound::Device("eth0".into()))
+        );
+        assert_eq!(
+            "0123456789abcde".parse::<Outbound<Ipv4Addr>>(),
+            Ok(Outbound::Device("0123456789abcde".into()))
+        );
+        assert_eq!(
+            "::1".parse::<Outbound<Ipv4Addr>>().unwrap_err(),
+            "expected an IPv4 address (use --outbound-addr6 for IPv6)"
+        );
+        assert_eq!(
+            "10.0.0.1".parse::<Outbound<Ipv6Addr>>().unwrap_err(),
+            "expected an IPv6 address (use --outbound-addr for IPv4)"
+        );
+        for bad in ["", "a/b", "a b", ".", "..", "0123456789abcdef", "a:b"] {
+            assert_eq!(
+                bad.parse::<Outbound<IpAddr>>().unwrap_err(),
+                "expected an IP address or a valid interface name",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn interface_names() {
+        for good in ["eth0", "tap0", "a", "0123456789abcde", "..."] {
+            assert!(valid_ifname(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\u{a0}b",
+            "0123456789abcdef",
+        ] {
+            assert!(!valid_ifname(bad), "{bad:?}");
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! 1. logging (no threads), RLIMIT_NOFILE raised;
 //! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
 //!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
-//! 3. the engine (blocks signals, builds the smoltcp interface), the API socket, `-p` forwards;
+//! 3. the engine (blocks signals, builds the smoltcp interface), the control socket, `-p` forwards;
 //! 4. confinement, in slirp4netns's order: the sandbox (`--enable-sandbox`; always in run mode,
 //!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
 //!    sandbox may join a user namespace, so no thread may exist before it;
@@ -34,7 +34,7 @@ pub fn run(cmd: Command) -> i32 {
     let result = match cmd {
         Command::Daemon(args) => daemon(*args),
         Command::Run(args) => run_mode(*args),
-        Command::Ctl(args) => return crate::control::client::run(&args),
+        Command::Control(args) => return crate::control::client::run(&args),
         Command::SeccompProfile(args) => {
             return supervisor::print_profile(args.udp, &args.listener_path)
         }
@@ -99,8 +99,8 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     )?;
     // The engine's exit fd also fires when the guest's process exits (see `lifeline`).
     let guest_pid = match &args.target {
-        crate::cli::Target::Pid(pid) => Some(*pid),
-        crate::cli::Target::Path(_) => None,
+        netns::Target::Pid(pid) => Some(*pid),
+        netns::Target::Path(_) => None,
     };
     let (exit_fd, _lifeline_members) = match crate::confine::lifeline::new(exit_fd, guest_pid)? {
         Some(l) => (Some(l.fd), l.members),
@@ -125,18 +125,21 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         None => None,
     };
     let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
-    if let Some(path) = &args.api_socket {
+    if let Some(path) = &args.control_socket {
         engine.listen_api(path)?;
     }
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
     if args.enable_sandbox {
         let userns = args.userns_path.clone().or(match &args.target {
-            crate::cli::Target::Pid(pid) => Some(format!("/proc/{pid}/ns/user").into()),
-            crate::cli::Target::Path(_) => None,
+            netns::Target::Pid(pid) => Some(format!("/proc/{pid}/ns/user").into()),
+            netns::Target::Path(_) => None,
         });
         let lowest = args.publish.iter().map(|p| p.host_port).min();
-        let sockets = [args.api_socket.as_deref(), args.seccomp_listener.as_deref()];
+        let sockets = [
+            args.control_socket.as_deref(),
+            args.seccomp_listener.as_deref(),
+        ];
         let policy = sandbox::Policy::daemon(userns, &sockets, lowest);
         let applied = sandbox::apply(&policy)?;
         tracing::info!(?applied, "sandbox applied");
@@ -155,7 +158,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     }
     let status = engine.run();
     // The supervisor thread owns the runtimes' socket and is never joined: remove its file
-    // here, as the engine removes the API socket's.
+    // here, as the engine removes the control socket's.
     if let Some(path) = &args.seccomp_listener {
         let _ = std::fs::remove_file(path);
     }

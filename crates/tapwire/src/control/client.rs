@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::{CtlAction, CtlArgs};
+use crate::cli::{ControlAction, ControlArgs};
 
 /// The request JSON for an action.
-pub fn request(action: &CtlAction) -> Value {
+pub fn request(action: &ControlAction) -> Value {
     match action {
-        CtlAction::AddHostfwd {
+        ControlAction::AddHostfwd {
             publish,
             guest_addr,
         } => {
@@ -34,12 +34,12 @@ pub fn request(action: &CtlAction) -> Value {
             }
             json!({ "execute": "add_hostfwd", "arguments": args })
         }
-        CtlAction::ListHostfwd => json!({ "execute": "list_hostfwd" }),
-        CtlAction::RemoveHostfwd { id } => {
+        ControlAction::ListHostfwd => json!({ "execute": "list_hostfwd" }),
+        ControlAction::RemoveHostfwd { id } => {
             json!({ "execute": "remove_hostfwd", "arguments": { "id": id } })
         }
-        CtlAction::Connections => json!({ "execute": "list_connections" }),
-        CtlAction::Stats => json!({ "execute": "get_stats" }),
+        ControlAction::Connections => json!({ "execute": "list_connections" }),
+        ControlAction::Stats => json!({ "execute": "get_stats" }),
     }
 }
 
@@ -57,16 +57,16 @@ pub fn call(path: &std::path::Path, req: &Value) -> std::io::Result<String> {
 }
 
 /// Text rendering of a successful reply.
-pub fn render(action: &CtlAction, ret: &Value) -> String {
+pub fn render(action: &ControlAction, ret: &Value) -> String {
     let s = |v: &Value| match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
     };
     match action {
-        CtlAction::AddHostfwd { .. } => format!("id {}\n", s(&ret["id"])),
-        CtlAction::RemoveHostfwd { id } => format!("removed {id}\n"),
-        CtlAction::ListHostfwd => {
+        ControlAction::AddHostfwd { .. } => format!("id {}\n", s(&ret["id"])),
+        ControlAction::RemoveHostfwd { id } => format!("removed {id}\n"),
+        ControlAction::ListHostfwd => {
             // slirp4netns replies without the "return" wrapper; accept both.
             let mut out = String::from("ID\tPROTO\tHOST\tGUEST\n");
             for e in ret["entries"].as_array().into_iter().flatten() {
@@ -82,7 +82,7 @@ pub fn render(action: &CtlAction, ret: &Value) -> String {
             }
             out
         }
-        CtlAction::Connections => {
+        ControlAction::Connections => {
             let mut out = String::from("PROTO\tGUEST\tREMOTE\tHOST\tFROM_GUEST\tTO_GUEST\tAGE_S\n");
             for c in ret["connections"].as_array().into_iter().flatten() {
                 let from = if c["proto"] == "tcp" {
@@ -108,7 +108,7 @@ pub fn render(action: &CtlAction, ret: &Value) -> String {
             }
             out
         }
-        CtlAction::Stats => {
+        ControlAction::Stats => {
             let mut out = String::new();
             flatten("", ret, &mut out);
             out
@@ -133,8 +133,8 @@ fn flatten(prefix: &str, v: &Value, out: &mut String) {
 }
 
 /// Run `tapwire ctl`; returns the exit status.
-pub fn run(args: &CtlArgs) -> i32 {
-    let reply = match call(&args.api_socket, &request(&args.action)) {
+pub fn run(args: &ControlArgs) -> i32 {
+    let reply = match call(&args.control_socket, &request(&args.action)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tapwire ctl: {e}");
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn add_request_shape() {
-        let a = CtlAction::AddHostfwd {
+        let a = ControlAction::AddHostfwd {
             publish: Publish {
                 proto: Proto::Udp,
                 host_addr: "127.0.0.1".parse().unwrap(),
@@ -192,13 +192,13 @@ mod tests {
     #[test]
     fn renders_lists_with_and_without_return_wrapper() {
         let entries = json!({"entries":[{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80}]});
-        let text = render(&CtlAction::ListHostfwd, &entries);
+        let text = render(&ControlAction::ListHostfwd, &entries);
         assert!(
             text.contains("1\ttcp\t0.0.0.0:8080\t10.0.2.100:80"),
             "{text}"
         );
         let stats = render(
-            &CtlAction::Stats,
+            &ControlAction::Stats,
             &json!({"frames_in": 3, "drops": {"checksum": 1}}),
         );
         assert_eq!(stats, "frames_in: 3\ndrops.checksum: 1\n");

@@ -1,0 +1,53 @@
+//! `tapwire seccomp-profile`: the command line of the OCI seccomp profile printer.
+//!
+//! Theory of operation: bypass mode for OCI runtimes needs the container's `config.json` to
+//! carry a `linux.seccomp` profile whose `listenerPath` is the socket the daemon serves with
+//! `--seccomp-listener`. This front end only names that socket and whether UDP is trapped
+//! too; [`crate::bypass::supervisor::print_profile`] prints the profile from a [`ProfileArgs`].
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser as _;
+use clap::Parser;
+
+use super::parse_socket_path;
+
+/// `tapwire seccomp-profile`: print the OCI seccomp profile for bypass mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileArgs {
+    /// Where tapwire's `--seccomp-listener` listens (the profile's `listenerPath`).
+    pub listener_path: PathBuf,
+    /// Trap the sends too, so that UDP can be bypassed.
+    pub udp: bool,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tapwire-seccomp-profile",
+    about = "Print the seccomp profile (config.json's linux.seccomp) that hands a runc/crun container's socket calls to `tapwire --seccomp-listener`",
+    override_usage = "tapwire seccomp-profile [--listener-path PATH] [--no-bypass-udp]"
+)]
+pub(super) struct ProfileCli {
+    /// The socket tapwire serves with --seccomp-listener
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/tapwire/seccomp.sock",
+        value_parser = clap::builder::PathBufValueParser::new().try_map(parse_socket_path)
+    )]
+    pub(super) listener_path: PathBuf,
+
+    /// Keep UDP on the tap (fewer calls trapped: sendmsg/sendmmsg and sendto with an address pass)
+    #[arg(long)]
+    pub(super) no_bypass_udp: bool,
+}
+
+impl ProfileCli {
+    pub(super) fn into_args(self) -> ProfileArgs {
+        ProfileArgs {
+            listener_path: self.listener_path,
+            udp: !self.no_bypass_udp,
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The socketpair between a namespace child and the parent, and the child's life-and-death
+//! plumbing.
+//!
+//! Theory of operation: one datagram from child to parent on an `AF_UNIX`/`SOCK_SEQPACKET`
+//! socketpair: `b'K'` with exactly one fd in `SCM_RIGHTS` (success, [`send_fd`]), or `b'E'`
+//! followed by the UTF-8 error text (failure, [`send_error`]; the parent returns it as
+//! [`NetnsError::Child`]). End of file without a datagram means the child died; the parent
+//! reaps it ([`wait_child`]) and reports how it ended ([`describe`]). [`recv_reply`] is the
+//! parent's side and rejects anything else (no fd, two fds, unknown tag, truncation). Run mode
+//! adds `b'L'` + a listener's fd number for bypass mode ([`TAG_LISTENER`]).
+//!
+//! Children call [`die_with_parent`] first (`PR_SET_PDEATHSIG(SIGKILL)`, then a `getppid`
+//! check for a parent that died before it took effect) and end with [`exit_now`] (`_exit`).
+#![allow(unsafe_code)]
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{
+    recvmsg, send, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned,
+    MsgFlags, SockFlag, SockType,
+};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{getppid, Pid};
+
+use super::{errno, setup_err, NetnsError};
+
+/// Largest error text a child sends back (bigger texts are cut).
+pub(super) const MAX_REPLY: usize = 4096;
+pub(super) const TAG_OK: u8 = b'K';
+pub(super) const TAG_ERR: u8 = b'E';
+/// Run child, bypass mode: "the listener is fd N" (4 bytes, native endian) follows.
+pub(super) const TAG_LISTENER: u8 = b'L';
+
+/// `_exit(2)`: no destructors, no atexit handlers, no stdio flushing of the parent's buffers.
+pub(super) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and takes no pointers; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// `PR_SET_PDEATHSIG(SIGKILL)`, then make sure the parent did not already die before it took
+/// effect (we would have been reparented).
+pub(super) fn die_with_parent(parent: Pid) -> Result<(), NetnsError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| setup_err("prctl(PR_SET_PDEATHSIG, SIGKILL)", errno(e)))?;
+    if getppid() != parent {
+        exit_now(1);
+    }
+    Ok(())
+}
+
+pub(super) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), NetnsError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| NetnsError::SocketPair(errno(e)))
+}
+
+/// Child side: send `TAG_OK` with `fd` attached.
+pub(super) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [IoSlice::new(&[TAG_OK])];
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(()),
+        }
+    }
+}
+
+/// Child side: send `TAG_ERR` and the error text (best effort: if the parent is gone there is
+/// nobody to tell).
+pub(super) fn send_error(sock: BorrowedFd<'_>, err: &NetnsError) {
+    let text = err.to_string();
+    let mut msg = Vec::with_capacity(text.len().min(MAX_REPLY) + 1);
+    msg.push(TAG_ERR);
+    // Cut at a char boundary so the parent always gets valid UTF-8.
+    let mut cut = text.len().min(MAX_REPLY - 1);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    msg.extend_from_slice(text.get(..cut).unwrap_or("").as_bytes());
+    loop {
+        match send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL) {
+            Err(Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// What the child sent.
+pub(super) enum Reply {
+    Fd(OwnedFd),
+    Error(String),
+    Eof,
+}
+
+/// Parent side: receive the child's one datagram.
+pub(super) fn recv_reply(sock: &OwnedFd, pid: Pid) -> Result<Reply, NetnsError> {
+    let mut buf = [0u8; MAX_REPLY];
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
+    let (len, fds, truncated) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_buf),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(NetnsError::Recv {
+                    pid,
+                    source: errno(e),
+                })
+            }
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                let cmsgs = msg.cmsgs().map_err(|_| NetnsError::BadReply {
+                    pid,
+                    reason: "control data truncated",
+                })?;
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for r in raw {
+                            // SAFETY: the kernel just installed this fd in our table for
+                            // this message (SCM_RIGHTS); nothing else refers to it.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                        }
+                    }
+                }
+                break (msg.bytes, fds, msg.flags.contains(MsgFlags::MSG_TRUNC));
+            }
+        }
+    };
+    let data = buf.get(..len).unwrap_or(&[]);
+    match data.split_first() {
+        None => Ok(Reply::Eof),
+        Some((&TAG_OK, [])) if !truncated => {
+            let mut fds = fds.into_iter();
+            match (fds.next(), fds.next()) {
+                (Some(fd), None) => Ok(Reply::Fd(fd)),
+                (None, _) => Err(NetnsError::BadReply {
+                    pid,
+                    reason: "success without a file descriptor",
+                }),
+                (Some(_), Some(_)) => Err(NetnsError::BadReply {
+                    pid,
+                    reason: "more than one file descriptor",
+                }),
+            }
+        }
+        Some((&TAG_ERR, text)) => Ok(Reply::Error(String::from_utf8_lossy(text).into_owned())),
+        Some(_) => Err(NetnsError::BadReply {
+            pid,
+            reason: "unknown message",
+        }),
+    }
+}
+
+/// Reap `pid`, retrying on EINTR. `ECHILD` (someone else reaped it, or SIGCHLD is ignored)
+/// is reported as `StillAlive`, meaning "unknown".
+pub(super) fn wait_child(pid: Pid) -> Result<WaitStatus, NetnsError> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(status) => return Ok(status),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => return Ok(WaitStatus::StillAlive),
+            Err(e) => {
+                return Err(NetnsError::Wait {
+                    pid,
+                    source: errno(e),
+                })
+            }
+        }
+    }
+}
+
+pub(super) fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig}"),
+        _ => "ended".to_owned(),
+    }
+}

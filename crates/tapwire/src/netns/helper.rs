@@ -1,0 +1,203 @@
+//! Daemon mode: open the TAP inside a PID's or a path's namespaces ([`open_tap`]).
+//!
+//! Theory of operation: the namespace files are opened *in the parent*, before the fork, so a
+//! bad PID or path gives an error naming the file, and the child only has to `setns()` by fd.
+//! The user namespace is skipped when it is already ours (same st_dev and st_ino as
+//! `/proc/self/ns/user`), because `setns()` into one's own user namespace fails. The forked
+//! helper joins the user namespace, then the network namespace, opens the TAP, configures it
+//! (`-c`), sends the fd back over the [`super::channel`] and exits; the parent waits for it.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+
+use super::channel::{
+    describe, die_with_parent, exit_now, recv_reply, send_error, send_fd, seqpacket_pair,
+    wait_child, Reply,
+};
+use super::{errno, NetnsError, Target};
+use crate::link::netlink;
+use crate::link::tap::{self, Tap};
+use tapwire_proto::config::IfConfig;
+
+/// A namespace file opened by the parent, with its path for error messages.
+struct NsFile {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn open_ns(kind: &'static str, path: &Path) -> Result<NsFile, NetnsError> {
+    let file = std::fs::File::open(path).map_err(|source| NetnsError::OpenNs {
+        kind,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(NsFile {
+        fd: OwnedFd::from(file),
+        path: path.to_owned(),
+    })
+}
+
+/// Whether the namespace behind `ns` is the one `/proc/self/ns/<name>` refers to.
+fn is_own_ns(ns: &NsFile, own: &str) -> Result<bool, NetnsError> {
+    let theirs = nix::sys::stat::fstat(&ns.fd).map_err(|e| NetnsError::Stat {
+        path: ns.path.clone(),
+        source: errno(e),
+    })?;
+    let ours = nix::sys::stat::stat(own).map_err(|e| NetnsError::Stat {
+        path: PathBuf::from(own),
+        source: errno(e),
+    })?;
+    Ok(theirs.st_dev == ours.st_dev && theirs.st_ino == ours.st_ino)
+}
+
+/// Forks a helper (the caller must still be single-threaded) that joins the target's user
+/// namespace, then its network namespace, opens TAP `tapname`, runs
+/// [`netlink::configure`] when `cfg` is `Some`, and passes the fd back.
+///
+/// User namespace: `userns_path` if `Some`; otherwise, for [`Target::Pid`],
+/// `/proc/PID/ns/user`; for [`Target::Path`], none. It is skipped when it is the caller's own.
+/// Network namespace: `/proc/PID/ns/net` or the path.
+///
+/// Errors from the helper come back as [`NetnsError::Child`] with the helper's message, e.g.
+/// `setns into user namespace /proc/42/ns/user: Operation not permitted`.
+pub fn open_tap(
+    target: &Target,
+    userns_path: Option<&Path>,
+    tapname: &str,
+    cfg: Option<&IfConfig>,
+) -> Result<OwnedFd, NetnsError> {
+    tap::check_name(tapname)?;
+    let (net_path, user_path) = match target {
+        Target::Pid(pid) => {
+            if *pid <= 0 {
+                return Err(NetnsError::InvalidPid(*pid));
+            }
+            let user = userns_path
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/ns/user")));
+            (PathBuf::from(format!("/proc/{pid}/ns/net")), Some(user))
+        }
+        Target::Path(path) => (path.clone(), userns_path.map(Path::to_path_buf)),
+    };
+    let user = match user_path {
+        Some(path) => {
+            let ns = open_ns("user namespace", &path)?;
+            if is_own_ns(&ns, "/proc/self/ns/user")? {
+                None
+            } else {
+                Some(ns)
+            }
+        }
+        None => None,
+    };
+    let net = open_ns("network namespace", &net_path)?;
+
+    let (parent_sock, child_sock) = seqpacket_pair()?;
+    let parent_pid = getpid();
+    // SAFETY: the child branch only makes syscalls on values prepared before the fork
+    // (namespace fds, the socket, the name and config) and always ends in `_exit`
+    // (helper_main returns `!`), never returning into the caller's code; it takes no locks
+    // that another thread of the parent could hold (no logging, no std stdio).
+    match unsafe { fork() } {
+        Err(e) => Err(NetnsError::Fork(errno(e))),
+        Ok(ForkResult::Child) => {
+            drop(parent_sock);
+            helper_main(&child_sock, parent_pid, user.as_ref(), &net, tapname, cfg)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(child_sock);
+            let reply = recv_reply(&parent_sock, child);
+            let status = wait_child(child);
+            match reply? {
+                Reply::Fd(fd) => Ok(fd),
+                Reply::Error(message) => Err(NetnsError::Child {
+                    pid: child,
+                    message,
+                }),
+                Reply::Eof => Err(NetnsError::ChildDied {
+                    pid: child,
+                    how: describe(status?),
+                }),
+            }
+        }
+    }
+}
+
+/// Body of the [`open_tap`] helper child. Never returns.
+fn helper_main(
+    sock: &OwnedFd,
+    parent: Pid,
+    user: Option<&NsFile>,
+    net: &NsFile,
+    tapname: &str,
+    cfg: Option<&IfConfig>,
+) -> ! {
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Tap, NetnsError> {
+        die_with_parent(parent)?;
+        if let Some(ns) = user {
+            setns(&ns.fd, CloneFlags::CLONE_NEWUSER).map_err(|e| NetnsError::Setns {
+                kind: "user namespace",
+                path: ns.path.clone(),
+                source: errno(e),
+            })?;
+        }
+        setns(&net.fd, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Setns {
+            kind: "network namespace",
+            path: net.path.clone(),
+            source: errno(e),
+        })?;
+        let tap = Tap::open(tapname)?;
+        if let Some(cfg) = cfg {
+            netlink::configure(tapname, cfg)?;
+        }
+        Ok(tap)
+    }));
+    let code = match result {
+        Ok(Ok(tap)) => match send_fd(sock.as_fd(), tap.as_fd()) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        },
+        Ok(Err(e)) => {
+            send_error(sock.as_fd(), &e);
+            1
+        }
+        Err(_) => 1,
+    };
+    exit_now(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_pid_is_rejected_before_forking() {
+        let err = open_tap(&Target::Pid(0), None, "tap0", None).unwrap_err();
+        assert!(matches!(err, NetnsError::InvalidPid(0)));
+        assert!(err.to_string().contains("positive integer"));
+    }
+
+    #[test]
+    fn missing_namespace_names_the_path() {
+        let err = open_tap(&Target::Pid(999_999_999), None, "tap0", None).unwrap_err();
+        let s = err.to_string();
+        assert!(s.contains("/proc/999999999/ns/"), "{s}");
+        assert!(s.contains("No such file or directory"), "{s}");
+        let err = open_tap(
+            &Target::Path(PathBuf::from("/nonexistent/netns")),
+            None,
+            "tap0",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "open network namespace /nonexistent/netns: No such file or directory (os error 2)"
+        );
+    }
+}
