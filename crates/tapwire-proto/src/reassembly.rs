@@ -70,7 +70,7 @@ pub struct Reassembler {
 
 /// Outcome of feeding one fragment.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Fed<'a> {
+pub enum Reassembled<'a> {
     /// Stored; more fragments needed.
     Pending,
     /// The whole packet, as an unfragmented frame.
@@ -98,13 +98,13 @@ impl Default for Reassembler {
 impl Reassembler {
     /// Feed one fragment frame (Ethernet + IPv4 without options, header checksum already
     /// verified by the caller).
-    pub fn feed(&mut self, frame: &[u8], now_ms: u64) -> Fed<'_> {
+    pub fn feed(&mut self, frame: &[u8], now_ms: u64) -> Reassembled<'_> {
         let Some(ip) = frame.get(ETH_LEN..ETH_LEN + IP_LEN) else {
-            return Fed::Invalid;
+            return Reassembled::Invalid;
         };
         let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
         let Some(data) = frame.get(ETH_LEN + IP_LEN..ETH_LEN + total_len.max(IP_LEN)) else {
-            return Fed::Invalid;
+            return Reassembled::Invalid;
         };
         let flags_off = u16::from_be_bytes([ip[6], ip[7]]);
         let more = flags_off & 0x2000 != 0;
@@ -119,7 +119,7 @@ impl Reassembler {
         // Non-final fragments carry multiples of 8 bytes; nothing goes past 64 KiB.
         if data.is_empty() || end > MAX_PAYLOAD || (more && data.len() % 8 != 0) {
             self.discard(key);
-            return Fed::Invalid;
+            return Reassembled::Invalid;
         }
         for s in &mut self.slots {
             if s.key.is_some() && now_ms.saturating_sub(s.started_ms) > TIMEOUT_MS {
@@ -146,13 +146,13 @@ impl Reassembler {
         if !more {
             if slot.total.is_some_and(|t| t != end) {
                 slot.key = None;
-                return Fed::Invalid;
+                return Reassembled::Invalid;
             }
             slot.total = Some(end);
         }
         if slot.total.is_some_and(|t| end > t) {
             slot.key = None;
-            return Fed::Invalid;
+            return Reassembled::Invalid;
         }
         let base = ETH_LEN + IP_LEN;
         let first = offset / 8;
@@ -160,7 +160,7 @@ impl Reassembler {
         // Overlaps must carry the same bytes (retransmitted duplicates), never new content.
         if (first..last).any(|b| slot.block(b)) && slot.buf[base + offset..base + end] != *data {
             slot.key = None;
-            return Fed::Invalid;
+            return Reassembled::Invalid;
         }
         slot.buf[base + offset..base + end].copy_from_slice(data);
         for b in first..last {
@@ -170,7 +170,7 @@ impl Reassembler {
             slot.buf[..base].copy_from_slice(&frame[..base]);
         }
         if !slot.complete() {
-            return Fed::Pending;
+            return Reassembled::Pending;
         }
         let total = slot.total.unwrap_or(0);
         slot.key = None;
@@ -181,7 +181,7 @@ impl Reassembler {
         hdr[10..12].copy_from_slice(&[0, 0]);
         let c = wire::checksum(hdr, 0);
         hdr[10..12].copy_from_slice(&c.to_be_bytes());
-        Fed::Complete(&slot.buf[..base + total])
+        Reassembled::Complete(&slot.buf[..base + total])
     }
 
     fn discard(&mut self, key: Key) {
@@ -242,9 +242,9 @@ mod tests {
         assert_eq!(p.len(), 3);
         p.reverse();
         let mut r = Reassembler::default();
-        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
-        assert_eq!(r.feed(&p[1], 1), Fed::Pending);
-        let Fed::Complete(whole) = r.feed(&p[2], 2) else {
+        assert_eq!(r.feed(&p[0], 0), Reassembled::Pending);
+        assert_eq!(r.feed(&p[1], 1), Reassembled::Pending);
+        let Reassembled::Complete(whole) = r.feed(&p[2], 2) else {
             panic!("not complete")
         };
         assert_eq!(&whole[ETH_LEN + IP_LEN..], &f[ETH_LEN + IP_LEN..]);
@@ -256,21 +256,24 @@ mod tests {
         let f = big_udp(3000, 10);
         let p = pieces(&f);
         let mut r = Reassembler::default();
-        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
-        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
+        assert_eq!(r.feed(&p[0], 0), Reassembled::Pending);
+        assert_eq!(r.feed(&p[0], 0), Reassembled::Pending);
         let mut evil = p[1].clone();
         let last = evil.len() - 1;
         evil[last] ^= 0xff;
-        assert_eq!(r.feed(&evil, 0), Fed::Pending);
+        assert_eq!(r.feed(&evil, 0), Reassembled::Pending);
         // The same block again with other bytes: discarded.
         let mut evil2 = p[1].clone();
         evil2[last - 1] ^= 0xff;
-        assert_eq!(r.feed(&evil2, 0), Fed::Invalid);
+        assert_eq!(r.feed(&evil2, 0), Reassembled::Invalid);
         // Timeout: a late piece starts over and never completes alone.
         let mut r = Reassembler::default();
-        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
-        assert_eq!(r.feed(&p[1], TIMEOUT_MS + 1), Fed::Pending);
-        assert!(matches!(r.feed(&p[2], TIMEOUT_MS + 2), Fed::Pending));
+        assert_eq!(r.feed(&p[0], 0), Reassembled::Pending);
+        assert_eq!(r.feed(&p[1], TIMEOUT_MS + 1), Reassembled::Pending);
+        assert!(matches!(
+            r.feed(&p[2], TIMEOUT_MS + 2),
+            Reassembled::Pending
+        ));
     }
 
     #[test]
@@ -287,7 +290,7 @@ mod tests {
         let mut huge = p[1].clone();
         huge[ETH_LEN + 6] = 0x3f;
         huge[ETH_LEN + 7] = 0xff;
-        assert_eq!(r.feed(&huge, 0), Fed::Invalid);
+        assert_eq!(r.feed(&huge, 0), Reassembled::Invalid);
     }
 
     #[test]
@@ -295,12 +298,12 @@ mod tests {
         let mut r = Reassembler::default();
         for ident in 0..(SLOTS as u16 + 4) {
             let p = pieces(&big_udp(3000, ident));
-            assert_eq!(r.feed(&p[0], u64::from(ident)), Fed::Pending);
+            assert_eq!(r.feed(&p[0], u64::from(ident)), Reassembled::Pending);
         }
         // The newest ones are still there.
         let p = pieces(&big_udp(3000, SLOTS as u16 + 3));
-        assert_eq!(r.feed(&p[1], 100), Fed::Pending);
-        assert!(matches!(r.feed(&p[2], 100), Fed::Complete(_)));
+        assert_eq!(r.feed(&p[1], 100), Reassembled::Pending);
+        assert!(matches!(r.feed(&p[2], 100), Reassembled::Complete(_)));
     }
 
     /// `f` with its IPv4 total length set to `len` and cut to fit.
@@ -323,9 +326,9 @@ mod tests {
         let f = big_udp(3000, 12);
         let p = pieces(&f);
         let mut r = Reassembler::default();
-        assert_eq!(r.feed(&p[0], 1_000), Fed::Pending);
-        assert_eq!(r.feed(&p[1], 1_000 + TIMEOUT_MS), Fed::Pending);
-        let Fed::Complete(whole) = r.feed(&p[2], 1_000 + TIMEOUT_MS) else {
+        assert_eq!(r.feed(&p[0], 1_000), Reassembled::Pending);
+        assert_eq!(r.feed(&p[1], 1_000 + TIMEOUT_MS), Reassembled::Pending);
+        let Reassembled::Complete(whole) = r.feed(&p[2], 1_000 + TIMEOUT_MS) else {
             panic!("not complete at exactly the timeout")
         };
         assert_eq!(whole.len(), f.len());
@@ -338,7 +341,7 @@ mod tests {
         assert_eq!(wire::checksum(hdr, 0), 0);
         assert_eq!(&whole[..ETH_LEN], &f[..ETH_LEN]);
         // The slot was freed: the same pieces start a new datagram.
-        assert_eq!(r.feed(&p[2], 2_000 + TIMEOUT_MS), Fed::Pending);
+        assert_eq!(r.feed(&p[2], 2_000 + TIMEOUT_MS), Reassembled::Pending);
     }
 
     #[test]
@@ -347,30 +350,36 @@ mod tests {
         let p = pieces(&f);
         let last_len = p[2].len() - ETH_LEN;
         let mut r = Reassembler::default();
-        assert_eq!(r.feed(&p[0], 0), Fed::Pending);
-        assert_eq!(r.feed(&p[2], 0), Fed::Pending);
+        assert_eq!(r.feed(&p[0], 0), Reassembled::Pending);
+        assert_eq!(r.feed(&p[2], 0), Reassembled::Pending);
         // A second "last" fragment ending elsewhere.
-        assert_eq!(r.feed(&with_ip_len(&p[2], last_len - 8), 0), Fed::Invalid);
+        assert_eq!(
+            r.feed(&with_ip_len(&p[2], last_len - 8), 0),
+            Reassembled::Invalid
+        );
         // Discarded: the missing middle no longer completes anything.
-        assert_eq!(r.feed(&p[1], 0), Fed::Pending);
+        assert_eq!(r.feed(&p[1], 0), Reassembled::Pending);
 
         // A fragment past the known end.
         let mut r = Reassembler::default();
-        assert_eq!(r.feed(&p[2], 0), Fed::Pending);
-        assert_eq!(r.feed(&with_offset(&p[1], 4_000, true), 0), Fed::Invalid);
+        assert_eq!(r.feed(&p[2], 0), Reassembled::Pending);
+        assert_eq!(
+            r.feed(&with_offset(&p[1], 4_000, true), 0),
+            Reassembled::Invalid
+        );
 
         // A non-final fragment whose data is not a multiple of 8 bytes, and an empty one.
         let mut r = Reassembler::default();
         let odd = with_ip_len(&p[0], p[0].len() - ETH_LEN - 4);
-        assert_eq!(r.feed(&odd, 0), Fed::Invalid);
-        assert_eq!(r.feed(&with_ip_len(&p[0], IP_LEN), 0), Fed::Invalid);
+        assert_eq!(r.feed(&odd, 0), Reassembled::Invalid);
+        assert_eq!(r.feed(&with_ip_len(&p[0], IP_LEN), 0), Reassembled::Invalid);
         // A total length shorter than the header, or longer than the frame.
         let mut short = p[0].clone();
         short[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&10u16.to_be_bytes());
-        assert_eq!(r.feed(&short, 0), Fed::Invalid);
+        assert_eq!(r.feed(&short, 0), Reassembled::Invalid);
         let mut long = p[0].clone();
         long[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&1600u16.to_be_bytes());
-        assert_eq!(r.feed(&long, 0), Fed::Invalid);
+        assert_eq!(r.feed(&long, 0), Reassembled::Invalid);
     }
 
     #[test]
@@ -383,15 +392,15 @@ mod tests {
         }
         let mut r = Reassembler::default();
         for i in 0..2 {
-            assert_eq!(r.feed(&a[i], 0), Fed::Pending);
-            assert_eq!(r.feed(&b[i], 0), Fed::Pending);
-            assert_eq!(r.feed(&c[i], 0), Fed::Pending);
+            assert_eq!(r.feed(&a[i], 0), Reassembled::Pending);
+            assert_eq!(r.feed(&b[i], 0), Reassembled::Pending);
+            assert_eq!(r.feed(&c[i], 0), Reassembled::Pending);
         }
-        let Fed::Complete(whole) = r.feed(&c[2], 0) else {
+        let Reassembled::Complete(whole) = r.feed(&c[2], 0) else {
             panic!("c not complete")
         };
         assert_eq!(whole[ETH_LEN + 15], 101);
-        assert!(matches!(r.feed(&b[2], 0), Fed::Complete(_)));
-        assert!(matches!(r.feed(&a[2], 0), Fed::Complete(_)));
+        assert!(matches!(r.feed(&b[2], 0), Reassembled::Complete(_)));
+        assert!(matches!(r.feed(&a[2], 0), Reassembled::Complete(_)));
     }
 }

@@ -19,7 +19,6 @@ use tapwire_proto::config::{NetConfig, Publish};
 pub mod memory;
 pub mod notify;
 pub mod rules;
-pub mod seccomp;
 pub mod supervisor;
 
 /// What the supervisor decides with: the network, the `-p` forwards, `--ignore`.

@@ -217,7 +217,7 @@ impl Prepared {
 }
 
 /// One seccomp listener.
-struct Lst {
+struct HostListener {
     fd: Listener,
     /// The filter traps sends with an address: UDP may be bypassed.
     udp: bool,
@@ -282,7 +282,7 @@ struct Supervisor {
     policy: Policy,
     proc: ProcFs,
     host_cookie: u64,
-    listeners: Slab<Lst>,
+    listeners: Slab<HostListener>,
     pending: Slab<Pending>,
     oci: Option<OciServer>,
     oci_clients: Slab<OciClient>,
@@ -332,7 +332,7 @@ impl Supervisor {
             "bypass: serving seccomp listener of {name} (UDP {})",
             if udp { "bypassed" } else { "on the tap" }
         );
-        self.listeners.insert(Lst {
+        self.listeners.insert(HostListener {
             fd,
             udp,
             name,

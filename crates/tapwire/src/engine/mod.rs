@@ -41,7 +41,7 @@ use mio::{Events, Interest, Poll};
 use smoltcp::time::Instant;
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::flow::FlowTable;
-use tapwire_proto::reassembly::Fed;
+use tapwire_proto::reassembly::Reassembled;
 use tapwire_proto::wire::{self, Class, DropCounters, DropReason};
 
 use crate::control::server::Control;
@@ -316,12 +316,12 @@ impl Engine {
             return;
         };
         match reasm.feed(frame, now_ms) {
-            Fed::Complete(whole) => {
+            Reassembled::Complete(whole) => {
                 // Counted once more as a frame; that is the packet the guest meant to send.
                 self.handle_frame(whole, false);
             }
-            Fed::Pending => {}
-            Fed::Invalid => self.stats.drops.bump(DropReason::Fragment),
+            Reassembled::Pending => {}
+            Reassembled::Invalid => self.stats.drops.bump(DropReason::Fragment),
         }
         self.link.reasm = Some(reasm);
     }

@@ -13,19 +13,17 @@
 //! check for a parent that died before it took effect) and end with [`exit_now`] (`_exit`).
 #![allow(unsafe_code)]
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{
-    recvmsg, send, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned,
-    MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{getppid, Pid};
 
 use super::{errno, setup_err, NetnsError};
+use crate::sys::scm;
 
 /// Largest error text a child sends back (bigger texts are cut).
 pub(super) const MAX_REPLY: usize = 4096;
@@ -62,17 +60,8 @@ pub(super) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), NetnsError> {
 }
 
 /// Child side: send `TAG_OK` with `fd` attached.
-pub(super) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    let fds = [fd.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let iov = [IoSlice::new(&[TAG_OK])];
-    loop {
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-            Ok(_) => return Ok(()),
-        }
-    }
+pub(super) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    scm::send_with_fds(sock, &[TAG_OK], &[fd]).map(drop)
 }
 
 /// Child side: send `TAG_ERR` and the error text (best effort: if the parent is gone there is
@@ -105,41 +94,21 @@ pub(super) enum Reply {
 /// Parent side: receive the child's one datagram.
 pub(super) fn recv_reply(sock: &OwnedFd, pid: Pid) -> Result<Reply, NetnsError> {
     let mut buf = [0u8; MAX_REPLY];
-    let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
-    let (len, fds, truncated) = loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg_buf),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                return Err(NetnsError::Recv {
-                    pid,
-                    source: errno(e),
-                })
-            }
-            Ok(msg) => {
-                let mut fds = Vec::new();
-                let cmsgs = msg.cmsgs().map_err(|_| NetnsError::BadReply {
-                    pid,
-                    reason: "control data truncated",
-                })?;
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(raw) = c {
-                        for r in raw {
-                            // SAFETY: the kernel just installed this fd in our table for
-                            // this message (SCM_RIGHTS); nothing else refers to it.
-                            fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                        }
-                    }
-                }
-                break (msg.bytes, fds, msg.flags.contains(MsgFlags::MSG_TRUNC));
-            }
+    let mut fds = Vec::new();
+    let got = loop {
+        match scm::recv_with_fds(sock.as_fd(), &mut buf, &mut fds, false) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(NetnsError::Recv { pid, source }),
+            Ok(got) => break got,
         }
     };
+    if got.fds_truncated {
+        return Err(NetnsError::BadReply {
+            pid,
+            reason: "control data truncated",
+        });
+    }
+    let (len, truncated) = (got.bytes, got.truncated);
     let data = buf.get(..len).unwrap_or(&[]);
     match data.split_first() {
         None => Ok(Reply::Eof),

@@ -8,11 +8,11 @@
 //! file is mounted over the symlink itself with `open_tree(2)` + `move_mount(2)` (Linux >= 5.2).
 //! If it does not exist at all, setup fails with a message saying so. Runs in the child, in its
 //! private mount namespace, after `/` was made recursively private.
-#![allow(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::ffi::CStr;
 use std::io::{self, Write as _};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -21,6 +21,7 @@ use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::{errno, setup_err, NetnsError};
+use crate::sys::mount;
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
@@ -112,38 +113,6 @@ fn stage_and_mount(file: &CStr, content: &[u8]) -> Result<(), NetnsError> {
 /// API: `open_tree(OPEN_TREE_CLONE)` makes a detached bind mount of the file and `move_mount`
 /// without `MOVE_MOUNT_T_SYMLINKS` attaches it without following the final symlink.
 fn mount_over_symlink(file: &CStr) -> io::Result<()> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    // SAFETY: `file` is a NUL-terminated string alive across the call; open_tree takes
-    // (dirfd, path, flags) and returns a new fd or -1.
-    let raw = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            file.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let raw = RawFd::try_from(raw).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: open_tree just returned this fd (checked >= 0) and nothing else owns it.
-    let tree = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: both paths are NUL-terminated static strings; `tree` is an open fd for the
-    // duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            c"/etc/resolv.conf".as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let tree = mount::open_tree_clone(file, false)?;
+    mount::move_mount_to(tree.as_fd(), c"/etc/resolv.conf")
 }

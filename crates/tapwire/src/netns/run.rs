@@ -120,9 +120,8 @@ impl RunChild {
                 })
             }
         };
-        let pidfd = crate::bypass::seccomp::pidfd_open_child(pid.as_raw()).map_err(start_err)?;
-        let listener =
-            crate::bypass::seccomp::pidfd_getfd(pidfd.as_fd(), fd_num).map_err(start_err)?;
+        let pidfd = crate::sys::pidfd::pidfd_open(pid.as_raw()).map_err(start_err)?;
+        let listener = crate::sys::pidfd::pidfd_getfd(pidfd.as_fd(), fd_num).map_err(start_err)?;
         loop {
             match send(go.as_raw_fd(), &[1], MsgFlags::MSG_NOSIGNAL) {
                 Ok(_) => return Ok(listener),
@@ -147,7 +146,7 @@ struct RunPrep<'a> {
     tapname: &'a str,
     cfg: &'a IfConfig,
     /// Bypass mode: the seccomp filter to install right before exec.
-    filter: Option<&'a crate::bypass::seccomp::Program>,
+    filter: Option<&'a crate::bypass::rules::Program>,
 }
 
 /// Run mode (`tapwire run -- CMD`): fork a child in new user, network and mount namespaces
@@ -174,7 +173,7 @@ pub fn spawn_run_filtered(
     tapname: &str,
     cfg: &IfConfig,
     dns: Ipv4Addr,
-    filter: Option<&crate::bypass::seccomp::Program>,
+    filter: Option<&crate::bypass::rules::Program>,
 ) -> Result<RunChild, NetnsError> {
     tap::check_name(tapname)?;
     let shell;
@@ -282,8 +281,8 @@ fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
 
 /// Run child, bypass mode: install the filter and give the parent the listener (see
 /// [`spawn_run_filtered`]). Exits on any failure: the command must not run unsupervised.
-fn hand_over_listener(sock: &OwnedFd, filter: &crate::bypass::seccomp::Program) {
-    let listener = match crate::bypass::seccomp::install_listener(filter) {
+fn hand_over_listener(sock: &OwnedFd, filter: &crate::bypass::rules::Program) {
+    let listener = match crate::bypass::rules::install_listener(filter) {
         Ok(fd) => fd,
         Err(e) => {
             send_error(

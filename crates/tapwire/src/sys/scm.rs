@@ -67,14 +67,22 @@ pub fn recv_with_fds(
 }
 
 /// One `sendmsg` of `data` (at least one byte, for the descriptors to ride on) with `fds` as
-/// SCM_RIGHTS (none: a plain send). `MSG_NOSIGNAL`; `EINTR` is retried.
+/// SCM_RIGHTS (none: a plain send; at most [`MAX_FDS`]). `MSG_NOSIGNAL`; `EINTR` is retried.
+/// Allocates nothing, so a forked child may call it.
 pub fn send_with_fds(
     sock: BorrowedFd<'_>,
     data: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
+    // No allocation: the namespace helper calls this in a forked child.
+    let mut raw = [0 as RawFd; MAX_FDS];
+    let raw = raw
+        .get_mut(..fds.len())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    for (slot, fd) in raw.iter_mut().zip(fds) {
+        *slot = fd.as_raw_fd();
+    }
+    let cmsg = [ControlMessage::ScmRights(raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
     let iov = [IoSlice::new(data)];
     loop {

@@ -94,13 +94,13 @@ pub(super) fn connected(sock: &OwnedFd) -> bool {
 
 /// Which sockets an option is carried for (besides its level: TCP options for TCP...).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum For {
+pub(super) enum AppliesTo {
     Any,
     Stream,
     Dgram,
 }
 
-use For::{Any, Dgram, Stream};
+use AppliesTo::{Any, Dgram, Stream};
 
 /// Socket options carried from the container's socket to the host socket: (level, name,
 /// bytes, sockets). Buffer sizes are reported doubled by the kernel and set halved. Left out:
@@ -108,7 +108,7 @@ use For::{Any, Dgram, Stream};
 /// TCP_FASTOPEN_CONNECT (the supervisor performs the connect), filters (not readable).
 /// Every connect reads each applicable one (one getsockopt each): the list is what matters,
 /// not everything that exists.
-pub(super) const OPTIONS: &[(i32, i32, usize, For)] = &[
+pub(super) const OPTIONS: &[(i32, i32, usize, AppliesTo)] = &[
     (libc::SOL_SOCKET, libc::SO_REUSEADDR, 4, Any),
     (libc::SOL_SOCKET, libc::SO_REUSEPORT, 4, Any),
     (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4, Any),
@@ -161,7 +161,7 @@ pub(super) const OPTIONS: &[(i32, i32, usize, For)] = &[
 ];
 
 /// Whether option `(level, _, _, for)` applies to a socket like `info`.
-pub(super) fn applies(level: i32, only: For, info: SockInfo) -> bool {
+pub(super) fn applies(level: i32, only: AppliesTo, info: SockInfo) -> bool {
     let level_ok = match level {
         libc::IPPROTO_TCP => info.tcp(),
         libc::IPPROTO_UDP => info.udp(),
