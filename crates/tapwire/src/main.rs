@@ -1,4 +1,5 @@
 //! The `tapwire` binary: parse the command line, hand over to the library.
+#![forbid(unsafe_code)]
 
 fn main() {
     let cmd = match tapwire::cli::parse(std::env::args_os()) {

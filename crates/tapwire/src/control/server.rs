@@ -18,6 +18,7 @@
 //! evicts the oldest client, which has stalled longest (a well-behaved request is done in
 //! microseconds), so stalled connections can never lock the API, not even for the timeout.
 //! The socket file is created mode 0600 (umask around `bind`) and removed on drop.
+#![forbid(unsafe_code)]
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! The guest's link: [`tap`] (`/dev/net/tun` with a virtio-net header), [`netlink`]
 //! (addresses, routes, MTU for `-c`), [`device`] (the smoltcp device adapter over the TAP).
-#![allow(unsafe_code)]
 
 pub mod device;
 pub mod netlink;

@@ -28,6 +28,7 @@
 //!
 //! Syscalls: `socket(AF_NETLINK)`, `setsockopt`, `send`, `recv`, `ioctl(SIOCGIFINDEX)` (via
 //! `if_nametoindex`).
+#![allow(unsafe_code)]
 
 use std::fmt;
 use std::io;

@@ -25,6 +25,7 @@
 //!
 //! Syscalls: `open`, `ioctl(TUNSETIFF, TUNSETOFFLOAD)`, `fcntl(F_GETFL/F_SETFL)`, `readv`,
 //! `writev`.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -176,18 +176,16 @@ fn tcp_host_close_is_guest_fin() {
     assert_eq!(c.received, b"goodbye", "data before the FIN");
     assert_eq!(tcp_flows(&h), 1, "half-closed flow still there");
     c.send_fin();
-    // Engine bug (see `tcp_last_fin_is_acked`): the flow is removed before the ACK of our
-    // FIN goes out, so only the removal is checked here.
+    // The ACK of our FIN is checked by `tcp_last_fin_is_acked`.
     wait_until("the flow to be removed", || tcp_flows(&h) == 0);
     h.stop();
 }
 
-/// The ACK of the guest's FIN, when the host closed first, must go out. Today the engine
-/// removes the flow in the same pump that sees the FIN (smoltcp in TIME-WAIT, ring empty,
-/// `guest_fin` set: `Outcome::Remove`), before `service_flow` lets smoltcp transmit the ACK
-/// it queued; no ACK ever reaches the guest.
+/// The ACK of the guest's FIN, when the host closed first, must go out. The engine removes
+/// the flow in the same pump that sees the FIN (smoltcp in TIME-WAIT, ring empty, `guest_fin`
+/// set: `Outcome::Remove`); `service_flow` lets smoltcp transmit the ACK it queued first (it
+/// did not, once: no ACK ever reached the guest).
 #[test]
-#[ignore = "engine bug: the guest's last FIN is never ACKed (flow removed first)"]
 fn tcp_last_fin_is_acked() {
     let h = Harness::start();
     h.arp_gateway();

@@ -1,7 +1,7 @@
 //! TCP proxying: the engine's table of TCP flows, from the guest's SYN to the flow's removal.
 //!
 //! # Theory of operation
-//! Each flow is a [`TcpSlot`]: the splice ([`TcpFlow`], see `splice`) and a smoltcp socket set
+//! Each flow is a [`TcpSlot`]: the splice ([`TcpFlow`], see `flow`) and a smoltcp socket set
 //! holding only that flow's socket, so smoltcp never scans other flows' sockets on its behalf.
 //!
 //! - **Birth**: a SYN for no known (guest, destination) pair is translated (`host`); a refused
@@ -21,7 +21,7 @@
 //! - **Removal**: when the pump says so (both FINs, a reset, an abort whose RST went out).
 #![forbid(unsafe_code)]
 
-mod splice;
+mod flow;
 
 use std::collections::VecDeque;
 use std::io;
@@ -39,7 +39,7 @@ use tapwire_proto::schedule::Schedule;
 use tapwire_proto::vnet;
 use tapwire_proto::wire::{DropReason, TcpInfo, Unreachable};
 
-pub use splice::{
+pub use flow::{
     GuestSyn, HostStream, Outcome, Phase, TcpFlow, GUEST_ACK_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 
@@ -391,6 +391,10 @@ impl Engine {
             return;
         };
         if slot.pump() == Outcome::Remove {
+            // smoltcp may still owe the guest a segment: in TIME-WAIT, the ACK of the guest's
+            // FIN (the host closed first). Let it go out before the socket does.
+            self.link
+                .egress(now, &mut slot.sockets, slot.mss, &mut self.stats.device);
             self.remove_tcp(idx);
             return;
         }

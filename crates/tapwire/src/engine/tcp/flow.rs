@@ -1,4 +1,4 @@
-//! TCP splice: one guest connection (a smoltcp socket) spliced to one host socket.
+//! One TCP flow: a guest connection (a smoltcp socket) spliced to one host socket.
 //!
 //! # Theory of operation
 //! A flow is born when the guest sends a SYN to an (address, port) nobody handles yet. The
