@@ -29,7 +29,7 @@ chmod +x "$work/tapwire"
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--test tap_mode)
 TAPWIRE_TEST_BIN="$work/tapwire" TAPWIRE_TEST_EXTRA_FLAGS="${AUDIT_FLAGS---enable-sandbox}" \
-	cargo test --release --quiet "${args[@]}" >"$work/test.log" 2>&1 ||
+	cargo test --release --quiet -p tapwire "${args[@]}" >"$work/test.log" 2>&1 ||
 	{ echo "seccomp-audit: some tests failed under strace (timing?); continuing" >&2; tail -5 "$work/test.log" >&2; }
 
 python3 - "$work/traces" crates/tapwire/src/confine/allowlist.rs <<'EOF'

@@ -33,7 +33,7 @@ done
 
 cargo build --release --quiet --tests
 # The test binary itself, so `timeout` bounds exactly one run.
-bin=$(cargo test --release --test hardening --no-run --message-format=json 2>/dev/null |
+bin=$(cargo test --release -p tapwire --test hardening --no-run --message-format=json 2>/dev/null |
 	sed -n 's/.*"executable":"\([^"]*hardening[^"]*\)".*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "soak: cannot find the hardening test binary" >&2; exit 1; }
 # 10,000 concurrent connections are 20,000 fds in the test process alone.
