@@ -41,6 +41,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::str::FromStr;
 
 use crate::config::{NetConfig, Proto, Publish};
+use crate::destination::{self, Kind};
 use crate::linux;
 use crate::nat::{Nat, Verdict};
 use crate::wire::Unreachable;
@@ -193,26 +194,34 @@ impl Policy {
         self.ignore.iter().any(|c| c.contains(ip))
     }
 
-    /// The route for a connect to `dst` (normalized: see [`normalize`]).
+    /// The route for a connect to `dst` (normalized: see [`normalize`]). Decided on the
+    /// canonical address ([`crate::destination`]), so that no spelling of loopback or of the
+    /// tap network leaves the namespace.
     pub fn connect(&self, dst: SocketAddr) -> Route {
-        let ip = dst.ip();
-        if dst.port() == 0 || self.ignored(ip) {
+        let d = destination::classify(&self.net, dst.ip());
+        if dst.port() == 0 || self.ignored(d.canonical) {
             return Route::Tap;
         }
-        match ip {
-            IpAddr::V4(v4) => {
-                if self.net.contains(v4) && v4 != self.net.gateway() {
-                    return Route::Tap;
-                }
-            }
-            IpAddr::V6(v6) => {
-                if !self.net.enable_ipv6 || (self.net.contains6(v6) && v6 != self.net.gateway6()) {
-                    return Route::Tap;
-                }
-            }
+        if dst.is_ipv6() && !self.net.enable_ipv6 {
+            // No -6: the namespace has no IPv6 route (the kernel says so).
+            return Route::Tap;
+        }
+        match d.kind {
+            Kind::Gateway | Kind::Remote => {}
+            // Loopback and "this host" are the container's own; the tap network stays there.
+            Kind::Dns
+            | Kind::Inside
+            | Kind::HostLoopback
+            | Kind::Unspecified
+            | Kind::NotUnicast => return Route::Tap,
         }
         match self.nat.translate(dst, None) {
-            Verdict::Connect(target) => Route::Host(target),
+            Verdict::Connect(target)
+                if !destination::reaches_host_loopback(target.ip()) || d.kind == Kind::Gateway =>
+            {
+                Route::Host(target)
+            }
+            Verdict::Connect(_) => Route::Refuse(linux::ENETUNREACH),
             Verdict::Unreachable(Unreachable::Net) => Route::Refuse(linux::ENETUNREACH),
             Verdict::Unreachable(Unreachable::Host) => Route::Refuse(linux::EHOSTUNREACH),
             Verdict::Unreachable(_) | Verdict::Refused => Route::Refuse(linux::ECONNREFUSED),
@@ -248,14 +257,15 @@ impl Policy {
     }
 }
 
-/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries; anything
-/// else unchanged. Decisions are made on normalized addresses, so that a dual-stack socket
-/// cannot reach the gateway or loopback under another spelling.
+/// An IPv4-mapped (`::ffff:a.b.c.d`) or IPv4-compatible (`::a.b.c.d`) IPv6 address as the
+/// IPv4 address it carries ([`destination::host_form`]); anything else unchanged. Decisions are
+/// made on normalized addresses, so that a dual-stack socket cannot reach the gateway or
+/// loopback under another spelling.
 pub fn normalize(addr: SocketAddr) -> SocketAddr {
     match addr {
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
-            None => addr,
+        SocketAddr::V6(a) => match destination::host_form(IpAddr::V6(*a.ip())) {
+            IpAddr::V4(v4) => SocketAddr::V4(SocketAddrV4::new(v4, a.port())),
+            IpAddr::V6(_) => addr,
         },
         v4 => v4,
     }
@@ -508,6 +518,52 @@ mod tests {
             sa("[::ffff:127.0.0.1]:80")
         );
         assert_eq!(to_family(sa("127.0.0.1:80"), false), sa("127.0.0.1:80"));
+    }
+
+    #[test]
+    fn no_spelling_of_loopback_is_bypassed() {
+        for disable in [false, true] {
+            let net = NetConfig {
+                enable_ipv6: true,
+                disable_host_loopback: disable,
+                ..Default::default()
+            };
+            let p = policy(net, &[], &[]);
+            for s in [
+                "[::ffff:127.0.0.1]:80",
+                "[::ffff:127.0.0.2]:80",
+                "[::ffff:0.0.0.0]:80",
+                "[::127.0.0.1]:80",
+                "[64:ff9b::7f00:1]:80",
+                "[64:ff9b::]:80",
+                "[::]:80",
+                "[::1]:80",
+                "0.0.0.0:80",
+                "127.0.0.2:80",
+            ] {
+                assert_eq!(p.connect(normalize(sa(s))), Route::Tap, "{s}");
+            }
+            for s in [
+                "[::ffff:10.0.2.2]:80",
+                "[::10.0.2.2]:80",
+                "[64:ff9b::a00:202]:80",
+            ] {
+                let want = if disable {
+                    Route::Refuse(linux::ENETUNREACH)
+                } else {
+                    Route::Host(sa("127.0.0.1:80"))
+                };
+                assert_eq!(p.connect(normalize(sa(s))), want, "{s}");
+            }
+            assert_eq!(
+                p.connect(normalize(sa("[::192.0.2.1]:80"))),
+                Route::Host(sa("192.0.2.1:80"))
+            );
+            assert_eq!(
+                p.connect(normalize(sa("[64:ff9b::c000:201]:80"))),
+                Route::Host(sa("[64:ff9b::c000:201]:80"))
+            );
+        }
     }
 
     #[test]

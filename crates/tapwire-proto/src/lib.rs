@@ -8,7 +8,8 @@
 //!   and the Internet checksum (all re-exported as `wire::X`).
 //! - [`vnet`]: the virtio-net header and the offloads it carries.
 //! - [`reassembly`]: IPv4/IPv6 fragment reassembly.
-//! - [`flow`]: the flow table with idle expiry; [`nat`]: destination translation.
+//! - [`flow`]: the flow table with idle expiry; [`nat`]: destination translation;
+//!   [`destination`]: what an address means to the host kernel (the one address policy).
 //! - [`dhcp`]: the DHCP server; [`dns`]: resolv.conf parsing and upstream failover.
 //! - [`control`]: control-socket requests and replies; [`config`]: the virtual network.
 //! - [`schedule`]: the engine's dirty list and timer heap.
@@ -20,6 +21,7 @@
 pub mod bypass;
 pub mod config;
 pub mod control;
+pub mod destination;
 pub mod dhcp;
 pub mod dns;
 pub mod flow;

@@ -13,12 +13,18 @@
 //! | dns:53 | first resolv.conf nameserver:53 | RST / port unreachable when DNS is off or unknown |
 //! | dns:other | - | RST / port unreachable |
 //! | other address in the network | - | ICMP host unreachable |
+//! | `127.0.0.0/8`, `::1`, `0.0.0.0/8`, `::`, multicast, broadcast | - | ICMP net unreachable (loopback only through the gateway) |
 //! | anything else | the same address | - |
+//!
+//! Every row is decided on the canonical address ([`crate::destination`]): an IPv4-mapped,
+//! IPv4-compatible or NAT64 spelling gets the IPv4 row of the address it carries, so
+//! `::ffff:127.0.0.1` is refused like 127.0.0.1 and `::ffff:10.0.2.2` is the gateway.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::NetConfig;
+use crate::destination::{self, Kind};
 use crate::wire::Unreachable;
 
 /// What to do with a guest destination.
@@ -45,48 +51,38 @@ impl Nat {
 
     /// Translate a guest destination. `resolver` is the current upstream nameserver, if any.
     pub fn translate(&self, dst: SocketAddr, resolver: Option<SocketAddr>) -> Verdict {
-        let (gateway, dns, inside, loopback): (IpAddr, IpAddr, bool, IpAddr) = match dst.ip() {
-            IpAddr::V4(ip) => (
-                self.net.gateway().into(),
-                self.net.dns().into(),
-                self.net.contains(ip),
-                Ipv4Addr::LOCALHOST.into(),
-            ),
-            IpAddr::V6(ip) => {
-                if !self.net.enable_ipv6 {
+        if dst.is_ipv6() && !self.net.enable_ipv6 {
+            return Verdict::Unreachable(Unreachable::Net);
+        }
+        // Decided on the address the host kernel would use (`::ffff:127.0.0.1` is 127.0.0.1).
+        let d = destination::classify(&self.net, dst.ip());
+        match d.kind {
+            Kind::Gateway => {
+                if self.net.disable_host_loopback {
                     return Verdict::Unreachable(Unreachable::Net);
                 }
-                let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
-                (
-                    self.net.gateway6().into(),
-                    self.net.dns6().into(),
-                    self.net.contains6(ip) || link_local,
-                    Ipv6Addr::LOCALHOST.into(),
-                )
+                let loopback: IpAddr = match d.canonical {
+                    IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                };
+                Verdict::Connect(SocketAddr::new(loopback, dst.port()))
             }
-        };
-        let ip = dst.ip();
-        if ip == gateway {
-            if self.net.disable_host_loopback {
-                return Verdict::Unreachable(Unreachable::Net);
-            }
-            return Verdict::Connect(SocketAddr::new(loopback, dst.port()));
-        }
-        if ip == dns {
-            return match (dst.port(), self.net.disable_dns, resolver) {
+            Kind::Dns => match (dst.port(), self.net.disable_dns, resolver) {
                 (53, false, Some(r)) => Verdict::Connect(r),
                 _ => Verdict::Refused,
-            };
+            },
+            // Host loopback only through the gateway; "this host" is loopback too.
+            Kind::HostLoopback | Kind::Unspecified | Kind::NotUnicast => {
+                Verdict::Unreachable(Unreachable::Net)
+            }
+            Kind::Inside => Verdict::Unreachable(Unreachable::Host),
+            Kind::Remote => Verdict::Connect(SocketAddr::new(d.host, dst.port())),
         }
-        if inside {
-            return Verdict::Unreachable(Unreachable::Host);
-        }
-        Verdict::Connect(dst)
     }
 
     /// Whether a host target is on the host's loopback (outbound binding does not apply).
     pub fn is_loopback(target: &SocketAddr) -> bool {
-        target.ip().is_loopback()
+        destination::reaches_host_loopback(target.ip())
     }
 }
 
@@ -292,5 +288,55 @@ mod tests {
         assert!(!Nat::is_loopback(&target("192.0.2.1:22")));
         assert!(!Nat::is_loopback(&target("[2001:db8::1]:22")));
         assert!(Nat::is_loopback(&"127.0.0.53:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn loopback_spellings_are_refused_in_every_mode() {
+        for disable in [false, true] {
+            let nat = Nat::new(&NetConfig {
+                enable_ipv6: true,
+                disable_host_loopback: disable,
+                ..Default::default()
+            });
+            for s in [
+                "127.0.0.1:80",
+                "127.0.0.2:80",
+                "0.0.0.0:80",
+                "[::1]:80",
+                "[::]:80",
+                "[::ffff:127.0.0.1]:80",
+                "[::ffff:127.0.0.2]:80",
+                "[::ffff:0.0.0.0]:80",
+                "[::127.0.0.1]:80",
+                "[64:ff9b::7f00:1]:80",
+                "[::ffff:224.0.0.1]:80",
+            ] {
+                assert_eq!(
+                    nat.translate(s.parse().unwrap(), None),
+                    Verdict::Unreachable(Unreachable::Net),
+                    "{s} disable={disable}"
+                );
+            }
+            // The gateway in IPv4-mapped spelling is the gateway.
+            let gw = nat.translate("[::ffff:10.0.2.2]:80".parse().unwrap(), None);
+            if disable {
+                assert_eq!(gw, Verdict::Unreachable(Unreachable::Net));
+            } else {
+                assert_eq!(gw, Verdict::Connect("127.0.0.1:80".parse().unwrap()));
+            }
+            assert_eq!(
+                nat.translate("[::ffff:10.0.2.100]:80".parse().unwrap(), None),
+                Verdict::Unreachable(Unreachable::Host)
+            );
+            // Remote addresses: mapped ones go out as IPv4, NAT64 ones stay IPv6.
+            assert_eq!(
+                nat.translate("[::ffff:192.0.2.1]:80".parse().unwrap(), None),
+                Verdict::Connect("192.0.2.1:80".parse().unwrap())
+            );
+            assert_eq!(
+                nat.translate("[64:ff9b::c000:201]:80".parse().unwrap(), None),
+                Verdict::Connect("[64:ff9b::c000:201]:80".parse().unwrap())
+            );
+        }
     }
 }
