@@ -10,6 +10,7 @@ Multi-frame inputs use the framing of fuzz_targets/common.rs: a big-endian u16 l
 each chunk. The engine target's first byte selects the configuration (MTU, flags).
 """
 import os
+import socket
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -268,6 +269,29 @@ def sockaddr_seeds():
     }
 
 
+def destination_seeds():
+    # cfg byte (bit 0 --disable-host-loopback, bit 1 -6, bit 2 --disable-dns, bits 3-4 network),
+    # port (big endian), then a 4- or 16-byte address.
+    out = {}
+    spellings = {
+        'mapped-lo': '::ffff:127.0.0.1', 'mapped-lo2': '::ffff:127.0.0.2',
+        'mapped-any': '::ffff:0.0.0.0', 'compat-lo': '::127.0.0.1',
+        'nat64-lo': '64:ff9b::7f00:1', 'lo6': '::1', 'any6': '::',
+        'mapped-gw': '::ffff:10.0.2.2', 'gw6': 'fd00::2', 'dns6': 'fd00::3',
+        'remote6': '2001:db8::1', 'mapped-remote': '::ffff:192.0.2.1',
+    }
+    for name, a in spellings.items():
+        for cfg in (2, 3):
+            out['%s-%d' % (name, cfg)] = bytes([cfg]) + struct.pack('!H', 80) + \
+                socket.inet_pton(socket.AF_INET6, a)
+    for name, a in {'lo': '127.0.0.1', 'any': '0.0.0.0', 'gw': '10.0.2.2', 'dns': '10.0.2.3',
+                    'bcast': '255.255.255.255', 'remote': '192.0.2.1'}.items():
+        for cfg in (0, 1):
+            out['v4-%s-%d' % (name, cfg)] = bytes([cfg]) + struct.pack('!H', 53) + \
+                socket.inet_aton(a)
+    return out
+
+
 def main():
     sets = {
         'engine': engine_seeds(),
@@ -276,6 +300,7 @@ def main():
         'resolv_conf': resolv_seeds(),
         'dhcp': dhcp_seeds(),
         'sockaddr': sockaddr_seeds(),
+        'destination_policy': destination_seeds(),
     }
     for target, seeds in sets.items():
         d = os.path.join(CORPUS, target)

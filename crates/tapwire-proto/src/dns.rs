@@ -19,8 +19,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Nameserver addresses in resolv.conf text, in order. IPv6 zone suffixes (`%eth0`) are
-/// dropped; malformed lines are ignored.
+/// Nameserver addresses in resolv.conf text, in order, in the form the host kernel uses
+/// (`::ffff:127.0.0.53` is 127.0.0.53: [`crate::destination::host_form`], so that failover
+/// recognises the refusing socket's peer and loopback upstreams are known as such). IPv6 zone
+/// suffixes (`%eth0`) are dropped; malformed lines are ignored.
 pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|line| {
@@ -31,7 +33,7 @@ pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
             }
             let addr = words.next()?;
             let addr = addr.split('%').next().unwrap_or(addr);
-            addr.parse().ok()
+            addr.parse().ok().map(crate::destination::host_form)
         })
         .collect()
 }
@@ -97,6 +99,14 @@ mod tests {
                 "127.0.0.53".parse::<IpAddr>().unwrap(),
                 "::1".parse().unwrap(),
                 "fe80::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            parse_resolv_conf("nameserver ::ffff:127.0.0.53\nnameserver ::10.1.1.1\nnameserver 64:ff9b::a01:101\n"),
+            vec![
+                "127.0.0.53".parse::<IpAddr>().unwrap(),
+                "10.1.1.1".parse().unwrap(),
+                "64:ff9b::a01:101".parse().unwrap()
             ]
         );
         assert!(parse_resolv_conf("").is_empty());

@@ -181,7 +181,10 @@ fn run_mode(flags: &[&str]) {
     let (stop_bad, bad) = catcher(&host, PORT);
     let (stop_good, good) = catcher(&host, CTRL_PORT);
     let mut cmd = host.cmd(bin());
-    cmd.arg("run").arg("-6").args(flags).args(["--", python3(), "-c", PY]);
+    cmd.arg("run")
+        .arg("-6")
+        .args(flags)
+        .args(["--", python3(), "-c", PY]);
     cmd.args(script_args("fd00::100", "connect"));
     let out = run(&mut cmd, RUN_TIMEOUT);
     std::thread::sleep(Duration::from_secs(1));

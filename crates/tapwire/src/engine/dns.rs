@@ -13,15 +13,17 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use tapwire_proto::config::NetConfig;
+use tapwire_proto::destination::{self, Kind};
 use tapwire_proto::dns::{parse_resolv_conf, Upstreams};
 
-/// Whether the guest sent this to our DNS forwarder (network+3 or PREFIX::3, port 53).
+/// Whether the guest sent this to our DNS forwarder (network+3 or PREFIX::3, port 53, in any
+/// spelling: `::ffff:10.0.2.3` is the forwarder too, see `tapwire_proto::destination`).
 pub fn is_dns(net: &NetConfig, dst: SocketAddr) -> bool {
-    let ours = match dst.ip() {
-        IpAddr::V4(ip) => ip == net.dns(),
-        IpAddr::V6(ip) => net.enable_ipv6 && ip == net.dns6(),
-    };
-    ours && dst.port() == 53 && !net.disable_dns
+    let family_on = dst.is_ipv4() || net.enable_ipv6;
+    family_on
+        && dst.port() == 53
+        && !net.disable_dns
+        && destination::classify(net, dst.ip()).kind == Kind::Dns
 }
 
 /// The upstream nameserver, tracked from a resolv.conf file.
@@ -100,6 +102,24 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forwarder_in_every_spelling() {
+        let net = NetConfig {
+            enable_ipv6: true,
+            ..Default::default()
+        };
+        let dns = |s: &str| is_dns(&net, s.parse().unwrap());
+        assert!(dns("10.0.2.3:53"));
+        assert!(dns("[::ffff:10.0.2.3]:53"));
+        assert!(dns("[fd00::3]:53"));
+        assert!(!dns("10.0.2.3:54"));
+        assert!(!dns("10.0.2.2:53"));
+        assert!(!dns("[::ffff:127.0.0.1]:53"));
+        let v4only = NetConfig::default();
+        assert!(!is_dns(&v4only, "[fd00::3]:53".parse().unwrap()));
+        assert!(is_dns(&v4only, "10.0.2.3:53".parse().unwrap()));
+    }
 
     #[test]
     fn fixed_resolver() {

@@ -25,6 +25,7 @@ use slab::Slab;
 use smoltcp::wire::IpEndpoint;
 use tapwire_proto::config::{Forward, Proto};
 use tapwire_proto::control::Forwards;
+use tapwire_proto::destination::{self, Kind};
 use tapwire_proto::wire::{self, DropReason};
 
 use super::host::{token, KIND_FWD, KIND_TCP};
@@ -110,9 +111,18 @@ impl Engine {
 
     /// Open the host side of a forward and start serving it; returns its id. The error is the
     /// API desc.
-    pub fn add_forward(&mut self, fwd: Forward) -> Result<u64, String> {
+    pub fn add_forward(&mut self, mut fwd: Forward) -> Result<u64, String> {
+        // The guest address in the form the policy uses (`::ffff:10.0.2.100` is the IPv4
+        // guest); loopback, unspecified and multicast addresses are nobody in the guest.
+        let d = destination::classify(&self.net, fwd.guest.ip());
+        fwd.guest.set_ip(destination::host_form(fwd.guest.ip()));
         let guest = fwd.guest;
-        if guest.is_ipv6() && !self.net.enable_ipv6 {
+        if (guest.is_ipv6() && !self.net.enable_ipv6)
+            || matches!(
+                d.kind,
+                Kind::HostLoopback | Kind::Unspecified | Kind::NotUnicast
+            )
+        {
             return Err("bad request: add_hostfwd: bad arguments.guest_addr".into());
         }
         const FAILED: &str = "bad request: add_hostfwd: slirp_add_hostfwd failed";
