@@ -60,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
 
     let ok_loopback = |what: &str, target: SocketAddr| {
         if destination::reaches_host_loopback(target.ip()) {
-            assert_eq!(d.kind, Kind::Gateway, "{what}: {dst} reached loopback {target}");
+            assert_eq!(
+                d.kind,
+                Kind::Gateway,
+                "{what}: {dst} reached loopback {target}"
+            );
             assert!(
                 !net.disable_host_loopback,
                 "{what}: {dst} reached loopback {target} with --disable-host-loopback"

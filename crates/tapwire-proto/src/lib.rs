@@ -10,6 +10,7 @@
 //! - [`reassembly`]: IPv4/IPv6 fragment reassembly.
 //! - [`flow`]: the flow table with idle expiry; [`nat`]: destination translation;
 //!   [`destination`]: what an address means to the host kernel (the one address policy).
+//! - [`neighbour`]: the guest's neighbour entries kept honest (ARP/NDP poisoning).
 //! - [`dhcp`]: the DHCP server; [`dns`]: resolv.conf parsing and upstream failover.
 //! - [`control`]: control-socket requests and replies; [`config`]: the virtual network.
 //! - [`schedule`]: the engine's dirty list and timer heap.
@@ -27,6 +28,7 @@ pub mod dns;
 pub mod flow;
 pub mod linux;
 pub mod nat;
+pub mod neighbour;
 pub mod reassembly;
 pub mod schedule;
 pub mod sockaddr;

@@ -18,6 +18,11 @@
 //!   their offset) and written by [`GuestLink::send_out`], which fragments anything over the
 //!   MTU through `scratch` (IPv4 with our IP identification, IPv6 with a fragment header).
 //!
+//! - **Neighbour entries**: every guest frame first passes [`neighbour::Guard`] (see
+//!   `Engine::guard_neighbours`): ARP/NDP frames claiming a MAC other than their Ethernet
+//!   source never reach smoltcp, and an IP frame that shows a claim smoltcp took to be wrong
+//!   is preceded by a synthetic ARP reply / neighbour advertisement with the real MAC.
+//!
 //! The device counters live in the engine's `Stats` (they are reported with it), so the
 //! methods that write take them as an argument, as [`TapDevice::new`] does.
 #![forbid(unsafe_code)]
@@ -27,9 +32,12 @@ use std::net::SocketAddr;
 use smoltcp::iface::{Interface, PollResult, SocketSet};
 use smoltcp::time::Instant;
 use tapwire_proto::config::NetConfig;
+use tapwire_proto::neighbour::{self, Check, HEAL_FRAME_MAX};
 use tapwire_proto::reassembly::Reassembler;
 use tapwire_proto::vnet;
-use tapwire_proto::wire::{self, Link6, LinkInfo, TcpInfo, Unreachable, ETH_LEN, L2, UDP_PAYLOAD};
+use tapwire_proto::wire::{
+    self, DropReason, Link6, LinkInfo, TcpInfo, Unreachable, ETH_LEN, L2, UDP_PAYLOAD,
+};
 
 use super::Engine;
 use crate::link::device::{self, DeviceStats, TapDevice};
@@ -57,6 +65,10 @@ pub(super) struct GuestLink {
     pub info: LinkInfo,
     /// Our MAC and the guest's (learnt from its frames) for the frames we build.
     pub l2: L2,
+    /// What smoltcp was told about the guest's MACs, corrected by its IP frames.
+    pub neighbours: neighbour::Guard,
+    /// Where healing frames are addressed (see [`Engine::guard_neighbours`]).
+    ours: neighbour::Ours,
     /// IPv4 reassembly (taken out while a completed packet is handled).
     pub reasm: Option<Reassembler>,
     /// The TAP may have frames to read.
@@ -111,6 +123,12 @@ impl GuestLink {
             l2: L2 {
                 src: net.host_mac(),
                 dst: [0xff; 6],
+            },
+            neighbours: neighbour::Guard::default(),
+            ours: neighbour::Ours {
+                mac: net.host_mac(),
+                ip4: net.gateway(),
+                ip6: net.link_local6(),
             },
             reasm: Some(Reassembler::default()),
             readable: true,
@@ -247,6 +265,35 @@ impl GuestLink {
 }
 
 impl Engine {
+    /// Keep smoltcp's neighbour entries for the guest honest ([`neighbour::Guard`]): false if
+    /// `frame` is an ARP/NDP claim of a MAC that is not its sender's (dropped, counted as
+    /// `arp`/`ndp`); an IP frame showing that a claim smoltcp took is wrong first feeds smoltcp
+    /// a frame claiming the real MAC, so the guest's traffic is not black-holed.
+    #[inline]
+    pub(super) fn guard_neighbours(&mut self, frame: &[u8]) -> bool {
+        match self.link.neighbours.check(frame) {
+            Check::Pass => true,
+            Check::Drop => {
+                let arp = frame.get(12..14) == Some(&[0x08, 0x06]);
+                self.stats.drops.bump(if arp {
+                    DropReason::Arp
+                } else {
+                    DropReason::Ndp
+                });
+                false
+            }
+            Check::Heal { ip, mac } => {
+                tracing::debug!(%ip, ?mac, "guest neighbour entry corrected from its frames");
+                let mut buf = [0u8; HEAL_FRAME_MAX];
+                let n = neighbour::heal_frame(&mut buf, &self.link.ours, ip, mac);
+                let now = self.clock.now();
+                self.link
+                    .ingress(now, &buf[..n], None, &mut self.stats.device);
+                true
+            }
+        }
+    }
+
     /// Hand a frame to smoltcp: to flow `idx`'s socket, or to the interface alone (which
     /// answers ARP and pings of our addresses, and a segment for no flow with a RST).
     pub(super) fn ingress(&mut self, frame: &[u8], idx: Option<usize>) {

@@ -283,6 +283,9 @@ impl Engine {
     fn handle_frame(&mut self, frame: &[u8], partial: bool) {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
+        if !self.guard_neighbours(frame) {
+            return;
+        }
         let class = wire::classify_offloaded(frame, &self.link.info, partial);
         if !matches!(class, Class::Drop(_)) {
             if let Ok(mac) = <[u8; 6]>::try_from(&frame[6..12]) {
