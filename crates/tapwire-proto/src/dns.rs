@@ -13,11 +13,21 @@
 //! the next one in the file, and the engine re-sends the pending UDP query there, so the
 //! guest sees no error. A changed file starts again from its first nameserver.
 //!
-//! Limits: a nameserver that stays silent (no refusal) is not detected; the guest's own
-//! retries go to the same one (libslirp does no better).
+//! A nameserver that stays silent fails over too: [`Pending`] remembers when each binding's
+//! query went out (a guest's retry keeps the first time); a query unanswered after
+//! [`QUERY_TIMEOUT_MS`] counts as a failure of that nameserver, and the query is re-sent to
+//! the next one (libslirp keeps sending to the silent one). Limits: TCP queries only fail over
+//! on a refused connect.
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+
+/// How long a relayed UDP query may go unanswered before its nameserver counts as failed
+/// (the guest's resolver waits 5 s by default before retrying; we are checked once a second).
+pub const QUERY_TIMEOUT_MS: u64 = 2_000;
+/// Most queries tracked at once (the oldest is forgotten: it then just gets no failover).
+pub const PENDING_MAX: usize = 256;
 
 /// Nameserver addresses in resolv.conf text, in order, in the form the host kernel uses
 /// (`::ffff:127.0.0.53` is 127.0.0.53: [`crate::destination::host_form`], so that failover
@@ -77,11 +87,65 @@ impl Upstreams {
         if self.servers.get(self.current) == Some(&server) {
             self.current = (self.current + 1) % self.servers.len();
             tracing::info!(
-                "nameserver {server} refused a query; using {:?} from now on",
+                "nameserver {server} refused or did not answer a query; using {:?} from now on",
                 self.servers.get(self.current)
             );
         }
         self.current().filter(|next| next.ip() != server)
+    }
+}
+
+/// Relayed queries not answered yet, by binding (`K`), oldest first.
+#[derive(Debug, Clone)]
+pub struct Pending<K> {
+    queue: VecDeque<(K, u64)>,
+}
+
+impl<K> Default for Pending<K> {
+    fn default() -> Self {
+        Pending {
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: PartialEq + Copy> Pending<K> {
+    /// A query of binding `key` went out at `now_ms`; if one is already waiting, its time
+    /// stands (a retry does not restart the clock).
+    pub fn sent(&mut self, key: K, now_ms: u64) {
+        if self.queue.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        if self.queue.len() >= PENDING_MAX {
+            self.queue.pop_front();
+        }
+        self.queue.push_back((key, now_ms));
+    }
+
+    /// Binding `key` got an answer.
+    pub fn answered(&mut self, key: K) {
+        if let Some(i) = self.queue.iter().position(|(k, _)| *k == key) {
+            self.queue.remove(i);
+        }
+    }
+
+    /// The next binding whose query has waited [`QUERY_TIMEOUT_MS`] at `now_ms` (removed).
+    pub fn expired(&mut self, now_ms: u64) -> Option<K> {
+        match self.queue.front() {
+            Some(&(k, t)) if now_ms.saturating_sub(t) >= QUERY_TIMEOUT_MS => {
+                self.queue.pop_front();
+                Some(k)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
     }
 }
 
@@ -141,5 +205,30 @@ mod tests {
         let mut none = Upstreams::new(vec![]);
         assert_eq!(none.failed(ip("127.0.0.53")), None);
         assert_eq!(none.current(), None);
+    }
+
+    #[test]
+    fn silent_queries_expire_in_order() {
+        let mut p = Pending::default();
+        p.sent(1u32, 0);
+        p.sent(2, 500);
+        p.sent(1, 1500); // a retry: the first time stands
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.expired(QUERY_TIMEOUT_MS - 1), None);
+        assert_eq!(p.expired(QUERY_TIMEOUT_MS), Some(1));
+        assert_eq!(p.expired(QUERY_TIMEOUT_MS), None);
+        p.answered(2);
+        assert_eq!(p.expired(u64::MAX), None);
+        assert!(p.is_empty());
+        // Bounded: the oldest goes.
+        for k in 0..(PENDING_MAX as u32 + 3) {
+            p.sent(k, u64::from(k));
+        }
+        assert_eq!(p.len(), PENDING_MAX);
+        assert_eq!(p.expired(u64::MAX), Some(3));
+        // A clock that goes backwards never underflows.
+        let mut q = Pending::default();
+        q.sent(7u32, 10_000);
+        assert_eq!(q.expired(0), None);
     }
 }

@@ -100,7 +100,8 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     // The engine's exit fd also fires when the guest's process exits (see `lifeline`).
     let guest_pid = match &args.target {
         netns::Target::Pid(pid) => Some(*pid),
-        netns::Target::Path(_) => None,
+        // `/proc/PID/ns/net`: that process, as with a PID; a mount is watched by the engine.
+        netns::Target::Path(p) => crate::engine::proc_pid(p),
     };
     let (exit_fd, _lifeline_members) = match crate::confine::lifeline::new(exit_fd, guest_pid)? {
         Some(l) => (Some(l.fd), l.members),
@@ -125,6 +126,9 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         None => None,
     };
     let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
+    if let netns::Target::Path(p) = &args.target {
+        engine.watch_netns(p)?;
+    }
     if let Some(path) = &args.control_socket {
         engine.listen_api(path)?;
     }

@@ -1,20 +1,37 @@
 //! The DNS forwarder's upstream, read from the host's resolv.conf.
 //!
 //! # Theory of operation
-//! [`Resolver`] owns the file side of [`tapwire_proto::dns`]: it re-reads the file when its
-//! modification time changes (checked at most once a second of the engine's clock), so a host
-//! that switches networks is followed without a restart, and leaves the choice of nameserver
-//! and the failover to [`Upstreams`]. [`is_dns`] tells which guest destinations are the
+//! [`Resolver`] owns the file side of [`tapwire_proto::dns`]: it re-reads the file when it
+//! changes (its inode, modification time or size; checked at most once a second of the
+//! engine's clock), so a host that switches networks is followed without a restart, also
+//! inside the sandbox: there `/etc/resolv.conf` is a bind mount of the file's inode, which a
+//! replacement by rename (NetworkManager, systemd-resolved) leaves behind unlinked, so the
+//! resolver also holds the real directory open (`O_PATH`, taken before the sandbox; the old
+//! root stays reachable through it) and reads the file by name there whenever the path leads
+//! to an unlinked file, and leaves the choice of nameserver
+//! and the failover to [`Upstreams`] (on a refusal, or on silence: `Engine::dns_timeouts`
+//! re-sends a query unanswered after `QUERY_TIMEOUT_MS` to the next nameserver). [`is_dns`] tells which guest destinations are the
 //! forwarder (the engine maps them to the current upstream; see `host`).
 #![forbid(unsafe_code)]
 
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use nix::fcntl::{open, openat, OFlag};
+use nix::sys::stat::Mode;
 
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::destination::{self, Kind};
-use tapwire_proto::dns::{parse_resolv_conf, Upstreams};
+use tapwire_proto::dns::{parse_resolv_conf, Pending, Upstreams};
+
+use super::udp::UdpKey;
+use super::Engine;
 
 /// Whether the guest sent this to our DNS forwarder (network+3 or PREFIX::3, port 53, in any
 /// spelling: `::ffff:10.0.2.3` is the forwarder too, see `tapwire_proto::destination`).
@@ -30,18 +47,32 @@ pub fn is_dns(net: &NetConfig, dst: SocketAddr) -> bool {
 #[derive(Debug)]
 pub struct Resolver {
     path: PathBuf,
+    /// The file's real directory (opened at start, before any sandbox) and name, to find a
+    /// replacement by name where `path` no longer leads to it.
+    watch: Option<(OwnedFd, OsString)>,
     upstreams: Upstreams,
-    mtime: Option<SystemTime>,
+    /// (device, inode, modification time, size) of the contents in use.
+    key: Option<FileKey>,
+    missing_warned: bool,
     checked_ms: Option<u64>,
+    /// UDP queries relayed and not answered yet (a silent nameserver fails over).
+    pub(super) pending: Pending<UdpKey>,
 }
+
+type FileKey = (u64, u64, Option<SystemTime>, u64);
 
 impl Resolver {
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let watch = watch_dir(&path);
         Resolver {
-            path: path.into(),
+            path,
+            watch,
             upstreams: Upstreams::default(),
-            mtime: None,
+            key: None,
+            missing_warned: false,
             checked_ms: None,
+            pending: Pending::default(),
         }
     }
 
@@ -49,9 +80,12 @@ impl Resolver {
     pub fn fixed(servers: Vec<IpAddr>) -> Self {
         Resolver {
             path: PathBuf::new(),
+            watch: None,
             upstreams: Upstreams::new(servers),
-            mtime: None,
+            key: None,
+            missing_warned: false,
             checked_ms: Some(u64::MAX),
+            pending: Pending::default(),
         }
     }
 
@@ -75,16 +109,51 @@ impl Resolver {
         self.upstreams.failed(server)
     }
 
+    /// The live file: `path`, unless what it leads to has been unlinked (the sandbox's bind
+    /// mount of a file replaced by rename on the host), then the same name in the directory
+    /// opened at start.
+    fn open_live(&self) -> Option<File> {
+        if let Ok(f) = File::open(&self.path) {
+            if f.metadata().is_ok_and(|m| m.nlink() > 0) {
+                return Some(f);
+            }
+        }
+        let (dir, name) = self.watch.as_ref()?;
+        let fd = openat(
+            dir,
+            name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        Some(File::from(fd))
+    }
+
     fn reload(&mut self) {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if mtime.is_some() && mtime == self.mtime {
+        let Some(mut file) = self.open_live() else {
+            if !self.missing_warned {
+                tracing::warn!(
+                    "reading {}: not found; DNS forwarding has no upstream",
+                    self.path.display()
+                );
+                self.missing_warned = true;
+            }
+            self.key = None;
+            self.upstreams.set(Vec::new());
+            return;
+        };
+        self.missing_warned = false;
+        let key = file
+            .metadata()
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.modified().ok(), m.len()));
+        if key.is_some() && key == self.key {
             return;
         }
-        self.mtime = mtime;
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => {
+        self.key = key;
+        let mut text = String::new();
+        match file.read_to_string(&mut text) {
+            Ok(_) => {
                 self.upstreams.set(parse_resolv_conf(&text));
                 tracing::debug!(servers = ?self.upstreams.servers(), path = %self.path.display(), "nameservers loaded");
             }
@@ -94,6 +163,38 @@ impl Resolver {
                     self.path.display()
                 );
                 self.upstreams.set(Vec::new());
+            }
+        }
+    }
+}
+
+/// The real directory of `path` (symlinks resolved) opened `O_PATH`, and the file's name in it.
+fn watch_dir(path: &Path) -> Option<(OwnedFd, OsString)> {
+    let real = std::fs::canonicalize(path).ok().or_else(|| {
+        let dir = std::fs::canonicalize(path.parent()?).ok()?;
+        Some(dir.join(path.file_name()?))
+    })?;
+    let name = real.file_name()?.to_os_string();
+    let dir = open(
+        real.parent()?,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    Some((dir, name))
+}
+
+impl Engine {
+    /// Fail over the UDP queries no nameserver answered in time (from the once-a-second
+    /// sweep): the binding moves to the next nameserver and re-sends the query, whose clock
+    /// starts again.
+    pub(super) fn dns_timeouts(&mut self, now_ms: u64) {
+        while let Some(key) = self.host.resolver.pending.expired(now_ms) {
+            let Some(idx) = self.udp.find(&key) else {
+                continue;
+            };
+            if self.dns_failover(idx) {
+                self.host.resolver.pending.sent(key, now_ms);
             }
         }
     }

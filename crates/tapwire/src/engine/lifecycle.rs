@@ -8,10 +8,28 @@
 //! 128 + its signal, becomes ours. The exit fd ([`Lifecycle::exit_fd`]) becoming readable or
 //! hung up ends the loop with 0; so does the TAP going away (see the loop). [`Exit::code`] is
 //! checked once per loop turn.
+//!
+//! # The end of a `--netns-type=path` namespace
+//! The open TAP holds a reference on its network namespace, so the namespace never dies while
+//! we run and the TAP never reports anything (measured: after the last process exited and the
+//! file was unmounted, the TAP stayed readable-idle and the daemon ran on forever). What the
+//! owner does do is release its handle: `ip netns delete`, podman and RootlessKit unmount the
+//! bind mount. So [`Engine::watch_netns`] (called at start-up, before the sandbox) records the
+//! namespace's nsfs inode and opens `/proc/self/mountinfo`, which keeps showing the mount
+//! table of the mount namespace it was opened in (the sandbox's own comes later and does not
+//! matter); once a second [`Exit::check_netns`] re-reads it (`pread`, no new system call for
+//! the seccomp filter) and ends the loop with 0 when no mount of that namespace is left.
+//! A path that is no mount at all (`/proc/PID/ns/net`) is watched through PID instead
+//! ([`proc_pid`], by the lifeline's pidfd); anything else is not watched (a warning says so).
+//! Processes still inside a namespace whose last mount went away lose their network: the
+//! owner gave it up.
 #![forbid(unsafe_code)]
 
+use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -33,6 +51,49 @@ pub(super) struct Exit {
     pub life: Lifecycle,
     /// The status to exit with; the loop stops at the start of the next turn.
     pub code: Option<i32>,
+    /// `--netns-type=path`: the mount table to watch for the namespace's last mount.
+    netns: Option<NetnsWatch>,
+}
+
+/// A network namespace known by its nsfs inode, and the mount table it is mounted in.
+struct NetnsWatch {
+    mountinfo: File,
+    /// ` net:[INODE] `, as the mount's root appears in mountinfo.
+    needle: String,
+    buf: Vec<u8>,
+}
+
+/// Whether `mountinfo` text lists a mount whose root is `needle` (` net:[INODE] `).
+fn mounted(mountinfo: &[u8], needle: &[u8]) -> bool {
+    mountinfo.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The PID of a `/proc/PID/ns/net` (or `/proc/PID/task/TID/ns/net`) path.
+pub fn proc_pid(path: &Path) -> Option<i32> {
+    let mut parts = path.strip_prefix("/proc").ok()?.components();
+    let pid = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    let rest: Vec<_> = parts.map(|c| c.as_os_str().to_owned()).collect();
+    let ns_net = |r: &[std::ffi::OsString]| r.len() == 2 && r[0] == "ns" && r[1] == "net";
+    let ok = ns_net(&rest) || (rest.len() == 4 && rest[0] == "task" && ns_net(&rest[2..]));
+    ok.then_some(pid)
+}
+
+impl NetnsWatch {
+    /// Re-read the mount table: is the namespace still mounted? (An unreadable table counts
+    /// as mounted: never exit on a doubt.)
+    fn still_mounted(&mut self) -> bool {
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.mountinfo.read_at(&mut chunk, self.buf.len() as u64) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        mounted(&self.buf, self.needle.as_bytes())
+    }
 }
 
 impl Exit {
@@ -54,7 +115,19 @@ impl Exit {
             signals,
             life,
             code: None,
+            netns: None,
         })
+    }
+
+    /// Once a second: end the loop if the watched namespace has no mount left.
+    pub fn check_netns(&mut self) {
+        if let Some(w) = &mut self.netns {
+            if !w.still_mounted() {
+                tracing::info!("the guest's network namespace is no longer mounted; exiting");
+                self.code = Some(0);
+                self.netns = None;
+            }
+        }
     }
 
     pub fn read_signals(&mut self) {
@@ -93,5 +166,69 @@ impl Exit {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+impl super::Engine {
+    /// `--netns-type=path`: exit once the namespace at `path` is unmounted everywhere in our
+    /// mount namespace (see the module documentation). Call before the sandbox.
+    pub fn watch_netns(&mut self, path: &Path) -> io::Result<()> {
+        let ino = std::fs::metadata(path)?.ino();
+        let mountinfo = File::open("/proc/self/mountinfo")?;
+        let mut w = NetnsWatch {
+            mountinfo,
+            needle: format!(" net:[{ino}] "),
+            buf: Vec::new(),
+        };
+        if w.still_mounted() {
+            tracing::debug!(path = %path.display(), "watching the namespace's mounts");
+            self.exit.netns = Some(w);
+        } else if proc_pid(path).is_none() {
+            tracing::warn!(
+                "{} is not a mount of the namespace: the daemon will not notice its end (use --exit-fd)",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_namespace_mount() {
+        let text = b"25 1 0:23 / / rw - ext4 /dev/sda1 rw\n\
+            300 25 0:4 net:[4026532288] /run/netns/g rw shared:5 - nsfs nsfs rw\n";
+        assert!(mounted(text, b" net:[4026532288] "));
+        assert!(!mounted(text, b" net:[402653228] "));
+        assert!(!mounted(text, b" net:[4026532289] "));
+        assert!(!mounted(b"", b" net:[1] "));
+    }
+
+    #[test]
+    fn proc_paths() {
+        assert_eq!(proc_pid(Path::new("/proc/123/ns/net")), Some(123));
+        assert_eq!(proc_pid(Path::new("/proc/123/task/124/ns/net")), Some(123));
+        assert_eq!(proc_pid(Path::new("/proc/self/ns/net")), None);
+        assert_eq!(proc_pid(Path::new("/proc/123/ns/user")), None);
+        assert_eq!(proc_pid(Path::new("/run/netns/x")), None);
+        assert_eq!(proc_pid(Path::new("/proc/123")), None);
+    }
+
+    #[test]
+    fn reads_the_mount_table() {
+        // Our own netns is not mounted anywhere: nothing to watch (needs no privilege).
+        let ino = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let mut w = NetnsWatch {
+            mountinfo: File::open("/proc/self/mountinfo").unwrap(),
+            needle: format!(" net:[{ino}] "),
+            buf: Vec::new(),
+        };
+        let _ = w.still_mounted();
+        assert!(!w.buf.is_empty(), "mountinfo read");
+        // The root mount is always listed.
+        assert!(mounted(&w.buf, b" / / "));
     }
 }

@@ -70,7 +70,7 @@ mod ndp_dhcp;
 pub mod tcp;
 pub mod udp;
 
-pub use lifecycle::Lifecycle;
+pub use lifecycle::{proc_pid, Lifecycle};
 pub use tcp::{MAX_CONNECTING, MAX_TCP_FLOWS};
 
 /// Frames read from the TAP per loop turn before host sockets get a turn.
@@ -347,5 +347,7 @@ impl Engine {
         self.tcp.prune_connecting_order();
         self.expire_udp(now_ms);
         self.expire_icmp(now_ms);
+        self.dns_timeouts(now_ms);
+        self.exit.check_netns();
     }
 }

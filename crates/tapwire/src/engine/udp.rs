@@ -172,6 +172,7 @@ impl Engine {
         if let Some(q) = &mut flow.last_query {
             q.clear();
             q.extend_from_slice(u.payload);
+            self.host.resolver.pending.sent(key, now_ms);
         }
     }
 
@@ -214,6 +215,9 @@ impl Engine {
             match sock.recv(&mut self.link.out[at..]) {
                 Ok(n) => {
                     flow.datagrams_in += 1;
+                    if flow.last_query.is_some() {
+                        self.host.resolver.pending.answered((flow.guest, flow.dst));
+                    }
                     let (src, dst) = (flow.dst, flow.guest);
                     self.udp.touch(idx, now_ms);
                     self.link.send_udp(src, dst, n, &mut self.stats.device);
@@ -238,7 +242,7 @@ impl Engine {
 
     /// The nameserver behind DNS binding `idx` refused: point the binding at the next one and
     /// send it the guest's pending query. False if there is no other nameserver to try.
-    fn dns_failover(&mut self, idx: usize) -> bool {
+    pub(super) fn dns_failover(&mut self, idx: usize) -> bool {
         let Some(flow) = self.udp.get(idx) else {
             return false;
         };
