@@ -15,9 +15,10 @@
 //! exit fd (hangup counts as ready for a pipe whose writer closed); the engine polls it like
 //! any other fd and exits with status 0. The event loop makes no extra system call for it.
 //!
-//! Limits: with `--netns-type=path` there is no process to watch (the namespace file may be
-//! bind-mounted with no process inside yet), so only the exit fd and signals end the daemon,
-//! as in slirp4netns. A kernel without pidfds keeps the old behaviour, with a warning.
+//! With `--netns-type=path` there is no process to watch (the namespace file may be
+//! bind-mounted with no process inside yet): a `/proc/PID/ns/net` path gives its PID, and a
+//! bind mount is watched by the engine until it is unmounted (`engine::lifecycle`). A kernel
+//! without pidfds keeps the old behaviour, with a warning.
 //!
 //! Syscalls (start-up only): `pidfd_open` ([`crate::sys::pidfd`]), `epoll_create1`, `epoll_ctl`.
 #![allow(unsafe_code)]

@@ -55,8 +55,10 @@
 //! reaches the command's processes and nothing outside them.
 //!
 //! # Limits
-//! - resolv.conf is bind-mounted by inode: edits in place are followed, but a file *replaced*
-//!   on the host by rename (NetworkManager's way) is not; the old contents stay in use.
+//! - resolv.conf is bind-mounted by inode: edits in place are seen through it, a file
+//!   *replaced* on the host by rename (NetworkManager's way) is not; the DNS forwarder
+//!   (`engine::dns`) therefore also keeps the file's directory open from before the sandbox
+//!   and reads the new file by name there.
 //! - If resolv.conf does not exist at start-up, it will not appear later (DNS forwarding has
 //!   no upstream, as without the sandbox).
 //! - No `/proc`, `/dev` or `/sys` inside: anything that needs them must open them before.

@@ -17,8 +17,8 @@
 //! bind mount. So [`Engine::watch_netns`] (called at start-up, before the sandbox) records the
 //! namespace's nsfs inode and opens `/proc/self/mountinfo`, which keeps showing the mount
 //! table of the mount namespace it was opened in (the sandbox's own comes later and does not
-//! matter); once a second [`Exit::check_netns`] re-reads it (`pread`, no new system call for
-//! the seccomp filter) and ends the loop with 0 when no mount of that namespace is left.
+//! matter); once a second [`Exit::check_netns`] re-reads it (`lseek` and `read`, no new system
+//! call for the seccomp filter) and ends the loop with 0 when no mount of that namespace is left.
 //! A path that is no mount at all (`/proc/PID/ns/net`) is watched through PID instead
 //! ([`proc_pid`], by the lifeline's pidfd); anything else is not watched (a warning says so).
 //! Processes still inside a namespace whose last mount went away lose their network: the
@@ -27,8 +27,9 @@
 
 use std::fs::File;
 use std::io;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::sys::signal::{SigSet, Signal};
@@ -83,14 +84,10 @@ impl NetnsWatch {
     /// as mounted: never exit on a doubt.)
     fn still_mounted(&mut self) -> bool {
         self.buf.clear();
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.mountinfo.read_at(&mut chunk, self.buf.len() as u64) {
-                Ok(0) => break,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            }
+        if self.mountinfo.seek(SeekFrom::Start(0)).is_err()
+            || self.mountinfo.read_to_end(&mut self.buf).is_err()
+        {
+            return true;
         }
         mounted(&self.buf, self.needle.as_bytes())
     }
