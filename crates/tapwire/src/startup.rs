@@ -147,6 +147,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     // The supervisor thread starts after the sandbox (which may need a single thread) and
     // before the filter, which then covers it too (TSYNC) and need not allow thread creation.
     let bypassing = bypass.is_some();
+    let oci_socket = bypass.as_ref().and_then(|p| p.oci_socket());
     if let Some(prep) = bypass {
         prep.spawn(Vec::new())?;
     }
@@ -159,8 +160,8 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     let status = engine.run();
     // The supervisor thread owns the runtimes' socket and is never joined: remove its file
     // here, as the engine removes the control socket's.
-    if let Some(path) = &args.seccomp_listener {
-        let _ = std::fs::remove_file(path);
+    if let Some(sock) = oci_socket {
+        sock.remove_if_ours();
     }
     Ok(status?)
 }

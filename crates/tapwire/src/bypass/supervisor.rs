@@ -199,6 +199,12 @@ pub fn prepare(policy: Policy, oci_path: Option<&Path>) -> Result<Prepared, Supe
 }
 
 impl Prepared {
+    /// The runtimes' socket file, to remove at exit if still ours (the thread owning the
+    /// socket is never joined).
+    pub fn oci_socket(&self) -> Option<crate::sys::unix_listener::BoundPath> {
+        self.oci.as_ref().map(OciServer::bound)
+    }
+
     /// Start the supervisor thread. `listeners`: fds with whether their filter traps sends
     /// (then UDP is bypassed too).
     pub fn spawn(
