@@ -191,7 +191,9 @@ mod tests {
         let mut t = full(0);
         // Every client has sent its request and waits for its reply.
         for k in t.keys().collect::<Vec<_>>() {
-            assert!(t.received(k, br#"{"execute":"list_hostfwd"}"#, true).is_some());
+            assert!(t
+                .received(k, br#"{"execute":"list_hostfwd"}"#, true)
+                .is_some());
         }
         for now in [0, STALL_MS, CLIENT_TIMEOUT_MS] {
             assert_eq!(t.admit(now), Admit::Full, "at {now} ms");
@@ -229,7 +231,10 @@ mod tests {
         assert_eq!(t.received(a, b"{}", true), None);
 
         let b = t.insert((), 0);
-        assert_eq!(t.received(b, b" {\"x\": [1, 2]} ", false).unwrap().len(), 15);
+        assert_eq!(
+            t.received(b, b" {\"x\": [1, 2]} ", false).unwrap().len(),
+            15
+        );
 
         let c = t.insert((), 0);
         let big = vec![b' '; 3000];

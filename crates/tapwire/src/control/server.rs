@@ -31,8 +31,8 @@ use std::path::Path;
 use mio::net::{UnixListener, UnixStream};
 
 use crate::sys::unix_listener::{self, BoundPath, Existing};
-pub use tapwire_proto::control::clients::{CLIENT_TIMEOUT_MS, MAX_CLIENTS, STALL_MS};
 use tapwire_proto::control::clients::{Admit, Clients, Phase};
+pub use tapwire_proto::control::clients::{CLIENT_TIMEOUT_MS, MAX_CLIENTS, STALL_MS};
 #[allow(unused_imports)] // named in the documentation
 use tapwire_proto::control::MAX_REQUEST;
 
@@ -64,9 +64,8 @@ impl Control {
     /// Bind `path` with mode 0600 (an existing file other than a symlink or a directory is
     /// replaced, as slirp4netns does).
     pub fn bind(path: &Path) -> io::Result<Control> {
-        let (listener, bound) = unix_listener::bind(path, Existing::Replace).map_err(|e| {
-            io::Error::new(e.kind(), format!("API socket {}: {e}", path.display()))
-        })?;
+        let (listener, bound) = unix_listener::bind(path, Existing::Replace)
+            .map_err(|e| io::Error::new(e.kind(), format!("API socket {}: {e}", path.display())))?;
         Ok(Control {
             listener: UnixListener::from_std(listener),
             path: bound,

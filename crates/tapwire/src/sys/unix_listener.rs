@@ -84,7 +84,10 @@ fn clear(path: &Path, existing: Existing) -> io::Result<()> {
         ));
     }
     if ty.is_dir() {
-        return Err(refuse(io::ErrorKind::InvalidInput, "the path is a directory"));
+        return Err(refuse(
+            io::ErrorKind::InvalidInput,
+            "the path is a directory",
+        ));
     }
     match existing {
         Existing::Replace => {}
@@ -199,7 +202,10 @@ mod tests {
             assert!(e.to_string().contains("symbolic link"), "{e}");
         }
         assert!(!target.exists(), "nothing created through the link");
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
 
         let file = d.join("file");
         std::fs::write(&file, "x").unwrap();

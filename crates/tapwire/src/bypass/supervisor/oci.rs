@@ -403,7 +403,10 @@ mod tests {
         assert!(!may_act_for(100, 0, parent), "no pid in the state");
         assert!(!may_act_for(100, -5, parent));
         assert!(!may_act_for(100, i64::from(i32::MAX) + 1, parent));
-        assert!(!may_act_for(0, 200, parent), "peer in an unseen pid namespace");
+        assert!(
+            !may_act_for(0, 200, parent),
+            "peer in an unseen pid namespace"
+        );
         assert!(!may_act_for(100, 999, parent), "gone");
         // A parent loop (impossible, but /proc is racy) ends.
         assert!(!may_act_for(7, 5, |p| Some(if p == 5 { 6 } else { 5 })));
@@ -411,11 +414,18 @@ mod tests {
 
     #[test]
     fn peers_of_another_uid_are_refused() {
-        let c = |uid| PeerCred { pid: 1, uid, gid: 0 };
+        let c = |uid| PeerCred {
+            pid: 1,
+            uid,
+            gid: 0,
+        };
         assert!(peer_allowed(&c(1000), 1000));
         assert!(peer_allowed(&c(0), 1000), "root");
         assert!(!peer_allowed(&c(1001), 1000));
-        assert!(!peer_allowed(&c(1000), 0), "a user cannot talk to root's daemon");
+        assert!(
+            !peer_allowed(&c(1000), 0),
+            "a user cannot talk to root's daemon"
+        );
     }
 
     #[test]
