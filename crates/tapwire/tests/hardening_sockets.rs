@@ -190,6 +190,7 @@ fn seccomp_listener_socket_is_0600_under_umask_000() {
         DaemonCfg::default().args(&["--seccomp-listener", path.to_str().unwrap()]),
     );
     assert!(!d2.read_ready(SETUP_TIMEOUT).starts_with(b"1"));
+    assert!(d2.wait_timeout(SETUP_TIMEOUT).is_some_and(|s| !s.success()));
     assert!(
         d2.output().contains("listening"),
         "second daemon: {}",
