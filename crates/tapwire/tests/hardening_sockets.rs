@@ -97,7 +97,9 @@ fn api_answers_200_simultaneous_clients() {
             serde_json::from_str::<serde_json::Value>(r)
                 .ok()
                 .and_then(|v| {
+                    // slirp4netns 1.2 answers list_hostfwd without the "return" wrapper.
                     v.pointer("/return/entries/0/host_port")
+                        .or_else(|| v.pointer("/entries/0/host_port"))
                         .and_then(|p| p.as_u64())
                 })
                 == Some(24001)
