@@ -28,6 +28,8 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{Forward, Proto};
 
+pub mod clients;
+
 /// Largest request accepted; slirp4netns reads into a 4096-byte buffer and refuses a full one.
 pub const MAX_REQUEST: usize = 4095;
 

@@ -8,7 +8,8 @@
 //! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
 //!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
 //! 3. the engine (blocks signals, builds the smoltcp interface), the control socket, `-p` forwards;
-//! 4. confinement, in slirp4netns's order: the sandbox (`--enable-sandbox`; always in run mode,
+//! 4. confinement, in slirp4netns's order: the fds inherited at start (noted before anything
+//!    was opened) are closed, then the sandbox (`--enable-sandbox`; always in run mode,
 //!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
 //!    sandbox may join a user namespace, so no thread may exist before it;
 //! 5. readiness: `-r FD` gets "1" and is closed; run mode releases the command;
@@ -19,7 +20,8 @@ use std::os::fd::OwnedFd;
 
 use crate::bypass::{self, supervisor};
 use crate::cli::{Command, DaemonArgs, RunArgs};
-use crate::confine::{allowlist as filter, sandbox};
+use crate::confine::pins::Pins;
+use crate::confine::{allowlist as filter, inherited, sandbox};
 use crate::engine::{Engine, Lifecycle};
 use crate::link::tap::Tap;
 use crate::netns;
@@ -75,6 +77,9 @@ fn init_logging() {
 type AnyError = Box<dyn std::error::Error>;
 
 fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
+    // Before anything is opened: every fd open now was inherited.
+    let keep: Vec<i32> = args.ready_fd.into_iter().chain(args.exit_fd).collect();
+    let inherited = inherited::snapshot(&keep);
     // Adopt inherited fds first so a bad number fails before anything is created.
     let ready = args
         .ready_fd
@@ -134,6 +139,9 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     }
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
+    if args.enable_sandbox || args.enable_seccomp {
+        inherited.close();
+    }
     if args.enable_sandbox {
         let userns = args.userns_path.clone().or(match &args.target {
             netns::Target::Pid(pid) => Some(format!("/proc/{pid}/ns/user").into()),
@@ -151,11 +159,16 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     // The supervisor thread starts after the sandbox (which may need a single thread) and
     // before the filter, which then covers it too (TSYNC) and need not allow thread creation.
     let bypassing = bypass.is_some();
+    let oci_socket = bypass.as_ref().and_then(|p| p.oci_socket());
+    let pins = Pins {
+        proc_dir: bypass.as_ref().map(|p| p.proc_fd()),
+        ..Pins::this_process()
+    };
     if let Some(prep) = bypass {
         prep.spawn(Vec::new())?;
     }
     if args.enable_seccomp {
-        filter::apply(bypassing)?;
+        filter::apply(bypassing, &pins)?;
     }
     if let Some(ready) = ready {
         signal_ready(ready)?;
@@ -163,8 +176,8 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     let status = engine.run();
     // The supervisor thread owns the runtimes' socket and is never joined: remove its file
     // here, as the engine removes the control socket's.
-    if let Some(path) = &args.seccomp_listener {
-        let _ = std::fs::remove_file(path);
+    if let Some(sock) = oci_socket {
+        sock.remove_if_ours();
     }
     Ok(status?)
 }
@@ -176,6 +189,8 @@ fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
 }
 
 fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
+    // Before anything is opened (the command inherits them; the daemon closes its copies).
+    let inherited = inherited::snapshot(&[]);
     let ifcfg = IfConfig::from_net(&args.net);
     let filter = args
         .bypass
@@ -210,6 +225,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
     let lowest = args.publish.iter().map(|p| p.host_port).min();
     let userns = Some(format!("/proc/{}/ns/user", child.pid).into());
+    inherited.close();
     let policy = sandbox::Policy {
         keep_ptrace: bypass.is_some(),
         ..sandbox::Policy::daemon(userns, &[], lowest)

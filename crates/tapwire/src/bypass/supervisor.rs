@@ -199,6 +199,18 @@ pub fn prepare(policy: Policy, oci_path: Option<&Path>) -> Result<Prepared, Supe
 }
 
 impl Prepared {
+    /// The supervisor's `/proc` fd (pinned in the daemon's filter).
+    pub fn proc_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.proc.as_fd().as_raw_fd()
+    }
+
+    /// The runtimes' socket file, to remove at exit if still ours (the thread owning the
+    /// socket is never joined).
+    pub fn oci_socket(&self) -> Option<crate::sys::unix_listener::BoundPath> {
+        self.oci.as_ref().map(OciServer::bound)
+    }
+
     /// Start the supervisor thread. `listeners`: fds with whether their filter traps sends
     /// (then UDP is bypassed too).
     pub fn spawn(

@@ -37,6 +37,8 @@
 
 use std::collections::BTreeMap;
 
+pub use super::pins::{Pinned, Pins};
+
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -120,13 +122,21 @@ const AF_INET6: u64 = libc::AF_INET6 as u64;
 const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
 /// Open flags that could create or modify a file.
 const OPEN_WRITE: u64 = (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u64;
+/// `openat`'s flags (argument 2) open read-only.
+pub(super) const READ_ONLY: Cond = c(
+    2,
+    Op::Masked {
+        mask: OPEN_WRITE,
+        value: 0,
+    },
+);
+/// `AT_FDCWD` as the 32-bit argument the filter sees.
+pub(super) const AT_FDCWD: u64 = libc::AT_FDCWD as u32 as u64;
 // The ioctl request type differs between libcs (c_ulong for glibc, c_int for musl).
 #[allow(clippy::unnecessary_cast)]
 const FIONBIO: u64 = libc::FIONBIO as u64;
 #[allow(clippy::unnecessary_cast)]
 const FIONREAD: u64 = libc::FIONREAD as u64;
-/// Largest pid the kernel hands out (PID_MAX_LIMIT on 64-bit).
-const PID_MAX: u64 = 4 * 1024 * 1024;
 
 /// The reviewed list for the daemon (engine thread; run mode adds nothing after start-up).
 pub const DAEMON: &[Entry] = &[
@@ -252,14 +262,9 @@ pub const DAEMON: &[Entry] = &[
     only(
         libc::SYS_openat,
         "openat",
-        "dns: re-reading resolv.conf; read-only",
-        &[&[c(
-            2,
-            Op::Masked {
-                mask: OPEN_WRITE,
-                value: 0,
-            },
-        )]],
+        "dns: re-reading resolv.conf; read-only, relative to the working directory only (other \
+         directory fds: see `pins`)",
+        &[&[c(0, Op::Eq(AT_FDCWD)), READ_ONLY]],
     ),
     any(
         libc::SYS_statx,
@@ -284,12 +289,7 @@ pub const DAEMON: &[Entry] = &[
         "clock_gettime",
         "engine/flows: Instant::now (vDSO fallback)",
     ),
-    only(
-        libc::SYS_kill,
-        "kill",
-        "run mode: forwarding SIGTERM/SIGHUP to the command (a positive pid only)",
-        &[&[c(0, Op::Gt(0)), c(0, Op::Le(PID_MAX))]],
-    ),
+    // kill: see `pins` (only the daemon's own pid).
     any(
         libc::SYS_wait4,
         "wait4",
@@ -307,12 +307,7 @@ pub const DAEMON: &[Entry] = &[
     ),
     any(libc::SYS_getpid, "getpid", "std: abort on panic (raise)"),
     any(libc::SYS_gettid, "gettid", "std: abort on panic (raise)"),
-    only(
-        libc::SYS_tgkill,
-        "tgkill",
-        "std: abort on panic (raise(SIGABRT)) only",
-        &[&[c(2, Op::Eq(libc::SIGABRT as u64))]],
-    ),
+    // tgkill: see `pins` (SIGABRT to the daemon's own threads).
     any(
         libc::SYS_restart_syscall,
         "restart_syscall",
@@ -382,9 +377,6 @@ const LEGACY: &[Entry] = &[
 #[cfg(not(target_arch = "x86_64"))]
 const LEGACY: &[Entry] = &[];
 
-/// `AT_FDCWD` as the 32-bit argument the filter sees.
-const AT_FDCWD: u64 = libc::AT_FDCWD as u32 as u64;
-
 /// Added when the bypass supervisor thread runs (see `supervisor`, `seccomp`).
 pub const BYPASS: &[Entry] = &[
     any(
@@ -431,12 +423,7 @@ pub const BYPASS: &[Entry] = &[
         "process_vm_writev",
         "supervisor: writing getpeername/getsockname results",
     ),
-    only(
-        libc::SYS_openat,
-        "openat",
-        "supervisor: /proc entries relative to its /proc fd (status, fdinfo, mem read-write)",
-        &[&[c(0, Op::Ne(AT_FDCWD))]],
-    ),
+    // openat relative to the supervisor's /proc fd: see `pins`.
     any(libc::SYS_pread64, "pread64", "supervisor: /proc/TID/mem"),
     any(libc::SYS_pwrite64, "pwrite64", "supervisor: /proc/TID/mem"),
     only(
@@ -529,19 +516,27 @@ fn condition(cond: &Cond) -> Result<SeccompCondition, FilterError> {
     )?)
 }
 
-/// Compile `list` into a BPF program: listed calls allowed, everything else kills. A call
-/// listed more than once allows the union (unconditional if any entry is).
-pub fn compile<'a>(list: impl IntoIterator<Item = &'a Entry>) -> Result<BpfProgram, FilterError> {
+/// Compile `list` and the runtime `pinned` entries into a BPF program: listed calls allowed,
+/// everything else kills. A call listed more than once allows the union (unconditional if any
+/// entry is).
+pub fn compile<'a>(
+    list: impl IntoIterator<Item = &'a Entry>,
+    pinned: &[Pinned],
+) -> Result<BpfProgram, FilterError> {
     // None: allowed unconditionally.
     let mut merged: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
-    for e in list {
-        let slot = merged.entry(e.nr).or_insert_with(|| Some(Vec::new()));
-        if e.rules.is_empty() {
+    let all = list
+        .into_iter()
+        .map(|e| (e.nr, e.rules.iter().map(|r| r.to_vec()).collect::<Vec<_>>()))
+        .chain(pinned.iter().map(|p| (p.nr, p.rules.clone())));
+    for (nr, alts) in all {
+        let slot = merged.entry(nr).or_insert_with(|| Some(Vec::new()));
+        if alts.is_empty() {
             *slot = None;
             continue;
         }
         if let Some(chain) = slot {
-            for alt in e.rules {
+            for alt in alts {
                 let conds = alt.iter().map(condition).collect::<Result<Vec<_>, _>>()?;
                 chain.push(SeccompRule::new(conds)?);
             }
@@ -560,215 +555,18 @@ pub fn compile<'a>(list: impl IntoIterator<Item = &'a Entry>) -> Result<BpfProgr
     Ok(filter.try_into()?)
 }
 
-/// The daemon's program (with [`BYPASS`] if `bypass`).
-pub fn daemon_program(bypass: bool) -> Result<BpfProgram, FilterError> {
-    compile(entries_for(bypass))
+/// The daemon's program (with [`BYPASS`] if `bypass`), arguments pinned per `pins`.
+pub fn daemon_program(bypass: bool, pins: &Pins) -> Result<BpfProgram, FilterError> {
+    compile(entries_for(bypass), &pins.entries(bypass))
 }
 
 /// Install the daemon's filter on every thread of the process (sets no_new_privs too).
 /// `bypass`: the supervisor thread runs (adds [`BYPASS`]).
-pub fn apply(bypass: bool) -> Result<(), FilterError> {
-    let prog = daemon_program(bypass)?;
+pub fn apply(bypass: bool, pins: &Pins) -> Result<(), FilterError> {
+    let prog = daemon_program(bypass, pins)?;
     seccompiler::apply_filter_all_threads(&prog)?;
     Ok(())
 }
 
 #[cfg(test)]
-#[allow(unsafe_code)] // the tests fork and make raw syscalls to probe the filter
-mod tests {
-    use super::*;
-    use std::collections::HashSet;
-
-    #[test]
-    fn no_call_is_listed_twice() {
-        for list in [entries().collect::<Vec<_>>(), BYPASS.iter().collect()] {
-            let mut nrs = HashSet::new();
-            let mut names = HashSet::new();
-            for e in list {
-                assert!(nrs.insert(e.nr), "{} ({}) listed twice", e.name, e.nr);
-                assert!(names.insert(e.name), "{} listed twice", e.name);
-                assert!(!e.who.is_empty(), "{} has no reason", e.name);
-            }
-        }
-    }
-
-    #[test]
-    fn forbidden_calls_are_not_listed() {
-        let forbidden = [
-            libc::SYS_execve,
-            libc::SYS_execveat,
-            libc::SYS_ptrace,
-            libc::SYS_mount,
-            libc::SYS_umount2,
-            libc::SYS_pivot_root,
-            libc::SYS_chroot,
-            libc::SYS_setns,
-            libc::SYS_unshare,
-            libc::SYS_clone,
-            libc::SYS_clone3,
-            libc::SYS_fork,
-            libc::SYS_init_module,
-            libc::SYS_finit_module,
-            libc::SYS_kexec_load,
-            libc::SYS_reboot,
-            libc::SYS_open_by_handle_at,
-            libc::SYS_bpf,
-            libc::SYS_keyctl,
-            libc::SYS_userfaultfd,
-            libc::SYS_perf_event_open,
-        ];
-        for e in entries_for(true) {
-            assert!(!forbidden.contains(&e.nr), "{} must not be allowed", e.name);
-        }
-    }
-
-    #[test]
-    fn bypass_only_calls_stay_out_of_the_plain_daemon() {
-        for nr in [
-            libc::SYS_prctl,
-            libc::SYS_process_vm_readv,
-            libc::SYS_process_vm_writev,
-            libc::SYS_pidfd_getfd,
-            libc::SYS_pidfd_open,
-        ] {
-            assert!(entries().all(|e| e.nr != nr), "syscall {nr} in DAEMON");
-        }
-    }
-
-    #[test]
-    fn merged_entries_allow_the_union() {
-        // openat: read-only anywhere (DAEMON) or anything relative to a directory fd (BYPASS).
-        let st = in_filtered_child_with(true, || {
-            // SAFETY: NUL-terminated paths; fds closed at once.
-            unsafe {
-                let dir = libc::open(c"/dev".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
-                let f = libc::openat(dir, c"null".as_ptr(), libc::O_WRONLY);
-                if dir < 0 || f < 0 {
-                    libc::_exit(3);
-                }
-                libc::close(f);
-                libc::close(dir);
-            }
-        });
-        assert_eq!(st, nix::sys::wait::WaitStatus::Exited(st.pid().unwrap(), 0));
-    }
-
-    #[test]
-    fn compiles() {
-        for bypass in [false, true] {
-            let prog = daemon_program(bypass).unwrap();
-            assert!(!prog.is_empty());
-            // The kernel limit is 4096 instructions.
-            assert!(prog.len() < 4096, "{} instructions", prog.len());
-        }
-    }
-
-    /// Fork; the child installs the filter, runs `body`, and `_exit(0)`s. Returns how it ended.
-    fn in_filtered_child(body: fn()) -> nix::sys::wait::WaitStatus {
-        in_filtered_child_with(false, body)
-    }
-
-    fn in_filtered_child_with(bypass: bool, body: fn()) -> nix::sys::wait::WaitStatus {
-        use nix::sys::wait::waitpid;
-        use nix::unistd::{fork, ForkResult};
-        let prog = daemon_program(bypass).unwrap();
-        // SAFETY: the child only makes raw syscalls (the program was built before the fork,
-        // and `body` allocates nothing) and leaves with _exit; it never returns into the test
-        // harness.
-        match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
-                if seccompiler::apply_filter_all_threads(&prog).is_err() {
-                    // SAFETY: _exit is always safe to call.
-                    unsafe { libc::_exit(2) };
-                }
-                body();
-                // SAFETY: _exit is always safe to call.
-                unsafe { libc::_exit(0) };
-            }
-            ForkResult::Parent { child } => waitpid(child, None).unwrap(),
-        }
-    }
-
-    fn killed_by_sigsys(st: nix::sys::wait::WaitStatus) -> bool {
-        matches!(
-            st,
-            nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
-        )
-    }
-
-    #[test]
-    fn execve_kills_the_process() {
-        let st = in_filtered_child(|| {
-            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
-            let envp = [std::ptr::null()];
-            // SAFETY: NUL-terminated path and NULL-terminated argv/envp arrays, all alive.
-            unsafe { libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        });
-        assert!(killed_by_sigsys(st), "{st:?}");
-    }
-
-    #[test]
-    fn unix_socket_and_exec_mmap_kill_the_process() {
-        let st = in_filtered_child(|| {
-            // SAFETY: plain socket(2) call.
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
-        });
-        assert!(killed_by_sigsys(st), "AF_UNIX socket: {st:?}");
-        let st = in_filtered_child(|| {
-            // SAFETY: an anonymous mapping the child never uses.
-            unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_EXEC,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-        });
-        assert!(killed_by_sigsys(st), "PROT_EXEC mmap: {st:?}");
-        let st = in_filtered_child(|| {
-            // SAFETY: plain fork(2) syscall; the child would _exit at once.
-            unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
-        });
-        assert!(killed_by_sigsys(st), "fork: {st:?}");
-    }
-
-    #[test]
-    fn allowed_calls_survive() {
-        let st = in_filtered_child(|| {
-            // SAFETY: plain syscalls on fds the child creates and closes.
-            unsafe {
-                let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                if s < 0 {
-                    libc::_exit(3);
-                }
-                let fl = libc::fcntl(s, libc::F_GETFL);
-                libc::fcntl(s, libc::F_SETFL, fl | libc::O_NONBLOCK);
-                libc::close(s);
-                let fd = libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_RDONLY);
-                libc::close(fd);
-                let p = libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-                libc::munmap(p, 4096);
-            }
-        });
-        assert_eq!(st, nix::sys::wait::WaitStatus::Exited(st.pid().unwrap(), 0));
-    }
-
-    #[test]
-    fn opening_for_write_kills_the_process() {
-        let st = in_filtered_child(|| {
-            // SAFETY: NUL-terminated path; the call never returns under the filter.
-            unsafe { libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_WRONLY) };
-        });
-        assert!(killed_by_sigsys(st), "{st:?}");
-    }
-}
+mod tests;

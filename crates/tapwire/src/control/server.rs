@@ -4,40 +4,41 @@
 //! slirp4netns answers API requests synchronously and "stops the world" while a client dawdles.
 //! Here every client is a small state machine driven by readiness, like any other socket of the
 //! event loop, so a client that connects and sends nothing, or half a request, costs one slab
-//! entry and nothing else:
+//! entry and nothing else. The decisions (when a request is complete, who may be accepted or
+//! evicted, who expired) are made by the sans-IO table [`tapwire_proto::control::clients`];
+//! this file only moves bytes:
 //!
 //! ```text
 //! Reading --EOF, or a complete JSON value, or too large--> Replying --all written--> closed
 //! ```
 //!
-//! A request is complete when the client shuts down its write side (the protocol) or as soon as
-//! the bytes received parse as one JSON value (clients that forget the shutdown, which
-//! slirp4netns tolerates because it does a single read). Requests over [`MAX_REQUEST`]
-//! bytes get the "too large message" error. Clients idle for [`CLIENT_TIMEOUT_MS`] are
-//! dropped, and at most [`MAX_CLIENTS`] are served at once: a new connection beyond that
-//! evicts the oldest client, which has stalled longest (a well-behaved request is done in
-//! microseconds), so stalled connections can never lock the API, not even for the timeout.
-//! The socket file is created mode 0600 (umask around `bind`) and removed on drop.
+//! Requests over [`MAX_REQUEST`] bytes get the "too large message" error. At most
+//! [`MAX_CLIENTS`] are served at once; beyond that the server stops accepting and the rest
+//! wait in the listen backlog ([`unix_listener::BACKLOG`]), to be accepted as slots free
+//! ([`Control::accept`] is called again after every client that leaves, and every sweep). A
+//! client whose request has arrived is never evicted; a *stalled* one (no complete request
+//! within [`STALL_MS`]) is evicted only to admit a waiting connection, and everyone is
+//! dropped after [`CLIENT_TIMEOUT_MS`]. So 200 clients connecting at once are all answered
+//! (in accept order), and stalled connections can never lock the API for long.
+//!
+//! The socket file is created mode 0600, never through a symlink, and removed on drop if it is
+//! still ours ([`unix_listener`]).
 #![forbid(unsafe_code)]
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mio::net::{UnixListener, UnixStream};
-use slab::Slab;
 
+use crate::sys::unix_listener::{self, BoundPath, Existing};
+use tapwire_proto::control::clients::{Admit, Clients, Phase};
+pub use tapwire_proto::control::clients::{CLIENT_TIMEOUT_MS, MAX_CLIENTS, STALL_MS};
+#[allow(unused_imports)] // named in the documentation
 use tapwire_proto::control::MAX_REQUEST;
 
-/// Concurrent API clients.
-pub const MAX_CLIENTS: usize = 64;
-/// A client that has not finished its request and read its reply by then is dropped.
-pub const CLIENT_TIMEOUT_MS: u64 = 10_000;
-
-struct Client {
+struct ClientIo {
     stream: UnixStream,
-    buf: Vec<u8>,
     reply: Option<(Vec<u8>, usize)>,
-    since_ms: u64,
 }
 
 /// What a readable client produced.
@@ -53,27 +54,23 @@ pub enum Readiness {
 /// The listening socket and its clients.
 pub struct Control {
     listener: UnixListener,
-    path: PathBuf,
-    clients: Slab<Client>,
+    path: BoundPath,
+    clients: Clients<ClientIo>,
+    /// Accepting stopped at the cap: connections may be waiting in the backlog.
+    backlog: bool,
 }
 
 impl Control {
-    /// Bind `path` (an existing socket file is replaced, as slirp4netns does) with mode 0600.
+    /// Bind `path` with mode 0600 (an existing file other than a symlink or a directory is
+    /// replaced, as slirp4netns does).
     pub fn bind(path: &Path) -> io::Result<Control> {
-        let ctx =
-            |e: io::Error| io::Error::new(e.kind(), format!("API socket {}: {e}", path.display()));
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ctx(e)),
-        }
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let listener = UnixListener::bind(path);
-        nix::sys::stat::umask(old);
+        let (listener, bound) = unix_listener::bind(path, Existing::Replace)
+            .map_err(|e| io::Error::new(e.kind(), format!("API socket {}: {e}", path.display())))?;
         Ok(Control {
-            listener: listener.map_err(ctx)?,
-            path: path.to_owned(),
-            clients: Slab::new(),
+            listener: UnixListener::from_std(listener),
+            path: bound,
+            clients: Clients::new(),
+            backlog: false,
         })
     }
 
@@ -81,36 +78,46 @@ impl Control {
         &mut self.listener
     }
 
-    /// Accept pending connections; returns the new clients' indices with their streams to
-    /// register (readable + writable).
+    /// Whether connections may be waiting to be accepted (the caller should call
+    /// [`Control::accept`] after a client left).
+    pub fn backlog(&self) -> bool {
+        self.backlog
+    }
+
+    /// Accept pending connections while there is room; returns after registering each new
+    /// client's stream (readable + writable) with `register`.
     pub fn accept(
         &mut self,
         now_ms: u64,
         mut register: impl FnMut(usize, &mut UnixStream) -> io::Result<()>,
     ) {
+        self.backlog = false;
         loop {
+            match self.clients.admit(now_ms) {
+                Admit::Accept => {}
+                Admit::Evict(idx) => {
+                    tracing::debug!("API: {MAX_CLIENTS} clients; evicting one that stalled");
+                    self.clients.remove(idx);
+                }
+                Admit::Full => {
+                    self.backlog = true;
+                    return;
+                }
+            }
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.clients.len() >= MAX_CLIENTS {
-                        let oldest = self
-                            .clients
-                            .iter()
-                            .min_by_key(|(_, c)| c.since_ms)
-                            .map(|(i, _)| i);
-                        if let Some(oldest) = oldest {
-                            tracing::warn!("API: {MAX_CLIENTS} clients; dropping the oldest");
-                            self.clients.remove(oldest);
-                        }
-                    }
-                    let entry = self.clients.vacant_entry();
-                    let idx = entry.key();
-                    let client = entry.insert(Client {
-                        stream,
-                        buf: Vec::new(),
-                        reply: None,
-                        since_ms: now_ms,
-                    });
-                    if register(idx, &mut client.stream).is_err() {
+                    let idx = self.clients.insert(
+                        ClientIo {
+                            stream,
+                            reply: None,
+                        },
+                        now_ms,
+                    );
+                    let ok = match self.clients.io_mut(idx) {
+                        Some(c) => register(idx, &mut c.stream).is_ok(),
+                        None => false,
+                    };
+                    if !ok {
                         self.clients.remove(idx);
                     }
                 }
@@ -126,27 +133,34 @@ impl Control {
 
     /// Read what a client sent.
     pub fn readable(&mut self, idx: usize) -> Readiness {
-        let Some(client) = self.clients.get_mut(idx) else {
-            return Readiness::Closed;
-        };
-        if client.reply.is_some() {
-            return Readiness::Pending;
+        if self.clients.phase(idx) != Some(Phase::Reading) {
+            return match self.clients.phase(idx) {
+                None => Readiness::Closed,
+                Some(_) => Readiness::Pending,
+            };
         }
         let mut chunk = [0u8; 1024];
-        let mut eof = false;
         loop {
-            match client.stream.read(&mut chunk) {
+            let want = self.clients.wants_bytes(idx);
+            let Some(c) = self.clients.io_mut(idx) else {
+                return Readiness::Closed;
+            };
+            if !want {
+                break;
+            }
+            match c.stream.read(&mut chunk) {
                 Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    client.buf.extend_from_slice(&chunk[..n]);
-                    if client.buf.len() > MAX_REQUEST {
-                        break;
+                    return match self.clients.received(idx, &[], true) {
+                        Some(req) => Readiness::Request(req),
+                        None => Readiness::Pending,
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => {
+                    if let Some(req) = self.clients.received(idx, &chunk[..n], false) {
+                        return Readiness::Request(req);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Readiness::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.clients.remove(idx);
@@ -154,61 +168,57 @@ impl Control {
                 }
             }
         }
-        let complete = eof
-            || client.buf.len() > MAX_REQUEST
-            || serde_json::from_slice::<serde_json::Value>(&client.buf).is_ok();
-        if complete {
-            Readiness::Request(std::mem::take(&mut client.buf))
-        } else {
-            Readiness::Pending
+        // Over MAX_REQUEST: complete ("too large").
+        match self.clients.received(idx, &[], false) {
+            Some(req) => Readiness::Request(req),
+            None => Readiness::Pending,
         }
     }
 
     /// Queue the reply for a client and start writing it.
     pub fn respond(&mut self, idx: usize, reply: String) {
-        if let Some(client) = self.clients.get_mut(idx) {
-            client.reply = Some((reply.into_bytes(), 0));
+        if let Some(c) = self.clients.io_mut(idx) {
+            c.reply = Some((reply.into_bytes(), 0));
         }
         self.writable(idx);
     }
 
     /// Continue writing a reply; closes the client when done.
     pub fn writable(&mut self, idx: usize) {
-        let Some(client) = self.clients.get_mut(idx) else {
+        let Some(c) = self.clients.io_mut(idx) else {
             return;
         };
-        let Some((reply, off)) = &mut client.reply else {
+        let Some((reply, off)) = &mut c.reply else {
             return;
         };
         while *off < reply.len() {
-            match client.stream.write(&reply[*off..]) {
+            match c.stream.write(&reply[*off..]) {
                 Ok(n) => *off += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
         }
-        let _ = client.stream.shutdown(Shutdown::Both);
+        let _ = c.stream.shutdown(Shutdown::Both);
         self.clients.remove(idx);
     }
 
     /// Drop clients that have been connected too long.
     pub fn sweep(&mut self, now_ms: u64) {
-        let stale: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| now_ms.saturating_sub(c.since_ms) > CLIENT_TIMEOUT_MS)
-            .map(|(i, _)| i)
-            .collect();
-        for idx in stale {
+        for idx in self.clients.expired(now_ms) {
             tracing::debug!("API: dropping a client that stalled");
             self.clients.remove(idx);
         }
+    }
+
+    /// Clients being served (for tests and stats).
+    pub fn clients(&self) -> usize {
+        self.clients.len()
     }
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.path.remove_if_ours();
     }
 }

@@ -48,6 +48,14 @@ impl Engine {
     }
 
     pub(super) fn api_event(&mut self, idx: usize, ev: &mio::event::Event) {
+        self.api_client_event(idx, ev);
+        // A client that left frees a slot for one waiting in the backlog.
+        if self.control.as_ref().is_some_and(|c| c.backlog()) {
+            self.api_accept();
+        }
+    }
+
+    fn api_client_event(&mut self, idx: usize, ev: &mio::event::Event) {
         let Some(control) = &mut self.control else {
             return;
         };
@@ -63,6 +71,18 @@ impl Engine {
         let reply = self.handle_request(&bytes);
         if let Some(control) = &mut self.control {
             control.respond(idx, reply);
+        }
+    }
+
+    /// The once-a-second sweep: drop expired clients, then admit waiting connections (a
+    /// stalled client may be evicted for one; see `control::server`).
+    pub(super) fn api_sweep(&mut self, now_ms: u64) {
+        let Some(control) = &mut self.control else {
+            return;
+        };
+        control.sweep(now_ms);
+        if control.backlog() {
+            self.api_accept();
         }
     }
 

@@ -246,9 +246,7 @@ impl Engine {
                 if self.link_config.advert_due(now_ms) {
                     self.send_router_advert();
                 }
-                if let Some(c) = &mut self.control {
-                    c.sweep(now_ms);
-                }
+                self.api_sweep(now_ms);
             }
         }
     }

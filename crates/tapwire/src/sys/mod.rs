@@ -14,6 +14,8 @@
 //!   (`--outbound-addr`).
 //! - [`scm`]: passing descriptors over UNIX sockets (SCM_RIGHTS).
 //! - [`mount`]: the new mount API (`open_tree`, `move_mount`).
+//! - [`unix_listener`]: the daemon's listening UNIX sockets (mode 0600, no symlinks), peer
+//!   credentials.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -24,6 +26,7 @@ pub mod mount;
 pub mod pidfd;
 pub mod scm;
 pub mod socket;
+pub mod unix_listener;
 
 /// A syscall's result as an owned fd: `-1` is `errno`, anything else a new descriptor.
 pub(crate) fn owned(raw: libc::c_long) -> io::Result<OwnedFd> {

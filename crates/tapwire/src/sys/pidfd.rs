@@ -53,6 +53,12 @@ pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> io::Result<OwnedFd> {
 #[derive(Debug)]
 pub struct ProcFs(OwnedFd);
 
+impl std::os::fd::AsFd for ProcFs {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 impl ProcFs {
     pub fn open() -> io::Result<ProcFs> {
         nix::fcntl::open(

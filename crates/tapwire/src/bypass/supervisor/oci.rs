@@ -14,24 +14,49 @@
 //! ([`MAX_OCI_CLIENTS`] at once, each within [`OCI_TIMEOUT`], at most [`MAX_OCI_STATE`]
 //! bytes); the listener then joins the supervisor's poll set. UDP is bypassed only when the
 //! metadata says the profile traps the sends.
+//!
+//! # Who may hand over a listener
+//! A listener makes the daemon open host sockets on behalf of the processes under it, so the
+//! socket is a door to the host's network and is guarded three ways:
+//!
+//! 1. The file is mode 0600, never created through a symlink, and only a *stale* socket (nobody
+//!    listening) at the path is replaced ([`crate::sys::unix_listener`]).
+//! 2. The peer (`SO_PEERCRED`, taken at `connect`) must run as the daemon's uid or as root;
+//!    anyone else is closed at accept, before a byte is read.
+//! 3. The state's `pid` (the container's init) must be the peer itself or one of its
+//!    descendants, followed through `PPid:` in `/proc/PID/status` ([`may_act_for`], at most
+//!    [`MAX_ANCESTRY`] steps). runc and crun both qualify: runc's `create`/`run` process sends
+//!    the state after it received the listener from `runc init`, and the container's init is
+//!    its child (nsexec clones with `CLONE_PARENT`); crun sends from the process that cloned
+//!    the container. A peer in a pid namespace we cannot see (`SO_PEERCRED` pid 0), a state
+//!    without a pid, or a pid that is not the peer's descendant is refused with a warning, and
+//!    the fds it sent are closed.
+//!
+//! The uid check is what keeps another local user out; the pid check keeps a process of the
+//! same user from attaching a listener for processes it did not start (it could not make them
+//! trap into this daemon otherwise).
 #![forbid(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{Supervisor, SupervisorError};
 use crate::bypass::notify::Listener;
 use crate::bypass::rules::{arch, rules, Action, Cond};
+use crate::sys::pidfd::ProcFs;
 use crate::sys::scm;
+use crate::sys::unix_listener::{self, BoundPath, Existing, PeerCred};
 
 /// OCI runtime connections being read at once, and how long each may take.
 pub(super) const MAX_OCI_CLIENTS: usize = 64;
 pub(super) const OCI_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest container state message accepted.
 pub(super) const MAX_OCI_STATE: usize = 1 << 20;
+/// Parent links followed from the state's pid looking for the peer.
+pub const MAX_ANCESTRY: usize = 64;
 
 /// `tapwire seccomp-profile`: print the profile for a listener at `listener_path`, trapping
 /// the sends if `udp`; returns the exit status.
@@ -98,40 +123,83 @@ pub fn profile_metadata(udp: bool) -> &'static str {
 #[derive(Debug)]
 pub struct OciServer {
     pub(super) listener: UnixListener,
-    pub(super) path: PathBuf,
+    pub(super) path: BoundPath,
 }
 
 impl OciServer {
-    /// Bind `path` (a stale socket file left by an earlier run is replaced).
+    /// Bind `path`, mode 0600: a stale socket file left by an earlier run is replaced; a
+    /// symlink, a live socket or any other file is refused.
     pub fn bind(path: &Path) -> Result<OciServer, SupervisorError> {
-        let err = |source| SupervisorError::Bind {
-            path: path.to_owned(),
-            source,
-        };
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() && UnixStream::connect(path).is_err() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        let listener = UnixListener::bind(path).map_err(err)?;
-        listener.set_nonblocking(true).map_err(err)?;
+        let (listener, bound) =
+            unix_listener::bind(path, Existing::StaleSocketOnly).map_err(|source| {
+                SupervisorError::Bind {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         Ok(OciServer {
             listener,
-            path: path.to_owned(),
+            path: bound,
         })
+    }
+
+    /// The socket file's identity, to remove it at exit if it is still ours.
+    pub fn bound(&self) -> BoundPath {
+        self.path.clone()
     }
 }
 
 impl Drop for OciServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.path.remove_if_ours();
     }
+}
+
+/// May a peer with pid `peer` hand over the listener of container init `pid`? Only for
+/// itself or a descendant; `parent` gives a process's parent (`None`: gone or unknown).
+pub fn may_act_for(peer: i32, pid: i64, parent: impl Fn(i32) -> Option<i32>) -> bool {
+    let Ok(mut p) = i32::try_from(pid) else {
+        return false;
+    };
+    if peer <= 0 || p <= 0 {
+        return false;
+    }
+    for _ in 0..=MAX_ANCESTRY {
+        if p == peer {
+            return true;
+        }
+        match parent(p) {
+            Some(pp) if pp > 0 && pp != p => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The parent of `pid` from `/proc/PID/status`.
+fn parent_of(proc: &ProcFs, pid: i32) -> Option<i32> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    proc.file(&format!("{pid}/status"), false)
+        .ok()?
+        .take(8192)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether a connecting peer may talk to us at all: our uid, or root.
+fn peer_allowed(cred: &PeerCred, our_uid: u32) -> bool {
+    cred.uid == 0 || cred.uid == our_uid
 }
 
 /// A runtime's connection, until its state message is complete.
 pub(super) struct OciClient {
     pub(super) stream: UnixStream,
+    /// `SO_PEERCRED` pid of the runtime.
+    pub(super) peer_pid: i32,
     pub(super) buf: Vec<u8>,
     pub(super) fds: Vec<OwnedFd>,
     pub(super) deadline: Instant,
@@ -145,6 +213,22 @@ impl Supervisor {
         loop {
             match srv.listener.accept() {
                 Ok((stream, _)) => {
+                    let cred = match unix_listener::peer_cred(&stream) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!("bypass: seccomp listener socket: SO_PEERCRED: {e}");
+                            continue;
+                        }
+                    };
+                    let our_uid = nix::unistd::geteuid().as_raw();
+                    if !peer_allowed(&cred, our_uid) {
+                        tracing::warn!(
+                            "bypass: seccomp listener socket: refused a connection from pid {} uid {} (only uid {our_uid} or root may hand over listeners)",
+                            cred.pid,
+                            cred.uid
+                        );
+                        continue;
+                    }
                     if self.oci_clients.len() >= MAX_OCI_CLIENTS
                         || stream.set_nonblocking(true).is_err()
                     {
@@ -152,6 +236,7 @@ impl Supervisor {
                     }
                     self.oci_clients.insert(OciClient {
                         stream,
+                        peer_pid: cred.pid,
                         buf: Vec::new(),
                         fds: Vec::new(),
                         deadline: Instant::now() + OCI_TIMEOUT,
@@ -201,6 +286,16 @@ impl Supervisor {
                     tracing::warn!(
                         "bypass: container state names fd {idx} but {} came",
                         fds.len()
+                    );
+                    return;
+                }
+                let proc = &self.proc;
+                if !may_act_for(c.peer_pid, state.pid, |p| parent_of(proc, p)) {
+                    tracing::warn!(
+                        "bypass: container {}: refused: its pid {} is not the sending runtime (pid {}) or a descendant of it",
+                        state.id,
+                        state.pid,
+                        c.peer_pid
                     );
                     return;
                 }
@@ -288,6 +383,49 @@ mod tests {
         assert!(parse_state(b"{").is_err());
         assert!(parse_state(br#"{"pid":1}"#).is_err());
         assert!(parse_state(b"").is_err());
+    }
+
+    #[test]
+    fn only_the_peer_or_its_descendants_may_be_named() {
+        // 1 <- 100 (runc) <- 200 (container init) <- 300; 1 <- 50 (someone else)
+        let parent = |p: i32| match p {
+            300 => Some(200),
+            200 => Some(100),
+            100 | 50 => Some(1),
+            1 => Some(0),
+            _ => None,
+        };
+        assert!(may_act_for(100, 200, parent), "runc for its child");
+        assert!(may_act_for(100, 300, parent), "a grandchild");
+        assert!(may_act_for(200, 200, parent), "itself");
+        assert!(!may_act_for(50, 200, parent), "an unrelated process");
+        assert!(!may_act_for(200, 100, parent), "an ancestor");
+        assert!(!may_act_for(100, 0, parent), "no pid in the state");
+        assert!(!may_act_for(100, -5, parent));
+        assert!(!may_act_for(100, i64::from(i32::MAX) + 1, parent));
+        assert!(
+            !may_act_for(0, 200, parent),
+            "peer in an unseen pid namespace"
+        );
+        assert!(!may_act_for(100, 999, parent), "gone");
+        // A parent loop (impossible, but /proc is racy) ends.
+        assert!(!may_act_for(7, 5, |p| Some(if p == 5 { 6 } else { 5 })));
+    }
+
+    #[test]
+    fn peers_of_another_uid_are_refused() {
+        let c = |uid| PeerCred {
+            pid: 1,
+            uid,
+            gid: 0,
+        };
+        assert!(peer_allowed(&c(1000), 1000));
+        assert!(peer_allowed(&c(0), 1000), "root");
+        assert!(!peer_allowed(&c(1001), 1000));
+        assert!(
+            !peer_allowed(&c(1000), 0),
+            "a user cannot talk to root's daemon"
+        );
     }
 
     #[test]
