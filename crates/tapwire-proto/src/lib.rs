@@ -17,6 +17,7 @@
 //! - [`linux`]: the Linux ABI numbers (errno, address families) the logic speaks in.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod bypass;
 pub mod config;
 pub mod control;
@@ -26,6 +27,7 @@ pub mod flow;
 pub mod linux;
 pub mod nat;
 pub mod reassembly;
+pub mod refused;
 pub mod schedule;
 pub mod sockaddr;
 pub mod vnet;

@@ -143,6 +143,12 @@ pub(crate) struct NetOpts {
     #[arg(long)]
     disable_offload: bool,
 
+    /// Most memory all TCP flows' buffers may take together, e.g. 256M (K, M, G suffixes);
+    /// past half of it new flows get small buffers, past all of it they are refused
+    /// [default: 1/64 of the RAM, 32M..512M]
+    #[arg(long, value_name = "SIZE", value_parser = tapwire_proto::budget::parse_size)]
+    max_buffer_memory: Option<u64>,
+
     /// MAC address of the tap device (requires -c in daemon mode)
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub(crate) macaddress: Option<[u8; 6]>,
@@ -171,6 +177,7 @@ impl NetOpts {
             outbound4: self.outbound_addr,
             outbound6: self.outbound_addr6,
             offload: !self.disable_offload,
+            max_buffer_memory: self.max_buffer_memory,
         }
     }
 }
