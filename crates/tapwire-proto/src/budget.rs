@@ -10,7 +10,8 @@
 //! The budget bounds the sum of the ring sizes of all live flows by `max` bytes:
 //!
 //! - A new flow gets **full** rings (the size the link wants for bulk throughput) while the
-//!   full-size flows together stay within half of the budget ([`BufferBudget::FULL_SHARE`]).
+//!   full-size flows together stay within a quarter of the budget
+//!   ([`BufferBudget::FULL_SHARE`]).
 //! - Past that it gets **small** rings ([`SMALL_RING`] each), enough for interactive traffic
 //!   and a modest window, counted as *shrunk*.
 //! - When even small rings would exceed `max`, the flow is **refused** (the engine answers
@@ -76,7 +77,7 @@ pub struct BufferBudget {
 
 impl BufferBudget {
     /// Full-size rings may take this fraction (1/N) of the budget.
-    pub const FULL_SHARE: u64 = 2;
+    pub const FULL_SHARE: u64 = 4;
 
     /// A budget of `max` bytes (at least [`MIN_BUDGET`]).
     pub fn new(max: u64) -> BufferBudget {
@@ -93,7 +94,8 @@ impl BufferBudget {
     }
 
     /// The default budget for a machine with `total_ram` bytes: 1/64 of it, within
-    /// 32 MiB..=512 MiB (with 4 GiB: 64 MiB, full rings for the first 16 flows at 1 MiB).
+    /// 32 MiB..=512 MiB (with 4 GiB: 64 MiB; full rings of 1 MiB for 8 flows at once, then
+    /// 384 flows with small rings).
     pub fn default_max(total_ram: u64) -> u64 {
         (total_ram / 64).clamp(32 << 20, 512 << 20)
     }
@@ -182,13 +184,13 @@ mod tests {
     const MIB: usize = 1 << 20;
 
     #[test]
-    fn full_rings_until_half_then_small_then_refused() {
+    fn full_rings_until_a_quarter_then_small_then_refused() {
         let mut b = BufferBudget::new(16 << 20);
-        // 8 MiB of full-size rings: 4 flows of 2 x 1 MiB.
-        let full: Vec<_> = (0..4).map(|_| b.grant(MIB).unwrap()).collect();
+        // 4 MiB of full-size rings: 2 flows of 2 x 1 MiB.
+        let full: Vec<_> = (0..2).map(|_| b.grant(MIB).unwrap()).collect();
         assert!(full.iter().all(|r| (r.rx, r.tx, r.full) == (MIB, MIB, true)));
-        // The rest: small rings, 8 MiB / 128 KiB = 64 flows.
-        for _ in 0..64 {
+        // The rest: small rings, 12 MiB / 128 KiB = 96 flows.
+        for _ in 0..96 {
             let r = b.grant(MIB).unwrap();
             assert_eq!((r.rx, r.tx, r.full), (SMALL_RING, SMALL_RING, false));
         }
@@ -196,18 +198,18 @@ mod tests {
         let s = b.stats();
         assert_eq!(s.budgeted, 16 << 20);
         assert_eq!(s.peak, 16 << 20);
-        assert_eq!(s.flows_shrunk, 64);
+        assert_eq!(s.flows_shrunk, 96);
         assert_eq!(s.flows_refused, 1);
         assert_eq!(s.max, 16 << 20);
     }
 
     #[test]
     fn released_rings_are_offered_again() {
-        let mut b = BufferBudget::new(8 << 20);
+        let mut b = BufferBudget::new(16 << 20);
         let a = b.grant(MIB).unwrap();
         let c = b.grant(MIB).unwrap();
         assert_eq!(c.rx, MIB);
-        // Half the budget is full-size: the next one is small.
+        // A quarter of the budget is full-size: the next one is small.
         let s = b.grant(MIB).unwrap();
         assert_eq!(s.rx, SMALL_RING);
         b.release(a);
@@ -235,11 +237,11 @@ mod tests {
         let mut b = BufferBudget::new(4 << 20);
         let granted: Vec<_> = std::iter::from_fn(|| b.grant(SMALL_RING)).collect();
         assert_eq!(granted.len(), 32);
-        assert_eq!(granted.iter().filter(|r| r.full).count(), 16);
+        assert_eq!(granted.iter().filter(|r| r.full).count(), 8);
         for r in granted.iter().filter(|r| !r.full) {
             b.release(*r);
         }
-        // 16 small-tier flows released: the full share is still full.
+        // 24 small-tier flows released: the full share is still full.
         assert!(!b.grant(SMALL_RING).unwrap().full);
     }
 

@@ -144,7 +144,7 @@ pub(crate) struct NetOpts {
     disable_offload: bool,
 
     /// Most memory all TCP flows' buffers may take together, e.g. 256M (K, M, G suffixes);
-    /// past half of it new flows get small buffers, past all of it they are refused
+    /// past a quarter of it new flows get small buffers, past all of it they are refused
     /// [default: 1/64 of the RAM, 32M..512M]
     #[arg(long, value_name = "SIZE", value_parser = tapwire_proto::budget::parse_size)]
     max_buffer_memory: Option<u64>,

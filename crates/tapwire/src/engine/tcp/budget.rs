@@ -9,7 +9,7 @@
 //!   (a SYN flood to a closed port costs one connect per TTL, not one per SYN).
 //! - [`BufferBudget`]: the flow's two smoltcp rings are sized by the budget
 //!   (`--max-buffer-memory`, default 1/64 of the RAM): full size while full-size flows take
-//!   less than half of it, small past that, refused (RST) when it is spent. Rings go back when
+//!   less than a quarter of it, small past that, refused (RST) when it is spent. Rings go back when
 //!   the flow is removed. Ring pages are backed only as data is written, so the budget bounds
 //!   the memory of flows whose ends stop reading; flows that move data do not pin more.
 //!
