@@ -8,8 +8,8 @@
 //!   [`tapwire_proto::refused::REFUSED_TTL_MS`] gets a RST at once, with no socket or connect
 //!   (a SYN flood to a closed port costs one connect per TTL, not one per SYN).
 //! - [`BufferBudget`]: the flow's two smoltcp rings are sized by the budget
-//!   (`--max-buffer-memory`, default 1/64 of the RAM): full size while full-size flows take
-//!   less than a quarter of it, small past that, refused (RST) when it is spent. Rings go back when
+//!   (`--max-buffer-memory`, default 1/16 of the RAM): full size while full-size flows take
+//!   less than a quarter of it (and 16 MiB), small past that, refused (RST) when it is spent. Rings go back when
 //!   the flow is removed. Ring pages are backed only as data is written, so the budget bounds
 //!   the memory of flows whose ends stop reading; flows that move data do not pin more.
 //!
