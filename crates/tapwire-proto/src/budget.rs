@@ -198,7 +198,9 @@ mod tests {
         let mut b = BufferBudget::new(16 << 20);
         // 4 MiB of full-size rings: 2 flows of 2 x 1 MiB.
         let full: Vec<_> = (0..2).map(|_| b.grant(MIB).unwrap()).collect();
-        assert!(full.iter().all(|r| (r.rx, r.tx, r.full) == (MIB, MIB, true)));
+        assert!(full
+            .iter()
+            .all(|r| (r.rx, r.tx, r.full) == (MIB, MIB, true)));
         // The rest: small rings, 12 MiB / 128 KiB = 96 flows.
         for _ in 0..96 {
             let r = b.grant(MIB).unwrap();
@@ -266,7 +268,9 @@ mod tests {
     #[test]
     fn full_rings_are_capped_whatever_the_budget() {
         let mut b = BufferBudget::new(1 << 30);
-        let full = std::iter::from_fn(|| b.grant(MIB)).take_while(|r| r.full).count();
+        let full = std::iter::from_fn(|| b.grant(MIB))
+            .take_while(|r| r.full)
+            .count();
         assert_eq!(full as u64, FULL_CAP / (2 * MIB as u64));
         assert!(!b.grant(MIB).unwrap().full);
     }
@@ -282,6 +286,8 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
         assert!(parse_size("1M").unwrap_err().contains("minimum"));
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 }

@@ -188,7 +188,10 @@ fn stalled_flows_cost_bounded_memory_each() {
             .unwrap_or_else(|| panic!("tcp_buffers.{k} in {s}"))
     };
     assert_eq!(s["flows"]["tcp"].as_u64(), Some(n as u64), "{s}");
-    assert!(num("budgeted") <= num("max") && num("peak") >= num("budgeted"), "{b}");
+    assert!(
+        num("budgeted") <= num("max") && num("peak") >= num("budgeted"),
+        "{b}"
+    );
     // Both directions are stuck in every flow: the rings are really in use, and at least the
     // data queued in them is budgeted.
     assert!(num("in_use") >= (n as u64) * (64 << 10), "{b}");
@@ -213,8 +216,18 @@ fn stalled_flows_cost_bounded_memory_each() {
         "budget not given back after the flows closed: {s}"
     );
     // And new flows get full rings again: bulk both ways, intact.
-    check_upload(&guest, host.listen(24403), gw(24403), &random_bytes(8 * MB, 3));
-    check_download(&guest, host.listen(24404), gw(24404), random_bytes(8 * MB, 4));
+    check_upload(
+        &guest,
+        host.listen(24403),
+        gw(24403),
+        &random_bytes(8 * MB, 3),
+    );
+    check_download(
+        &guest,
+        host.listen(24404),
+        gw(24404),
+        random_bytes(8 * MB, 4),
+    );
 }
 
 /// A budget too small for all the flows refuses the surplus with a RST (counted) and keeps
@@ -232,7 +245,12 @@ fn a_spent_budget_refuses_new_flows_with_a_rst() {
     let d = Daemon::with_args(
         &host,
         &guest,
-        &["--api-socket", sock.to_str().unwrap(), "--max-buffer-memory", "4M"],
+        &[
+            "--api-socket",
+            sock.to_str().unwrap(),
+            "--max-buffer-memory",
+            "4M",
+        ],
     );
     let l = host.listen(24410);
     let mut held = Vec::new();
@@ -245,7 +263,11 @@ fn a_spent_budget_refuses_new_flows_with_a_rst() {
         }
     }
     let s = get_stats(&sock);
-    eprintln!("4M budget: {} flows, {refused} refused; {}", held.len(), s["tcp_buffers"]);
+    eprintln!(
+        "4M budget: {} flows, {refused} refused; {}",
+        held.len(),
+        s["tcp_buffers"]
+    );
     let b = &s["tcp_buffers"];
     let budgeted = b["budgeted"].as_u64().unwrap();
     assert!(
@@ -255,7 +277,10 @@ fn a_spent_budget_refuses_new_flows_with_a_rst() {
     );
     assert_eq!(b["flows_refused"].as_u64(), Some(refused as u64), "{s}");
     assert!(b["flows_shrunk"].as_u64().unwrap() >= 24, "{s}");
-    assert!(budgeted <= 4 << 20 && budgeted + (128 << 10) > 4 << 20, "{s}");
+    assert!(
+        budgeted <= 4 << 20 && budgeted + (128 << 10) > 4 << 20,
+        "{s}"
+    );
     // The accepted connections are still pending in the listener's backlog; close ours.
     drop(held);
     drop(l);
@@ -270,7 +295,12 @@ fn a_spent_budget_refuses_new_flows_with_a_rst() {
         Some(0),
         "budget not given back"
     );
-    check_upload(&guest, host.listen(24411), gw(24411), &random_bytes(4 * MB, 5));
+    check_upload(
+        &guest,
+        host.listen(24411),
+        gw(24411),
+        &random_bytes(4 * MB, 5),
+    );
     drop(d);
 }
 
@@ -353,7 +383,11 @@ fn syn_flood_to_a_closed_port_costs_few_host_connects() {
     while d.fd_count() > fds0 && settle.elapsed() < FD_SETTLE {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(d.fd_count() <= fds0, "daemon fds {} > {fds0} after the flood", d.fd_count());
+    assert!(
+        d.fd_count() <= fds0,
+        "daemon fds {} > {fds0} after the flood",
+        d.fd_count()
+    );
     // The port opens: once the refusal has expired (1.5 s), connections work, intact.
     let listener = host.listen(PORT);
     std::thread::sleep(Duration::from_millis(1600));

@@ -340,7 +340,9 @@ mod tests {
     fn max_buffer_memory() {
         assert_eq!(daemon(&["1"]).net.max_buffer_memory, None);
         assert_eq!(
-            daemon(&["--max-buffer-memory=256M", "1"]).net.max_buffer_memory,
+            daemon(&["--max-buffer-memory=256M", "1"])
+                .net
+                .max_buffer_memory,
             Some(256 << 20)
         );
         assert_eq!(

@@ -186,9 +186,12 @@ impl TcpTable {
 
     /// Forget flow `idx` and close its host socket.
     fn remove(&mut self, idx: usize, registry: &mio::Registry) {
-        let Some((_, TcpSlot {
-            mut flow, rings, ..
-        })) = self.flows.remove(idx)
+        let Some((
+            _,
+            TcpSlot {
+                mut flow, rings, ..
+            },
+        )) = self.flows.remove(idx)
         else {
             return;
         };
