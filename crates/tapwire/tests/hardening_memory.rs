@@ -105,6 +105,29 @@ fn stalling_peer(l: std::net::TcpListener, n: usize, stop: mpsc::Receiver<()>) -
     })
 }
 
+/// Kernel memory (KiB) of the host-side sockets connected to `port` (the daemon's, since the
+/// peer's own sockets have `port` as their local port): what they hold received and unread
+/// (`skmem` r) plus written and not yet acknowledged (w), from `ss -tm` in the host namespace.
+fn host_socket_kib(host: &HostNs, port: u16) -> (u64, usize) {
+    let out = host.sh(&format!("ss -tmnH dst 127.0.0.1:{port}")).ok();
+    let mut bytes = 0u64;
+    let mut socks = 0;
+    for line in out.stdout.lines() {
+        let Some(skmem) = line.split("skmem:(").nth(1) else {
+            continue;
+        };
+        socks += 1;
+        for field in skmem.trim_end_matches(')').split(',') {
+            let (key, value) =
+                field.split_at(field.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
+            if key == "r" || key == "w" {
+                bytes += value.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (bytes >> 10, socks)
+}
+
 /// RSS (KiB) once it has not grown for 1 s (at most 20 s).
 fn settled_rss(pid: u32) -> u64 {
     let start = Instant::now();
@@ -155,12 +178,18 @@ fn stalled_flows_cost_bounded_memory_each() {
     let rss1 = settled_rss(d.pid());
     let hwm = vm_kib(d.pid(), "VmHWM");
     let per_flow = rss1.saturating_sub(rss0) / n as u64;
+    let (kernel_kib, socks) = host_socket_kib(&host, 24402);
     eprintln!(
         "stalled flows ({}, {n} flows, flags {:?}): guest wrote {} KiB; daemon VmRSS {rss0} -> \
          {rss1} KiB (VmHWM {hwm} KiB): {per_flow} KiB per stalled flow",
         bin().display(),
         memory_flags(),
         from_guest >> 10,
+    );
+    eprintln!(
+        "stalled flows: the daemon's {socks} host sockets hold {kernel_kib} KiB of kernel \
+         memory: {} KiB per flow",
+        kernel_kib / n as u64
     );
     let stats = testing_tapwire().then(|| get_stats(&sock));
     if let Some(s) = &stats {
@@ -180,6 +209,14 @@ fn stalled_flows_cost_bounded_memory_each() {
         per_flow <= MAX_KIB_PER_FLOW,
         "a stalled flow costs {per_flow} KiB of daemon RSS (goal {MAX_KIB_PER_FLOW} KiB): \
          {rss0} -> {rss1} KiB with {n} flows"
+    );
+    // The kernel side: flows with small rings have small fixed socket buffers (the few with
+    // full rings autotune, several MiB each).
+    assert_eq!(socks, n, "host sockets to the peer");
+    assert!(
+        kernel_kib / (n as u64) <= 1024,
+        "a stalled flow's host socket holds {} KiB of kernel memory",
+        kernel_kib / n as u64
     );
     let s = stats.unwrap();
     let b = &s["tcp_buffers"];

@@ -12,6 +12,10 @@
 //!   less than a quarter of it (and 16 MiB), small past that, refused (RST) when it is spent. Rings go back when
 //!   the flow is removed. Ring pages are backed only as data is written, so the budget bounds
 //!   the memory of flows whose ends stop reading; flows that move data do not pin more.
+//!   A flow with small rings also gets small fixed kernel buffers on its host socket
+//!   ([`SMALL_HOST_BUFFER`]): the kernel's autotuning would otherwise let each stalled flow
+//!   hold megabytes of socket memory (what the peer sent and we did not read, what we wrote
+//!   and the peer did not read). Not RSS, but memory all the same.
 //!
 //! `get_stats` reports `tcp_buffers` (the budget, bytes budgeted and the peak, bytes queued in
 //! the rings right now, flows shrunk and refused) and `tcp_connects` (host connects started,
@@ -23,6 +27,10 @@ use tapwire_proto::budget::BufferBudget;
 
 use super::TcpTable;
 use smoltcp::socket::tcp as smol_tcp;
+
+/// SO_RCVBUF and SO_SNDBUF of the host socket of a flow with small rings (the kernel doubles
+/// them for its bookkeeping).
+pub(super) const SMALL_HOST_BUFFER: usize = 64 << 10;
 
 /// The RAM to size the default budget by when /proc/meminfo cannot be read.
 const FALLBACK_RAM: u64 = 4 << 30;

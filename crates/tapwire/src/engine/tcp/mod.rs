@@ -300,7 +300,7 @@ impl Engine {
         };
         // From here on, every way out gives the rings back (`remove` once the flow exists).
         self.tcp.host_connects += 1;
-        let host = match start_connect(&self.net, target) {
+        let host = match start_connect(&self.net, target, !rings.full) {
             Ok(s) => s,
             Err(e) => {
                 self.tcp.budget.release(rings);
@@ -474,10 +474,20 @@ impl Engine {
     }
 }
 
-/// Start a non-blocking connect to `target` (bound per `--outbound-addr`).
-fn start_connect(net: &NetConfig, target: SocketAddr) -> io::Result<mio::net::TcpStream> {
+/// Start a non-blocking connect to `target` (bound per `--outbound-addr`). `small`: the flow
+/// got small rings, so its host socket gets small fixed kernel buffers too (see `budget`).
+fn start_connect(
+    net: &NetConfig,
+    target: SocketAddr,
+    small: bool,
+) -> io::Result<mio::net::TcpStream> {
     let sock = udp::host_socket(net, target, socket2::Type::STREAM, None)?;
     sock.set_tcp_nodelay(true)?;
+    if small {
+        // Before connect(), so the window scale announced matches the receive buffer.
+        sock.set_recv_buffer_size(budget::SMALL_HOST_BUFFER)?;
+        sock.set_send_buffer_size(budget::SMALL_HOST_BUFFER)?;
+    }
     match sock.connect(&target.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
