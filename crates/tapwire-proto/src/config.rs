@@ -105,6 +105,9 @@ pub struct NetConfig {
     pub outbound6: Option<Outbound<Ipv6Addr>>,
     /// Checksum and TCP segmentation offload on the TAP (`--disable-offload` turns it off).
     pub offload: bool,
+    /// `--max-buffer-memory`: the TCP ring budget in bytes (`None`: a fraction of the RAM;
+    /// see `budget`).
+    pub max_buffer_memory: Option<u64>,
 }
 
 impl Default for NetConfig {
@@ -121,6 +124,7 @@ impl Default for NetConfig {
             outbound4: None,
             outbound6: None,
             offload: true,
+            max_buffer_memory: None,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`linux`]: the Linux ABI numbers (errno, address families) the logic speaks in.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod bypass;
 pub mod config;
 pub mod control;
@@ -30,6 +31,7 @@ pub mod linux;
 pub mod nat;
 pub mod neighbour;
 pub mod reassembly;
+pub mod refused;
 pub mod schedule;
 pub mod sockaddr;
 pub mod vnet;

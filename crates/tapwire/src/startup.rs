@@ -51,8 +51,8 @@ pub fn run(cmd: Command) -> i32 {
 }
 
 /// Keep the heap from holding on to flows' memory. Every TCP flow has two smoltcp rings of
-/// 256 KiB (1 MiB at large MTUs). glibc serves the first ones with mmap, but raises its mmap
-/// threshold to the size of the first one freed, after which every ring is carved from the
+/// 64 KiB to 1 MiB (see `tapwire_proto::budget`; the threshold is the smallest ring size).
+/// glibc serves the first ones with mmap, but raises its mmap threshold to the size of the first one freed, after which every ring is carved from the
 /// heap and zeroed page by page: half a MiB of RSS per flow at once (a SYN flood of 1024
 /// pending handshakes: ~500 MiB) that stays after the flows close. A fixed threshold keeps
 /// ring pages unbacked until data is written and returns them to the kernel when a flow ends.
@@ -60,7 +60,10 @@ fn bound_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes an allocator parameter; called before any other thread.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            tapwire_proto::budget::SMALL_RING as libc::c_int,
+        );
     }
 }
 

@@ -143,6 +143,12 @@ pub(crate) struct NetOpts {
     #[arg(long)]
     disable_offload: bool,
 
+    /// Most memory the TCP flows' buffers may take together, e.g. 256M (K, M, G suffixes):
+    /// full-size buffers for the first flows (a quarter of it, at most 16M), small ones for
+    /// the others, and new flows refused when it is spent [default: 1/16 of the RAM, 64M..2G]
+    #[arg(long, value_name = "SIZE", value_parser = tapwire_proto::budget::parse_size)]
+    max_buffer_memory: Option<u64>,
+
     /// MAC address of the tap device (requires -c in daemon mode)
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub(crate) macaddress: Option<[u8; 6]>,
@@ -171,6 +177,7 @@ impl NetOpts {
             outbound4: self.outbound_addr,
             outbound6: self.outbound_addr6,
             offload: !self.disable_offload,
+            max_buffer_memory: self.max_buffer_memory,
         }
     }
 }
@@ -327,6 +334,29 @@ mod tests {
                 .outbound4,
             Some(Outbound::Device("0123456789abcde".into()))
         );
+    }
+
+    #[test]
+    fn max_buffer_memory() {
+        assert_eq!(daemon(&["1"]).net.max_buffer_memory, None);
+        assert_eq!(
+            daemon(&["--max-buffer-memory=256M", "1"])
+                .net
+                .max_buffer_memory,
+            Some(256 << 20)
+        );
+        assert_eq!(
+            run(&["--max-buffer-memory", "1G", "--", "true"])
+                .net
+                .max_buffer_memory,
+            Some(1 << 30)
+        );
+        for bad in ["", "abc", "-1M", "1.5G", "1M"] {
+            fails(
+                &[&format!("--max-buffer-memory={bad}"), "1"],
+                &["--max-buffer-memory"],
+            );
+        }
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl Engine {
             .iter()
             .map(|(k, v)| (k.to_owned(), json!(v)))
             .collect();
-        json!({
+        let mut out = json!({
             "frames_in": s.frames_in,
             "bytes_in": s.bytes_in,
             "frames_out": s.device.frames_out,
@@ -197,6 +197,12 @@ impl Engine {
                 "icmp": s.icmp_flows,
             },
             "forwards": self.fwd.list.len(),
-        })
+        });
+        if let (Some(out), serde_json::Value::Object(tcp)) =
+            (out.as_object_mut(), self.tcp.stats_json())
+        {
+            out.extend(tcp);
+        }
+        out
     }
 }

@@ -176,7 +176,7 @@ impl Engine {
         Ok(Engine {
             clock,
             last_sweep_ms: 0,
-            tcp: TcpTable::new(link.tcp_buffer()),
+            tcp: TcpTable::new(link.tcp_buffer(), net.max_buffer_memory),
             link,
             host: Host::new(&net, poll),
             udp: FlowTable::new(udp::MAX_FLOWS),

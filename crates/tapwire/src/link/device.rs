@@ -215,9 +215,13 @@ pub fn tcp_buffer_size(mtu: usize) -> usize {
 
 /// A guest-facing TCP socket listening on exactly `endpoint`, tuned for a lossless local link:
 /// no delayed ACK, no Nagle (the guest already coalesces), SYN-ACK held until the host side
-/// connects.
-pub fn new_tcp_socket(endpoint: IpListenEndpoint, buffer: usize) -> Option<tcp::Socket<'static>> {
-    let mut s = new_tcp_socket_unbound(buffer);
+/// connects. `rx`/`tx`: its ring sizes (the TCP budget's grant; `rx` is the guest's window).
+pub fn new_tcp_socket(
+    endpoint: IpListenEndpoint,
+    rx: usize,
+    tx: usize,
+) -> Option<tcp::Socket<'static>> {
+    let mut s = new_tcp_socket_sized(rx, tx);
     s.pause_synack(true);
     s.listen(endpoint).ok()?;
     Some(s)
@@ -226,8 +230,14 @@ pub fn new_tcp_socket(endpoint: IpListenEndpoint, buffer: usize) -> Option<tcp::
 /// A guest-facing TCP socket, tuned as [`new_tcp_socket`], not yet listening or connected
 /// (port forwards connect it to the guest).
 pub fn new_tcp_socket_unbound(buffer: usize) -> tcp::Socket<'static> {
-    let rx = tcp::SocketBuffer::new(vec![0u8; buffer]);
-    let tx = tcp::SocketBuffer::new(vec![0u8; buffer]);
+    new_tcp_socket_sized(buffer, buffer)
+}
+
+/// Ring pages are only backed once data is written (see `startup::bound_heap`), so a ring
+/// costs memory only as far as it is ever filled.
+fn new_tcp_socket_sized(rx: usize, tx: usize) -> tcp::Socket<'static> {
+    let rx = tcp::SocketBuffer::new(vec![0u8; rx]);
+    let tx = tcp::SocketBuffer::new(vec![0u8; tx]);
     let mut s = tcp::Socket::new(rx, tx);
     s.set_ack_delay(None);
     s.set_nagle_enabled(false);

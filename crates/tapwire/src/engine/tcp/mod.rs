@@ -5,7 +5,9 @@
 //! holding only that flow's socket, so smoltcp never scans other flows' sockets on its behalf.
 //!
 //! - **Birth**: a SYN for no known (guest, destination) pair is translated (`host`); a refused
-//!   destination gets a RST, an unreachable one an ICMP error. Otherwise a non-blocking host
+//!   destination gets a RST, an unreachable one an ICMP error. So does a destination whose
+//!   host connect was just refused, and a SYN the buffer budget has no room for (see
+//!   `budget`). Otherwise the flow's rings are sized by the budget, a non-blocking host
 //!   `connect()` starts and a socket listening on exactly that destination, SYN-ACK paused,
 //!   takes the SYN. At most [`MAX_CONNECTING`] connects are pending: past that the oldest
 //!   pending one is given up (its guest gets a RST), so a SYN flood to hosts that never answer
@@ -21,6 +23,7 @@
 //! - **Removal**: when the pump says so (both FINs, a reset, an abort whose RST went out).
 #![forbid(unsafe_code)]
 
+mod budget;
 mod flow;
 
 use std::collections::VecDeque;
@@ -32,9 +35,11 @@ use smoltcp::iface::SocketSet;
 use smoltcp::socket::tcp as smol_tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpListenEndpoint;
+use tapwire_proto::budget::{BufferBudget, Rings};
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::flow::FlowTable;
 use tapwire_proto::nat::Verdict;
+use tapwire_proto::refused::RefusedCache;
 use tapwire_proto::schedule::Schedule;
 use tapwire_proto::vnet;
 use tapwire_proto::wire::{DropReason, TcpInfo, Unreachable};
@@ -67,6 +72,8 @@ pub(super) struct TcpSlot {
     pub last_guest_us: i64,
     /// Since when we wait for the guest (see [`TcpSlot::guest_deadline`]).
     waiting_since_us: Option<i64>,
+    /// The rings the budget granted (`None`: not budgeted, a port forward's flow).
+    pub rings: Option<Rings>,
 }
 
 impl TcpSlot {
@@ -83,6 +90,7 @@ impl TcpSlot {
             mss: u16::MAX,
             last_guest_us: 0,
             waiting_since_us: None,
+            rings: None,
         }
     }
 
@@ -129,12 +137,20 @@ pub(super) struct TcpTable {
     connecting_order: VecDeque<(usize, TcpKey)>,
     /// The flows being serviced this turn (kept to reuse its allocation).
     indices: Vec<usize>,
-    /// Buffer size of the guest-facing sockets.
+    /// Buffer size of the guest-facing sockets (full size; the budget may grant less).
     pub buffer: usize,
+    /// The rings of the guest's flows (see `budget`).
+    budget: BufferBudget,
+    /// Host destinations that just refused a connect (see `budget`).
+    refused: RefusedCache,
+    /// Host connects started for the guest's SYNs.
+    host_connects: u64,
 }
 
 impl TcpTable {
-    pub fn new(buffer: usize) -> TcpTable {
+    /// A table whose flows' rings are `buffer` bytes at most and `max_buffer_memory` together
+    /// (`None`: a default from the RAM size).
+    pub fn new(buffer: usize, max_buffer_memory: Option<u64>) -> TcpTable {
         TcpTable {
             flows: FlowTable::new(MAX_TCP_FLOWS),
             sched: Schedule::default(),
@@ -142,6 +158,9 @@ impl TcpTable {
             connecting_order: VecDeque::new(),
             indices: Vec::new(),
             buffer,
+            budget: budget::budget(max_buffer_memory),
+            refused: RefusedCache::default(),
+            host_connects: 0,
         }
     }
 
@@ -167,9 +186,18 @@ impl TcpTable {
 
     /// Forget flow `idx` and close its host socket.
     fn remove(&mut self, idx: usize, registry: &mio::Registry) {
-        let Some((_, TcpSlot { mut flow, .. })) = self.flows.remove(idx) else {
+        let Some((
+            _,
+            TcpSlot {
+                mut flow, rings, ..
+            },
+        )) = self.flows.remove(idx)
+        else {
             return;
         };
+        if let Some(rings) = rings {
+            self.budget.release(rings);
+        }
         self.sched.forget(idx);
         if flow.phase == Phase::Connecting {
             self.connecting -= 1;
@@ -250,6 +278,12 @@ impl Engine {
                 return None;
             }
         };
+        // A destination that just refused: answer for it (before making room for a connect).
+        let now_ms = self.clock.now_ms();
+        if self.tcp.refused.is_refused(target, now_ms) {
+            self.send_rst(info);
+            return None;
+        }
         if self.tcp.connecting >= MAX_CONNECTING {
             // A flood of SYNs to hosts that never answer must not lock everyone out until the
             // host's connect() times out: the oldest pending handshake makes room.
@@ -259,9 +293,17 @@ impl Engine {
             self.stats.drops.bump(DropReason::Policy);
             return None;
         }
-        let host = match start_connect(&self.net, target) {
+        let Some(rings) = self.tcp.budget.grant(self.tcp.buffer) else {
+            self.stats.drops.bump(DropReason::Policy);
+            self.send_rst(info);
+            return None;
+        };
+        // From here on, every way out gives the rings back (`remove` once the flow exists).
+        self.tcp.host_connects += 1;
+        let host = match start_connect(&self.net, target, !rings.full) {
             Ok(s) => s,
             Err(e) => {
+                self.tcp.budget.release(rings);
                 tracing::debug!(%target, "connect: {e}");
                 self.connect_failed(info, frame, target, &e);
                 return None;
@@ -271,16 +313,18 @@ impl Engine {
             addr: Some(info.dst.ip().into()),
             port: info.dst.port(),
         };
-        let Some(sock) = device::new_tcp_socket(endpoint, self.tcp.buffer) else {
+        let Some(sock) = device::new_tcp_socket(endpoint, rings.rx, rings.tx) else {
+            self.tcp.budget.release(rings);
             self.stats.drops.bump(DropReason::Policy);
             return None;
         };
         let syn = GuestSyn::new(info, frame);
-        let slot = TcpSlot::new(sock, |handle| {
+        let mut slot = TcpSlot::new(sock, |handle| {
             TcpFlow::new(host, handle, info.src, info.dst, target, Some(syn))
         });
-        let now_ms = self.clock.now_ms();
+        slot.rings = Some(rings);
         let Ok(idx) = self.tcp.flows.insert((info.src, info.dst), slot, now_ms) else {
+            self.tcp.budget.release(rings);
             self.stats.drops.bump(DropReason::Policy);
             return None;
         };
@@ -320,8 +364,11 @@ impl Engine {
     /// The guest's connect must fail the way the host's did. A refused DNS connection moves
     /// the forwarder to the next nameserver for the guest's retry.
     fn connect_failed(&mut self, syn: &TcpInfo, frame: &[u8], target: SocketAddr, e: &io::Error) {
-        if e.kind() == io::ErrorKind::ConnectionRefused && dns::is_dns(&self.net, syn.dst) {
-            self.host.resolver.failed(target.ip());
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            self.tcp.refused.refused(target, self.clock.now_ms());
+            if dns::is_dns(&self.net, syn.dst) {
+                self.host.resolver.failed(target.ip());
+            }
         }
         match e.raw_os_error() {
             Some(libc::ENETUNREACH) => self.send_unreachable(Unreachable::Net, frame),
@@ -427,10 +474,20 @@ impl Engine {
     }
 }
 
-/// Start a non-blocking connect to `target` (bound per `--outbound-addr`).
-fn start_connect(net: &NetConfig, target: SocketAddr) -> io::Result<mio::net::TcpStream> {
+/// Start a non-blocking connect to `target` (bound per `--outbound-addr`). `small`: the flow
+/// got small rings, so its host socket gets small fixed kernel buffers too (see `budget`).
+fn start_connect(
+    net: &NetConfig,
+    target: SocketAddr,
+    small: bool,
+) -> io::Result<mio::net::TcpStream> {
     let sock = udp::host_socket(net, target, socket2::Type::STREAM, None)?;
     sock.set_tcp_nodelay(true)?;
+    if small {
+        // Before connect(), so the window scale announced matches the receive buffer.
+        sock.set_recv_buffer_size(budget::SMALL_HOST_BUFFER)?;
+        sock.set_send_buffer_size(budget::SMALL_HOST_BUFFER)?;
+    }
     match sock.connect(&target.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
