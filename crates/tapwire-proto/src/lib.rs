@@ -28,5 +28,6 @@ pub mod nat;
 pub mod reassembly;
 pub mod schedule;
 pub mod sockaddr;
+pub mod udp_lifetime;
 pub mod vnet;
 pub mod wire;

@@ -14,12 +14,14 @@
 //!   (`--outbound-addr`).
 //! - [`scm`]: passing descriptors over UNIX sockets (SCM_RIGHTS).
 //! - [`mount`]: the new mount API (`open_tree`, `move_mount`).
+//! - [`mmsg`]: batched datagram I/O (`recvmmsg`, `sendmmsg`).
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 pub mod fd;
+pub mod mmsg;
 pub mod mount;
 pub mod pidfd;
 pub mod scm;
