@@ -87,8 +87,13 @@ wg set wgg0 private-key \$W/guest.key peer $PEER_PUB endpoint 192.168.77.2:51820
 ip addr add 10.99.0.1/24 dev wgg0
 ip link set wgg0 mtu 1420 up
 ok=0
-for i in \$(seq 50); do ping -c1 -W1 10.99.0.2 >/dev/null 2>&1 && { ok=1; break; }; sleep 0.1; done
-[ \$ok = 1 ] || { echo "no handshake" >&2; kill \$WGPID; exit 1; }
+for i in \$(seq 50); do
+	ping -c1 -W1 10.99.0.2 >/dev/null 2>&1 || true
+	hs=\$(wg show wgg0 latest-handshakes | awk '{print \$2}')
+	[ "\${hs:-0}" != 0 ] && { ok=1; break; }
+	sleep 0.1
+done
+[ \$ok = 1 ] || { echo "no handshake: \$(wg show wgg0 | tr '\\n' ' ')" >&2; kill \$WGPID; exit 1; }
 iperf3 -c 10.99.0.2 -u -l 1300 -b 0 -t $DUR -J >\$W/res.up.json 2>/dev/null || true
 iperf3 -c 10.99.0.2 -u -l 1300 -b 0 -t $DUR -R -J >\$W/res.down.json 2>/dev/null || true
 kill \$WGPID
