@@ -3,7 +3,7 @@
 #
 #   sudo scripts/bench.sh [--quick] [--rounds N] [-t SECONDS] [--paths LIST] [--mtus "1500 65520"]
 #                         [-b TAPWIRE_BIN] [-B OTHER_BIN] [--flows N] [--no-flows] [--out DIR]
-#                         [--keep]
+#                         [--keep] [--pasta PASTA_BIN] [--udp-only]
 #   sudo scripts/bench.sh --profile [-t SECONDS] [--paths tap]   # perf profiles of the daemon
 #
 # Paths (columns): tap (tapwire -c PID), bypass (tapwire run --bypass, only if the binary has
@@ -18,7 +18,8 @@
 #   - host->ns through a port forward (host 127.0.0.1:15201 -> guest :5201), each MTU;
 #   - at the largest MTU: TCP ping-pong latency (sockperf, 64 B, one-way p50/p99), new TCP
 #     connections per second (scripts/bench/twb.c crr: 8 in flight, 100 B request/reply),
-#     UDP datagrams per second at 64 B payloads and loss (iperf3 -u -l 64 -b 0), both ways;
+#     UDP datagrams per second at 64 B and 1400 B payloads and loss (iperf3 -u -l LEN -b 0),
+#     both ways;
 #   - daemon CPU seconds per GB moved (utime+stime around each TCP run) and RSS;
 # loopback and bypass (whose data never crosses the tap) only at the largest MTU. Then once
 # per forwarder: idle CPU, wakeups and RSS, and with --flows N (default 10000) idle
@@ -32,7 +33,10 @@
 # targets of issue 7) and <date>.png (bars per path, grouped by measure). Default: 2 s per
 # run, about 14 minutes. --quick: 3 rounds of 1 s at MTU 65520 only (unless --mtus), TCP 1
 # stream both ways, latency, connections/s and idle; no port forward, UDP or --flows (about
-# 3 minutes).
+# 3 minutes). --udp-only: only the UDP measures (64 B and 1400 B both ways) at the largest MTU,
+# no idle or --flows step (an A/B of UDP changes in a few minutes).
+# --pasta BIN: the pasta binary to run (default /usr/bin/pasta, Debian's; e.g. one built
+# outside the repo).
 #
 # Network safety: everything runs inside a private network + mount namespace made here (lo up,
 # no default route, own resolv.conf); guests are further namespaces joined by veth/TAP. Needs
@@ -44,6 +48,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 TAPWIRE=$ROOT/target/release/tapwire
 TAPWIRE_B=""
 SLIRP=slirp4netns
+PASTA=/usr/bin/pasta
+UDP_ONLY=0
 ROUNDS=3
 DUR=2
 SHORT=2
@@ -81,6 +87,8 @@ while [ $# -gt 0 ]; do
 	--out) OUT="$2"; shift 2 ;;
 	--keep) KEEP=1; shift ;;
 	--profile) PROFILE=1; shift ;;
+	--pasta) PASTA="$2"; shift 2 ;;
+	--udp-only) UDP_ONLY=1; shift ;;
 	-h | --help) usage 0 ;;
 	*) echo "unknown option: $1" >&2; usage 2 >&2 ;;
 	esac
@@ -93,6 +101,12 @@ if [ "$QUICK" = 1 ]; then
 	DO_PF=0
 	DO_UDP=0
 	IDLE_S=2
+	FLOWS=${FLOWS:-0}
+fi
+if [ "$UDP_ONLY" = 1 ]; then
+	[ "$MTUS_SET" = 1 ] || MTUS=65520
+	DO_PF=0
+	DO_UDP=1
 	FLOWS=${FLOWS:-0}
 fi
 FLOWS=${FLOWS:-10000}
@@ -152,7 +166,7 @@ want_default() {
 	[ -n "$TAPWIRE_B" ] && PATHS+=(tapb)
 	if has_bypass; then PATHS+=(bypass); else NOTES+=("bypass: ${TAPWIRE_SRC:-tapwire} run has no --bypass; skipped"); fi
 	command -v "$SLIRP" >/dev/null && PATHS+=(slirp4netns) || NOTES+=("$SLIRP not found: skipped")
-	command -v pasta >/dev/null && PATHS+=(pasta) || NOTES+=("pasta not found: skipped")
+	command -v "$PASTA" >/dev/null && PATHS+=(pasta) || NOTES+=("pasta ($PASTA) not found: skipped")
 	PATHS+=(veth lo)
 }
 if [ -z "$PATHS_ARG" ]; then
@@ -264,7 +278,7 @@ start_pasta() {
 	local mtu=$1
 	prepare_pasta
 	start_guest "${NOBODY[@]}"
-	"${NOBODY[@]}" pasta -f --config-net -i twbench0 -a "$GUEST_IP" -n 24 -g 10.0.2.2 \
+	"${NOBODY[@]}" "$PASTA" -f --config-net -i twbench0 -a "$GUEST_IP" -n 24 -g 10.0.2.2 \
 		-m "$mtu" -t "$PF_PORT:5201" -u none -T none -U none "$GUEST" >"$WORK/daemon.log" 2>&1 &
 	DAEMON=$!
 	PIDS+=("$DAEMON")
@@ -437,13 +451,14 @@ pf_run() {
 	fi
 }
 
+# udp_run MEASURE LEN [iperf3 args]: unlimited-rate UDP of LEN-byte payloads.
 udp_run() {
-	local m=$1 out
-	shift
-	iperf_server || { fail_sample "$CUR" "${m}_pps"; return; }
-	gx "timeout $((SHORT + 20)) iperf3 -c $HOST_IP -p $PORT -t $SHORT -u -l 64 -b 0 -J $* >$WORK/ic.json 2>$WORK/ic.err" || true
+	local m=$1 len=$2 out
+	shift 2
+	iperf_server || { fail_sample "$CUR" "${m}_kpps"; return; }
+	gx "timeout $((SHORT + 20)) iperf3 -c $HOST_IP -p $PORT -t $SHORT -u -l $len -b 0 -J $* >$WORK/ic.json 2>$WORK/ic.err" || true
 	kill_pidfile "$WORK/isrv.pid"
-	if out=$("${UTIL[@]}" iperf-udp "$WORK/ic.json" 64); then
+	if out=$("${UTIL[@]}" iperf-udp "$WORK/ic.json" "$len"); then
 		read -r pps loss <<<"$out"
 		sample "$CUR" "${m}_kpps" "$(awk -v p="$pps" 'BEGIN {printf "%.1f", p / 1000}')"
 		sample "$CUR" "${m}_loss" "$loss"
@@ -534,6 +549,10 @@ if [ "$PROFILE" = 1 ]; then
 				kill_pidfile "$WORK/isrv.pid"
 				iperf_server && prof_run udp_down "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 64 -b 0 -R >/dev/null"
 				kill_pidfile "$WORK/isrv.pid"
+				iperf_server && prof_run udp1400_up "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 1400 -b 0 >/dev/null"
+				kill_pidfile "$WORK/isrv.pid"
+				iperf_server && prof_run udp1400_down "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 1400 -b 0 -R >/dev/null"
+				kill_pidfile "$WORK/isrv.pid"
 				prof_run latency "sockperf pp --tcp -i $HOST_IP -p 11111 -m 64 -t $DUR >/dev/null 2>&1"
 				if [ "$FLOWS" -gt 0 ]; then
 					gx_bg "$WORK/hold.pid" "$WORK/twb hold $HOST_IP 7000 $FLOWS 256 >$WORK/hold.out 2>&1"
@@ -571,17 +590,21 @@ run_setup() {
 		sample "$name" "rss_start_kib_$tag" "$(rss_kib "$DAEMON")"
 	fi
 	local s
-	for s in $STREAMS; do
-		tcp_run "tcp_up_${s}s_$tag" -P "$s"
-		tcp_run "tcp_down_${s}s_$tag" -P "$s" -R
-	done
+	if [ "$UDP_ONLY" = 0 ]; then
+		for s in $STREAMS; do
+			tcp_run "tcp_up_${s}s_$tag" -P "$s"
+			tcp_run "tcp_down_${s}s_$tag" -P "$s" -R
+		done
+	fi
 	[ "$DO_PF" = 1 ] && pf_run "pf_down_$tag"
 	if [ "$mtu" = "$MAXMTU" ]; then
-		lat_run
-		crr_run
+		[ "$UDP_ONLY" = 1 ] || lat_run
+		[ "$UDP_ONLY" = 1 ] || crr_run
 		if [ "$DO_UDP" = 1 ]; then
-			udp_run udp_up
-			udp_run udp_down -R
+			udp_run udp_up 64
+			udp_run udp_down 64 -R
+			udp_run udp1400_up 1400
+			udp_run udp1400_down 1400 -R
 		fi
 	fi
 	if [ -n "$DAEMON" ]; then sample "$name" "rss_after_kib_$tag" "$(rss_kib "$DAEMON")"; fi
@@ -602,7 +625,7 @@ done
 
 # ---- idle and many flows (once per forwarder) ---------------------------------------------
 ROUND=0
-if true; then
+if [ "$UDP_ONLY" = 0 ]; then
 	for name in "${PATHS[@]}"; do
 		is_daemon "$name" || continue
 		echo "== idle and $FLOWS idle flows: $name, MTU $MAXMTU" >&2
@@ -688,7 +711,8 @@ meta = {
     "loadavg_start": "$LOAD0",
     "loadavg_end": open("/proc/loadavg").read().split()[:3],
     "slirp4netns": ver(["$SLIRP", "--version"]),
-    "pasta": ver(["dpkg-query", "-W", "-f", "\${Version}", "passt"]),
+    "pasta": ver(["$PASTA", "--version"]) or ver(["dpkg-query", "-W", "-f", "\${Version}", "passt"]),
+    "pasta_binary": "$PASTA",
     "iperf3": ver(["iperf3", "--version"]),
     "sockperf": ver(["sockperf", "--version"]),
 }

@@ -162,11 +162,15 @@ def render(samples, meta, prefix):
         ("UDP 64 B ns->host loss (%)", "udp_up_loss"),
         ("UDP 64 B host->ns (kpkt/s received)", "udp_down_kpps"),
         ("UDP 64 B host->ns loss (%)", "udp_down_loss"),
+        ("UDP 1400 B ns->host (kpkt/s received)", "udp1400_up_kpps"),
+        ("UDP 1400 B ns->host loss (%)", "udp1400_up_loss"),
+        ("UDP 1400 B host->ns (kpkt/s received)", "udp1400_down_kpps"),
+        ("UDP 1400 B host->ns loss (%)", "udp1400_down_loss"),
     ]
     table("Latency, connections, small packets (MTU %s)" % maxmtu, other_rows,
           "Latency: sockperf ping-pong, TCP, 64 B messages, half the round trip as sockperf "
           "reports it (lower is better). Connections: scripts/bench/twb.c crr, 8 in flight, "
-          "connect + 100 B request + 100 B reply + close. UDP: iperf3 -u -l 64 -b 0 "
+          "connect + 100 B request + 100 B reply + close. UDP: iperf3 -u -l 64 (or 1400) -b 0 "
           "(unlimited rate: loss shows where the path saturates).")
 
     daemon_paths = [p for p in paths if p in ("tap", "tapb", "bypass", "run", "slirp4netns", "pasta")]
@@ -314,7 +318,8 @@ def chart(path, paths, get, meta, mtus, streams, maxmtu):
         ("TCP throughput, Gbit/s (higher is better; labels: direction, streams, MTU)", groups, False),
         ("Latency, µs one-way, log scale (lower is better)", [("p50", "lat_p50"), ("p99", "lat_p99")], True),
         ("New TCP connections/s (higher is better)", [("conn/s", "conn_rate")], False),
-        ("UDP 64 B, kpkt/s received (higher is better)", [("ns→host", "udp_up_kpps"), ("host→ns", "udp_down_kpps")], False),
+        ("UDP kpkt/s received (higher is better)", [("64 B ns→host", "udp_up_kpps"), ("64 B host→ns", "udp_down_kpps"),
+                                                    ("1400 B ns→host", "udp1400_up_kpps"), ("1400 B host→ns", "udp1400_down_kpps")], False),
     ]
     fig = plt.figure(figsize=(16, 10))
     gs = fig.add_gridspec(2, 3, height_ratios=[1.15, 1])

@@ -8,8 +8,13 @@
 //! event loop's token, so a host-socket event finds its flow in O(1) without hashing. The key
 //! index (a hash map) is used only for packets from the guest.
 //!
+//! The flows are also kept on a doubly linked list in the order they last moved (threaded
+//! through the slab by index, so [`FlowTable::touch`] is O(1) and allocates nothing):
+//! [`FlowTable::oldest`] walks it from the least recently used flow, which is what a full table
+//! evicts (see `udp_lifetime`).
+//!
 //! Limits: the table has a fixed capacity; [`FlowTable::insert`] refuses beyond it and the
-//! caller counts the refusal. Expiry is driven by the caller's clock (`now` in milliseconds of
+//! caller counts the refusal (or evicts the oldest flow first). Expiry is driven by the caller's clock (`now` in milliseconds of
 //! a monotonic clock), so tests run with a fake clock.
 #![forbid(unsafe_code)]
 
@@ -18,11 +23,17 @@ use std::hash::Hash;
 
 use slab::Slab;
 
+/// No neighbour on the use-order list.
+const NIL: usize = usize::MAX;
+
 struct Entry<K, V> {
     key: K,
     value: V,
     last_ms: u64,
     born_ms: u64,
+    /// Neighbours on the use-order list: `prev` moved less recently, `next` more recently.
+    prev: usize,
+    next: usize,
 }
 
 /// Keyed flows with stable indices; see the module documentation.
@@ -30,6 +41,9 @@ pub struct FlowTable<K, V> {
     slab: Slab<Entry<K, V>>,
     index: HashMap<K, usize>,
     capacity: usize,
+    /// Least and most recently used flows (ends of the use-order list), `NIL` when empty.
+    head: usize,
+    tail: usize,
 }
 
 /// The table is at capacity.
@@ -42,7 +56,56 @@ impl<K: Hash + Eq + Copy, V> FlowTable<K, V> {
             slab: Slab::new(),
             index: HashMap::new(),
             capacity,
+            head: NIL,
+            tail: NIL,
         }
+    }
+
+    /// Take `idx` off the use-order list.
+    fn unlink(&mut self, idx: usize) {
+        let Some(e) = self.slab.get(idx) else {
+            return;
+        };
+        let (prev, next) = (e.prev, e.next);
+        match self.slab.get_mut(prev) {
+            Some(p) => p.next = next,
+            None => self.head = next,
+        }
+        match self.slab.get_mut(next) {
+            Some(n) => n.prev = prev,
+            None => self.tail = prev,
+        }
+    }
+
+    /// Put `idx` at the most recently used end of the list.
+    fn push_newest(&mut self, idx: usize) {
+        let old_tail = self.tail;
+        if let Some(e) = self.slab.get_mut(idx) {
+            e.prev = old_tail;
+            e.next = NIL;
+        }
+        match self.slab.get_mut(old_tail) {
+            Some(t) => t.next = idx,
+            None => self.head = idx,
+        }
+        self.tail = idx;
+    }
+
+    /// Indices from the least recently used flow on (at most `n` of them).
+    pub fn oldest(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut at = self.head;
+        std::iter::from_fn(move || {
+            let e = self.slab.get(at)?;
+            let here = at;
+            at = e.next;
+            Some(here)
+        })
+        .take(n)
+    }
+
+    /// Whether the table is at capacity.
+    pub fn is_full(&self) -> bool {
+        self.slab.len() >= self.capacity
     }
 
     pub fn len(&self) -> usize {
@@ -69,7 +132,10 @@ impl<K: Hash + Eq + Copy, V> FlowTable<K, V> {
             value,
             last_ms: now_ms,
             born_ms: now_ms,
+            prev: NIL,
+            next: NIL,
         });
+        self.push_newest(idx);
         self.index.insert(key, idx);
         Ok(idx)
     }
@@ -93,13 +159,24 @@ impl<K: Hash + Eq + Copy, V> FlowTable<K, V> {
 
     /// Record activity on a flow.
     pub fn touch(&mut self, idx: usize, now_ms: u64) {
-        if let Some(e) = self.slab.get_mut(idx) {
-            e.last_ms = now_ms;
+        let Some(e) = self.slab.get_mut(idx) else {
+            return;
+        };
+        e.last_ms = now_ms;
+        if self.tail != idx {
+            self.unlink(idx);
+            self.push_newest(idx);
         }
+    }
+
+    /// When the flow last moved (the clock of its last [`touch`](Self::touch)).
+    pub fn last_ms(&self, idx: usize) -> Option<u64> {
+        self.slab.get(idx).map(|e| e.last_ms)
     }
 
     /// Remove a flow, returning its key and value.
     pub fn remove(&mut self, idx: usize) -> Option<(K, V)> {
+        self.unlink(idx);
         let e = self.slab.try_remove(idx)?;
         if self.index.get(&e.key) == Some(&idx) {
             self.index.remove(&e.key);
@@ -214,6 +291,43 @@ mod tests {
             *v += 1;
         }
         assert_eq!(t.iter().collect::<Vec<_>>(), vec![(b, &(3, 4), &8)]);
+    }
+
+    #[test]
+    fn use_order_follows_touch_insert_and_remove() {
+        let mut t: FlowTable<u32, ()> = FlowTable::new(4);
+        let order = |t: &FlowTable<u32, ()>| -> Vec<u32> {
+            t.oldest(usize::MAX).map(|i| *t.key(i).unwrap()).collect()
+        };
+        assert_eq!(order(&t), Vec::<u32>::new());
+        let a = t.insert(1, (), 0).unwrap();
+        let b = t.insert(2, (), 1).unwrap();
+        let c = t.insert(3, (), 2).unwrap();
+        assert_eq!(order(&t), vec![1, 2, 3]);
+        t.touch(a, 3);
+        assert_eq!(order(&t), vec![2, 3, 1]);
+        t.touch(a, 4); // already the newest
+        assert_eq!(order(&t), vec![2, 3, 1]);
+        t.remove(c);
+        assert_eq!(order(&t), vec![2, 1]);
+        t.remove(b);
+        assert_eq!(order(&t), vec![1]);
+        // A reused slab index joins at the newest end.
+        let d = t.insert(4, (), 5).unwrap();
+        assert_eq!(order(&t), vec![1, 4]);
+        assert_eq!(t.oldest(1).collect::<Vec<_>>(), vec![a]);
+        assert_eq!(t.last_ms(d), Some(5));
+        t.remove(a);
+        t.remove(d);
+        assert!(t.oldest(9).next().is_none());
+        assert!(!t.is_full());
+        // Expiry unlinks too.
+        for k in 0..4 {
+            t.insert(k, (), u64::from(k)).unwrap();
+        }
+        assert!(t.is_full());
+        t.expire(10, |_| 7); // keys 0..=2 are idle more than 7 ms
+        assert_eq!(order(&t), vec![3]);
     }
 
     #[test]

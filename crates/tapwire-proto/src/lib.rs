@@ -34,5 +34,6 @@ pub mod reassembly;
 pub mod refused;
 pub mod schedule;
 pub mod sockaddr;
+pub mod udp_lifetime;
 pub mod vnet;
 pub mod wire;

@@ -268,6 +268,11 @@ fn bypass_udp_connect_and_sends_are_policed() {
             "{call} to 127.0.0.1 on a host socket: {out}"
         );
     }
+    // sendmmsg: the two messages before the refused one go in one call, then the refusal.
+    assert_eq!(v["mmsg_rc"], 2, "sendmmsg of 4 with the 3rd refused: {out}");
+    assert_eq!(v["mmsg_lens"], serde_json::json!([3, 3]), "{out}");
+    assert_eq!(v["mmsg_got"], serde_json::json!(["mm1", "mm2"]), "{out}");
+    assert_eq!(v["mmsg_retry"], libc::ENETUNREACH, "{out}");
     let mut b = [0u8; 16];
     assert!(
         trap.recv_from(&mut b).is_err(),

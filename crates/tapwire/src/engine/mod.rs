@@ -14,7 +14,8 @@
 //! 3. read up to [`RX_BUDGET`] frames from the TAP into one buffer and dispatch each as
 //!    `wire::classify` says: TCP (creating a flow on a fresh SYN) and ARP/ping go to smoltcp,
 //!    UDP and echo requests to their proxies, DHCP and router solicitations to `ndp_dhcp`,
-//!    IPv4 fragments to reassembly, the rest is dropped and counted;
+//!    IPv4 fragments to reassembly, the rest is dropped and counted; UDP datagrams queued on
+//!    the way are sent at the end, one `sendmmsg` per binding (`udp_batch`);
 //! 4. service the TCP flows that are dirty (a segment arrived, the host socket became ready)
 //!    or due (a smoltcp timer): no step scans every flow, so the cost per packet does not grow
 //!    with the number of open connections (see `tcp`);
@@ -69,6 +70,7 @@ mod lifecycle;
 mod ndp_dhcp;
 pub mod tcp;
 pub mod udp;
+mod udp_batch;
 
 pub use lifecycle::{proc_pid, Lifecycle};
 pub use tcp::{MAX_CONNECTING, MAX_TCP_FLOWS};
@@ -84,6 +86,8 @@ pub struct Stats {
     pub drops: DropCounters,
     pub tcp_flows: u64,
     pub udp_flows: u64,
+    /// UDP bindings removed to make room in a full table.
+    pub udp_evicted: u64,
     pub icmp_flows: u64,
     pub device: DeviceStats,
 }
@@ -129,6 +133,8 @@ pub struct Engine {
     host: Host,
     tcp: TcpTable,
     udp: UdpTable,
+    /// Batch buffers of the UDP bindings (see `udp_batch`).
+    udp_batch: udp_batch::UdpBatch,
     icmp: IcmpTable,
     fwd: Forwarding,
     /// DHCP and router advertisements.
@@ -177,6 +183,7 @@ impl Engine {
             clock,
             last_sweep_ms: 0,
             tcp: TcpTable::new(link.tcp_buffer(), net.max_buffer_memory),
+            udp_batch: udp_batch::UdpBatch::new(link.out.len()),
             link,
             host: Host::new(&net, poll),
             udp: FlowTable::new(udp::MAX_FLOWS),
@@ -275,6 +282,10 @@ impl Engine {
             }
         }
         self.link.rx = rx;
+        // The guest's UDP datagrams of this turn, a sendmmsg per binding (see `udp_batch`).
+        if !self.udp_batch.is_empty() {
+            self.flush_udp();
+        }
     }
 
     /// One frame from the guest; `partial`: its TCP/UDP checksum was left to offload.

@@ -3,17 +3,21 @@
 //! # Theory of operation
 //! The first datagram from a guest endpoint to a destination creates a binding: a host UDP
 //! socket, bound to `--outbound-addr` if given (except for loopback targets), `connect()`ed to
-//! the translated destination. The guest's datagrams are `send()` on it as they arrive (no
-//! queue: if the host socket is full the datagram is dropped and counted, as a router would).
-//! Datagrams the host socket receives are read directly into a frame buffer at the UDP payload
+//! the translated destination. The guest's datagrams are queued while the loop drains the TAP
+//! and sent with one `sendmmsg` per binding and batch at the end of the turn (see
+//! `udp_batch`; if the host socket is full the datagram is dropped and counted, as a router
+//! would). DNS queries and replies through port forwards are sent at once. Datagrams the host
+//! socket receives are read with `recvmmsg` directly into frame buffers at the UDP payload
 //! offset, given headers from the binding's key (source = the address the guest sent to), and
 //! written to the TAP; replies bigger than the MTU are fragmented. Because the socket is
 //! connected, only the destination's replies come back (port-restricted cone NAT), which is
 //! what DNS, NTP, QUIC and games expect.
 //!
-//! Bindings expire after [`IDLE_MS`] without traffic in either direction ([`DNS_IDLE_MS`] for
-//! DNS). The table is capped at [`MAX_FLOWS`]; a datagram that would exceed it is dropped and
-//! counted.
+//! Bindings expire after a quiet spell that depends on what they carried (see
+//! `tapwire_proto::udp_lifetime`: 10 s for DNS, 240 s before a reply, 300 s once datagrams
+//! moved both ways). The table is capped at [`MAX_FLOWS`]; a new destination in a full table
+//! evicts the least recently used binding (preferring one without a reply) instead of being
+//! refused.
 //!
 //! A DNS binding (to the forwarder's address) keeps the guest's latest query: when the
 //! upstream nameserver refuses it (ECONNREFUSED), the binding moves to the next nameserver and
@@ -29,6 +33,7 @@ use mio::Interest;
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::flow::FlowTable;
 use tapwire_proto::nat::Verdict;
+use tapwire_proto::udp_lifetime::{self, Traffic};
 use tapwire_proto::wire::{self, DropReason, UdpInfo, Unreachable, L2};
 
 use super::dns;
@@ -38,10 +43,10 @@ use super::Engine;
 
 pub use crate::sys::socket::{bind_outbound, host_socket};
 
-/// Idle timeout of a binding.
-pub const IDLE_MS: u64 = 60_000;
+/// Idle timeout of a binding before it has seen a reply (see `udp_lifetime`).
+pub const IDLE_MS: u64 = udp_lifetime::UNREPLIED_MS;
 /// Idle timeout of a DNS binding (one query, one answer).
-pub const DNS_IDLE_MS: u64 = 10_000;
+pub const DNS_IDLE_MS: u64 = udp_lifetime::DNS_MS;
 /// Most bindings at once.
 pub const MAX_FLOWS: usize = 4096;
 
@@ -70,6 +75,7 @@ pub struct UdpFlow {
     /// The guest endpoint and the destination it sent to (the replies' source).
     pub guest: SocketAddr,
     pub dst: SocketAddr,
+    /// The timeout before a reply is seen: [`DNS_IDLE_MS`] marks a DNS binding.
     pub idle_ms: u64,
     pub datagrams_out: u64,
     pub datagrams_in: u64,
@@ -79,6 +85,16 @@ pub struct UdpFlow {
 }
 
 impl UdpFlow {
+    /// What the binding's lifetime depends on.
+    #[inline]
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            dns: self.idle_ms <= DNS_IDLE_MS,
+            out: self.datagrams_out,
+            into: self.datagrams_in,
+        }
+    }
+
     pub fn open(
         net: &NetConfig,
         guest: SocketAddr,
@@ -111,11 +127,6 @@ impl Engine {
         let now_ms = self.clock.now_ms();
         let idx = match self.udp.find(&key) {
             Some(idx) => idx,
-            None if self.udp.len() >= MAX_FLOWS => {
-                // Full (a flood of new destinations): refuse before paying for a host socket.
-                self.stats.drops.bump(DropReason::Policy);
-                return;
-            }
             None => {
                 let target = match self.host.translate(&self.net, u.dst, self.clock) {
                     Verdict::Connect(t) => t,
@@ -130,6 +141,10 @@ impl Engine {
                     IDLE_MS
                 };
                 let is_dns = dns::is_dns(&self.net, u.dst);
+                if self.udp.is_full() && !self.evict_udp() {
+                    self.stats.drops.bump(DropReason::Policy);
+                    return;
+                }
                 let flow = match UdpFlow::open(&self.net, u.src, u.dst, target, idle) {
                     Ok(f) => UdpFlow {
                         last_query: is_dns.then(Vec::new),
@@ -151,6 +166,9 @@ impl Engine {
         let Some(flow) = self.udp.get_mut(idx) else {
             return;
         };
+        if matches!(flow.host, UdpHost::Connected(_)) && flow.last_query.is_none() {
+            return self.queue_udp(idx, u.payload);
+        }
         let sent = match &flow.host {
             UdpHost::Connected(sock) => sock.send(u.payload),
             UdpHost::Forwarded { fwd, id, client } => match self.fwd.socks.get(*fwd) {
@@ -174,6 +192,18 @@ impl Engine {
             q.extend_from_slice(u.payload);
             self.host.resolver.pending.sent(key, now_ms);
         }
+    }
+
+    /// Make room in a full table: remove the binding `udp_lifetime::victim` picks (after
+    /// sending what is queued, so nothing queued reaches a reused index). False if empty.
+    fn evict_udp(&mut self) -> bool {
+        let Some(victim) = udp_lifetime::victim(&self.udp, UdpFlow::traffic) else {
+            return false;
+        };
+        self.flush_udp();
+        self.stats.udp_evicted += 1;
+        self.remove_udp(victim);
+        true
     }
 
     /// Add a binding and register its socket (if it has its own).
@@ -205,37 +235,20 @@ impl Engine {
     pub(super) fn udp_readable(&mut self, idx: usize) {
         let now_ms = self.clock.now_ms();
         loop {
-            let Some(flow) = self.udp.get_mut(idx) else {
+            let Err(e) = self.udp_recv_batch(idx, now_ms) else {
                 return;
             };
-            let UdpHost::Connected(sock) = &flow.host else {
+            let Some(flow) = self.udp.get(idx) else {
                 return;
             };
-            let at = wire::udp_payload_offset(flow.guest.is_ipv6());
-            match sock.recv(&mut self.link.out[at..]) {
-                Ok(n) => {
-                    flow.datagrams_in += 1;
-                    if flow.last_query.is_some() {
-                        self.host.resolver.pending.answered((flow.guest, flow.dst));
-                    }
-                    let (src, dst) = (flow.dst, flow.guest);
-                    self.udp.touch(idx, now_ms);
-                    self.link.send_udp(src, dst, n, &mut self.stats.device);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // E.g. ECONNREFUSED after an ICMP port unreachable: tell the guest.
-                    tracing::debug!(dst = %flow.dst, "udp recv: {e}");
-                    if e.kind() == io::ErrorKind::ConnectionRefused {
-                        let (guest, dst) = (flow.guest, flow.dst);
-                        if !self.dns_failover(idx) {
-                            self.udp_port_unreachable(guest, dst);
-                        }
-                    } else {
-                        return;
-                    }
-                }
+            // E.g. ECONNREFUSED after an ICMP port unreachable: tell the guest.
+            tracing::debug!(dst = %flow.dst, "udp recv: {e}");
+            if e.kind() != io::ErrorKind::ConnectionRefused {
+                return;
+            }
+            let (guest, dst) = (flow.guest, flow.dst);
+            if !self.dns_failover(idx) {
+                self.udp_port_unreachable(guest, dst);
             }
         }
     }
@@ -308,7 +321,7 @@ impl Engine {
 
     /// Close the bindings idle for their timeout.
     pub(super) fn expire_udp(&mut self, now_ms: u64) {
-        for (_, flow) in self.udp.expire(now_ms, |f| f.idle_ms) {
+        for (_, flow) in self.udp.expire(now_ms, |f| f.traffic().idle_timeout_ms()) {
             self.release_udp(flow);
         }
     }

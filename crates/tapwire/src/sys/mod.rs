@@ -16,12 +16,14 @@
 //! - [`mount`]: the new mount API (`open_tree`, `move_mount`).
 //! - [`unix_listener`]: the daemon's listening UNIX sockets (mode 0600, no symlinks), peer
 //!   credentials.
+//! - [`mmsg`]: batched datagram I/O (`recvmmsg`, `sendmmsg`).
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 pub mod fd;
+pub mod mmsg;
 pub mod mount;
 pub mod pidfd;
 pub mod scm;

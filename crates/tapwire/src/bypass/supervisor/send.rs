@@ -7,9 +7,14 @@
 //! control data), checks the destination against the policy if the socket is a host socket
 //! (re-encoding it; an AF_UNSPEC address on an AF_INET socket is an address too), and sends it
 //! itself (non-blocking; a blocking socket without room waits in `Pending`, `SO_SNDTIMEO`
-//! gives `EAGAIN`). sendmmsg sends the first message and writes its `msg_len` back (the kernel
-//! may send fewer than asked; the program goes on with the rest). A stream socket may see a
-//! short write, which programs handle.
+//! gives `EAGAIN`). sendmmsg reads up to [`MMSG_BATCH`] messages (at most [`MAX_SEND_BATCH`]
+//! bytes in all) in one notification: the first is sent as a sendmsg is (it may wait), the
+//! others after it without waiting, each destination checked on its own, until one would
+//! block or is refused; every sent message's `msg_len` is written back and the count returned
+//! (the kernel's sendmmsg also returns the count of a partial batch, and reports the error on
+//! the next call). So a program that batches its datagrams (wireguard-go, QUIC stacks) pays
+//! one round trip per batch instead of one per datagram. A stream socket may see a short
+//! write, which programs handle.
 //!
 #![forbid(unsafe_code)]
 
@@ -28,6 +33,11 @@ use tapwire_proto::bypass::{self, encode, normalize, to_family, Route, SOCKADDR_
 /// continues).
 pub(super) const MAX_SEND_DGRAM: usize = 65_536;
 pub(super) const MAX_SEND_STREAM: usize = 1 << 20;
+/// Most messages of one sendmmsg sent per notification, and their bytes in all.
+pub(super) const MMSG_BATCH: usize = 64;
+pub(super) const MAX_SEND_BATCH: usize = 1 << 20;
+/// `sizeof(struct mmsghdr)` (LP64): the msghdr, `msg_len`, padding.
+const MMSGHDR_SIZE: u64 = 64;
 /// Largest iovec array / control buffer read from the program.
 pub(super) const MAX_IOV: usize = 1024;
 pub(super) const MAX_CONTROL: usize = 64 * 1024;
@@ -41,6 +51,11 @@ pub(super) struct SendJob {
     pub(super) flags: i32,
     /// sendmmsg: where the first message's `msg_len` goes.
     pub(super) mmsg_len_at: Option<u64>,
+    /// sendmmsg: the messages after the first, with their destinations as the program wrote
+    /// them (checked one by one when they are sent).
+    pub(super) rest: Vec<MsgCopy>,
+    /// The socket's kind (for the checks of `rest`).
+    pub(super) info: SockInfo,
     pub(super) tid: i32,
 }
 
@@ -86,6 +101,8 @@ impl Supervisor {
             control: Vec::new(),
             flags,
             mmsg_len_at: None,
+            rest: Vec::new(),
+            info,
             tid: n.tid,
         };
         self.send_as(li, n.id, sock, info, job)
@@ -103,13 +120,15 @@ impl Supervisor {
             control: msg.control,
             flags,
             mmsg_len_at: None,
+            rest: Vec::new(),
+            info,
             tid: n.tid,
         };
         self.send_as(li, n.id, sock, info, job)
     }
 
-    /// sendmmsg on an IP socket: the first message only (the kernel may send fewer than asked;
-    /// the program sends the rest again), with its `msg_len` written back.
+    /// sendmmsg on an IP socket: up to [`MMSG_BATCH`] messages (see the module documentation),
+    /// each sent one's `msg_len` written back.
     pub(super) fn on_sendmmsg(&mut self, li: usize, n: &Notif) -> Answer {
         let flags = n.args[3] as i32;
         let vlen = n.args[2] as u32;
@@ -120,6 +139,22 @@ impl Supervisor {
             return Ok(Some(Reply::Value(0)));
         }
         let msg = self.read_msghdr(li, n, n.args[1], max_send(info))?;
+        // The following messages, read now (once), as long as the batch has room for them.
+        let mut rest = Vec::new();
+        let mut total: usize = msg.data.iter().map(Vec::len).sum();
+        let more = (vlen as usize).min(MMSG_BATCH);
+        for i in 1..more {
+            if info.tcp() || total >= MAX_SEND_BATCH {
+                break;
+            }
+            let at = n.args[1] + i as u64 * MMSGHDR_SIZE;
+            let Ok(m) = self.read_msghdr(li, n, at, max_send(info)) else {
+                // A bad message later in the vector is the next call's error.
+                break;
+            };
+            total += m.data.iter().map(Vec::len).sum::<usize>();
+            rest.push(m);
+        }
         let job = SendJob {
             name: msg.name,
             data: msg.data,
@@ -127,6 +162,8 @@ impl Supervisor {
             flags,
             // struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; }
             mmsg_len_at: Some(n.args[1] + size_of_msghdr() as u64),
+            rest,
+            info,
             tid: n.tid,
         };
         self.send_as(li, n.id, sock, info, job)
@@ -224,29 +261,9 @@ impl Supervisor {
         if job.flags & libc::MSG_FASTOPEN != 0 && info.tcp() {
             return Ok(Some(Reply::Error(libc::EOPNOTSUPP)));
         }
-        if info.host {
-            job.name = match job.name.take() {
-                // TCP ignores the address of a send (without MSG_FASTOPEN): pass none.
-                _ if !info.udp() => None,
-                None => None,
-                Some(raw) => match bypass::decode_send(&raw, info.v6()) {
-                    Ok(None) => None,
-                    Ok(Some(dst)) => match self.policy.connect(normalize(dst)) {
-                        Route::Host(t) => {
-                            Some(encode(&to_family(t, info.v6())).as_bytes().to_vec())
-                        }
-                        Route::Tap => {
-                            self.stats.refused += 1;
-                            return Ok(Some(Reply::Error(libc::ENETUNREACH)));
-                        }
-                        Route::Refuse(e) => {
-                            self.stats.refused += 1;
-                            return Ok(Some(Reply::Error(e)));
-                        }
-                    },
-                    Err(e) => return Ok(Some(Reply::Error(e))),
-                },
-            };
+        match self.checked_name(info, job.name.take()) {
+            Ok(name) => job.name = name,
+            Err(e) => return Ok(Some(Reply::Error(e))),
         }
         self.stats.sends += 1;
         let deadline = if info.nonblock() || job.flags & libc::MSG_DONTWAIT != 0 {
@@ -255,6 +272,75 @@ impl Supervisor {
             Some(send_timeout(&sock).map(|t| Instant::now() + t))
         };
         self.try_send(li, id, sock, job, deadline)
+    }
+
+    /// The destination to pass to the kernel for a send on `sock`: on a host socket checked
+    /// (only destinations the policy sends to the host) and re-encoded, never passed as the
+    /// program wrote it; on a container socket as given. `Err` is the errno for the program.
+    fn checked_name(
+        &mut self,
+        info: SockInfo,
+        name: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, i32> {
+        if !info.host {
+            return Ok(name);
+        }
+        match name {
+            // TCP ignores the address of a send (without MSG_FASTOPEN): pass none.
+            _ if !info.udp() => Ok(None),
+            None => Ok(None),
+            Some(raw) => match bypass::decode_send(&raw, info.v6())? {
+                None => Ok(None),
+                Some(dst) => match self.policy.connect(normalize(dst)) {
+                    Route::Host(t) => {
+                        Ok(Some(encode(&to_family(t, info.v6())).as_bytes().to_vec()))
+                    }
+                    Route::Tap => {
+                        self.stats.refused += 1;
+                        Err(libc::ENETUNREACH)
+                    }
+                    Route::Refuse(e) => {
+                        self.stats.refused += 1;
+                        Err(e)
+                    }
+                },
+            },
+        }
+    }
+
+    /// After the first message of a sendmmsg went: send the others without waiting, each
+    /// destination checked, until one fails; write each `msg_len`. Returns how many in all.
+    fn send_rest(
+        &mut self,
+        li: usize,
+        id: u64,
+        sock: &OwnedFd,
+        info: SockInfo,
+        job: SendJob,
+        first_len_at: u64,
+    ) -> Result<i64, Fail> {
+        let mut sent = 1;
+        for (i, m) in job.rest.into_iter().enumerate() {
+            let Ok(name) = self.checked_name(info, m.name) else {
+                break;
+            };
+            let iov: Vec<IoSlice<'_>> = m.data.iter().map(|d| IoSlice::new(d)).collect();
+            let r = socket::sendmsg_raw(
+                sock.as_fd(),
+                name.as_deref(),
+                &iov,
+                &m.control,
+                job.flags | libc::MSG_DONTWAIT,
+            );
+            let Ok(k) = r else {
+                break;
+            };
+            let at = first_len_at + (i as u64 + 1) * MMSGHDR_SIZE;
+            self.write(li, job.tid, id, at, &(k as u32).to_ne_bytes())?;
+            self.stats.sends += 1;
+            sent += 1;
+        }
+        Ok(sent)
     }
 
     /// One non-blocking attempt; a blocking socket without room waits in [`Pending`]
@@ -280,7 +366,12 @@ impl Supervisor {
             Ok(k) => match job.mmsg_len_at {
                 Some(at) => {
                     self.write(li, job.tid, id, at, &(k as u32).to_ne_bytes())?;
-                    Ok(Some(Reply::Value(1)))
+                    if job.rest.is_empty() {
+                        return Ok(Some(Reply::Value(1)));
+                    }
+                    let info = job.info;
+                    let n = self.send_rest(li, id, &sock, info, job, at)?;
+                    Ok(Some(Reply::Value(n)))
                 }
                 None => Ok(Some(Reply::Value(k as i64))),
             },
