@@ -10,8 +10,8 @@
 //! arguments (only `AF_INET`/`AF_INET6` sockets, no executable memory, files opened read-only,
 //! only a few `fcntl`/`ioctl` commands). Three calls are pinned to values known only at run
 //! time and added by [`super::pins`]: `kill`/`tgkill` to the daemon's own pid, `openat`
-//! relative to named directory fds (the static entry allows only `AT_FDCWD`). Whatever is not listed,
-//! or does not match its conditions, is answered with `SECCOMP_RET_KILL_PROCESS`: the daemon
+//! relative to named directory fds (the static entry allows only `AT_FDCWD`). Whatever is not
+//! listed, or does not match its conditions, is answered with `SECCOMP_RET_KILL_PROCESS`: the daemon
 //! dies with SIGSYS, which the caller sees as an abnormal exit, instead of running on
 //! compromised.
 //!
