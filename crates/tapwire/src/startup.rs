@@ -81,7 +81,11 @@ type AnyError = Box<dyn std::error::Error>;
 
 fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     // Before anything is opened: every fd open now was inherited.
-    let keep: Vec<i32> = args.ready_fd.into_iter().chain(args.exit_fd).collect();
+    let named = args.userns_path.as_deref().and_then(inherited::named_by);
+    let keep: Vec<i32> = [args.ready_fd, args.exit_fd, named]
+        .into_iter()
+        .flatten()
+        .collect();
     let inherited = inherited::snapshot(&keep);
     // Adopt inherited fds first so a bad number fails before anything is created.
     let ready = args

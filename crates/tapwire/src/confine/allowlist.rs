@@ -8,8 +8,10 @@
 //! the exit path. [`DAEMON`] is that list as reviewed data: one [`Entry`] per system call, with
 //! the component that needs it and, where it narrows the attack surface, conditions on the
 //! arguments (only `AF_INET`/`AF_INET6` sockets, no executable memory, files opened read-only,
-//! only a few `fcntl`/`ioctl` commands, signals only to a positive pid). Whatever is not listed,
-//! or does not match its conditions, is answered with `SECCOMP_RET_KILL_PROCESS`: the daemon
+//! only a few `fcntl`/`ioctl` commands). Three calls are pinned to values known only at run
+//! time and added by [`super::pins`]: `kill`/`tgkill` to the daemon's own pid, `openat`
+//! relative to named directory fds (the static entry allows only `AT_FDCWD`). Whatever is not
+//! listed, or does not match its conditions, is answered with `SECCOMP_RET_KILL_PROCESS`: the daemon
 //! dies with SIGSYS, which the caller sees as an abnormal exit, instead of running on
 //! compromised.
 //!
@@ -289,7 +291,7 @@ pub const DAEMON: &[Entry] = &[
         "clock_gettime",
         "engine/flows: Instant::now (vDSO fallback)",
     ),
-    // kill: see `pins` (only the daemon's own pid).
+    // libc::SYS_kill: pinned in `pins` (only the daemon's own pid; seccomp-audit.sh reads this).
     any(
         libc::SYS_wait4,
         "wait4",
@@ -307,7 +309,7 @@ pub const DAEMON: &[Entry] = &[
     ),
     any(libc::SYS_getpid, "getpid", "std: abort on panic (raise)"),
     any(libc::SYS_gettid, "gettid", "std: abort on panic (raise)"),
-    // tgkill: see `pins` (SIGABRT to the daemon's own threads).
+    // libc::SYS_tgkill: pinned in `pins` (SIGABRT to the daemon's own threads).
     any(
         libc::SYS_restart_syscall,
         "restart_syscall",

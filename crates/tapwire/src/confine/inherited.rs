@@ -11,7 +11,8 @@
 //! opens anything, so every number in it is inherited (the listing's own directory fd is
 //! recognized afterwards: it is closed by then). [`Inherited::close`] closes them right before
 //! the sandbox. Inherited fds are kept open until then on purpose: a path argument may name one
-//! (`--netns-type=path /proc/self/fd/N`), and since the daemon never owned them, their numbers
+//! (`--netns-type=path /proc/self/fd/N`; a `--userns-path` of that form, which the sandbox opens,
+//! is kept open: [`named_by`]), and since the daemon never owned them, their numbers
 //! cannot have been reused by anything it opened itself. Only fds still open and not owned by
 //! the daemon are touched. Without `/proc` (not mounted) the snapshot falls back to probing
 //! numbers 3..[`PROBE_LIMIT`] with `fcntl(F_GETFD)`.
@@ -21,6 +22,18 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;
+
+/// The fd a path argument names (`/proc/self/fd/N`, `/dev/fd/N`, `/proc/<our pid>/fd/N`), to
+/// keep open: the sandbox may open such a `--userns-path` after the inherited fds are closed.
+pub fn named_by(path: &std::path::Path) -> Option<RawFd> {
+    let s = path.to_str()?;
+    let own = format!("/proc/{}/fd/", std::process::id());
+    let n = s
+        .strip_prefix("/proc/self/fd/")
+        .or_else(|| s.strip_prefix("/dev/fd/"))
+        .or_else(|| s.strip_prefix(own.as_str()))?;
+    n.parse().ok().filter(|&fd: &RawFd| fd > 2)
+}
 
 /// Numbers probed when `/proc/self/fd` cannot be listed.
 pub const PROBE_LIMIT: RawFd = 4096;
@@ -79,6 +92,22 @@ impl Inherited {
 mod tests {
     use super::*;
     use std::os::fd::{AsRawFd, IntoRawFd};
+
+    #[test]
+    fn paths_naming_fds() {
+        use std::path::Path;
+        assert_eq!(named_by(Path::new("/proc/self/fd/7")), Some(7));
+        assert_eq!(named_by(Path::new("/dev/fd/9")), Some(9));
+        let own = format!("/proc/{}/fd/11", std::process::id());
+        assert_eq!(named_by(Path::new(&own)), Some(11));
+        assert_eq!(
+            named_by(Path::new("/proc/self/fd/1")),
+            None,
+            "stdio is kept anyway"
+        );
+        assert_eq!(named_by(Path::new("/proc/1/ns/user")), None);
+        assert_eq!(named_by(Path::new("/proc/self/fd/x")), None);
+    }
 
     #[test]
     fn inherited_fds_are_found_and_closed_but_kept_ones_stay() {

@@ -93,19 +93,19 @@ impl Control {
     ) {
         self.backlog = false;
         loop {
-            match self.clients.admit(now_ms) {
-                Admit::Accept => {}
-                Admit::Evict(idx) => {
-                    tracing::debug!("API: {MAX_CLIENTS} clients; evicting one that stalled");
-                    self.clients.remove(idx);
-                }
-                Admit::Full => {
-                    self.backlog = true;
-                    return;
-                }
+            let admit = self.clients.admit(now_ms);
+            if admit == Admit::Full {
+                // Leave the rest in the kernel's backlog until a slot frees.
+                self.backlog = true;
+                return;
             }
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    // Evict only now that someone is really waiting.
+                    if let Admit::Evict(idx) = admit {
+                        tracing::debug!("API: {MAX_CLIENTS} clients; evicting one that stalled");
+                        self.clients.remove(idx);
+                    }
                     let idx = self.clients.insert(
                         ClientIo {
                             stream,

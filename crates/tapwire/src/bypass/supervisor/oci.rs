@@ -124,6 +124,8 @@ pub fn profile_metadata(udp: bool) -> &'static str {
 pub struct OciServer {
     pub(super) listener: UnixListener,
     pub(super) path: BoundPath,
+    /// Our effective uid, read at bind time (the daemon's filter does not allow `geteuid`).
+    pub(super) uid: u32,
 }
 
 impl OciServer {
@@ -140,6 +142,7 @@ impl OciServer {
         Ok(OciServer {
             listener,
             path: bound,
+            uid: nix::unistd::geteuid().as_raw(),
         })
     }
 
@@ -220,10 +223,10 @@ impl Supervisor {
                             continue;
                         }
                     };
-                    let our_uid = nix::unistd::geteuid().as_raw();
+                    let our_uid = srv.uid;
                     if !peer_allowed(&cred, our_uid) {
                         tracing::warn!(
-                            "bypass: seccomp listener socket: refused a connection from pid {} uid {} (only uid {our_uid} or root may hand over listeners)",
+                            "bypass: seccomp listener socket: refused a connection from pid {} uid {} (only the daemon's uid {our_uid} or root may hand over listeners)",
                             cred.pid,
                             cred.uid
                         );
