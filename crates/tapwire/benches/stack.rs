@@ -184,7 +184,7 @@ impl Rig {
             addr: Some(gw.into()),
             port: dport,
         };
-        let mut sock = device::new_tcp_socket(endpoint, buffer).expect("listen");
+        let mut sock = device::new_tcp_socket(endpoint, buffer, buffer).expect("listen");
         sock.pause_synack(false); // the host connect "succeeded"
         let h = self.sockets.add(sock);
         let isn = 1_000_000u32;

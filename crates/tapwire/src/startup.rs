@@ -56,14 +56,17 @@ pub fn run(cmd: Command) -> i32 {
 /// heap and zeroed page by page: half a MiB of RSS per flow at once (a SYN flood of 1024
 /// pending handshakes: ~500 MiB) that stays after the flows close. A fixed threshold keeps
 /// ring pages unbacked until data is written and returns them to the kernel when a flow ends.
+/// But a ring is carved from the heap's top chunk whenever that is big enough, mmap threshold
+/// or not: no top padding and a trim threshold of the same size keep the top smaller than a
+/// ring (with 64 KiB rings, 1000 connections otherwise kept 25 MiB after they closed).
 fn bound_heap() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes an allocator parameter; called before any other thread.
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread.
     unsafe {
-        libc::mallopt(
-            libc::M_MMAP_THRESHOLD,
-            tapwire_proto::budget::SMALL_RING as libc::c_int,
-        );
+        let ring = tapwire_proto::budget::SMALL_RING as libc::c_int;
+        libc::mallopt(libc::M_MMAP_THRESHOLD, ring);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, ring);
+        libc::mallopt(libc::M_TOP_PAD, 0);
     }
 }
 
