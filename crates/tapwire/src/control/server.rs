@@ -19,8 +19,7 @@
 //! and every sweep). A client whose request has arrived is never evicted; a *stalled* one (no
 //! complete request within [`STALL_MS`]) is evicted only to admit a waiting connection, and
 //! everyone is dropped after [`CLIENT_TIMEOUT_MS`]. So 200 clients connecting at once are all
-//! answered
-//! (in accept order), and stalled connections can never lock the API for long.
+//! answered (in accept order), and stalled connections can never lock the API for long.
 //!
 //! The socket file is created mode 0600, never through a symlink, and removed on drop if it is
 //! still ours ([`unix_listener`]).
