@@ -12,14 +12,14 @@
 //! Reading --EOF, or a complete JSON value, or too large--> Replying --all written--> closed
 //! ```
 //!
-//! Requests over [`MAX_REQUEST`] bytes get the "too large message" error. At most
-//! [`MAX_CLIENTS`] are served at once; beyond that the server stops accepting and the rest
-//! wait in the listen backlog ([`unix_listener::BACKLOG`]), to be accepted as slots free
-//! ([`Control::accept`] is called again after every client that leaves, and every sweep). A
-//! client whose request has arrived is never evicted; a *stalled* one (no complete request
-//! within [`STALL_MS`]) is evicted only to admit a waiting connection, and everyone is
-//! dropped after [`CLIENT_TIMEOUT_MS`]. So 200 clients connecting at once are all answered
-//! (in accept order), and stalled connections can never lock the API for long.
+//! Requests over [`MAX_REQUEST`](tapwire_proto::control::MAX_REQUEST) bytes get the "too
+//! large message" error. At most [`MAX_CLIENTS`] are served at once; beyond that the server
+//! stops accepting and the rest wait in the listen backlog ([`unix_listener::BACKLOG`]), to be
+//! accepted as slots free ([`Control::accept`] is called again after every client that leaves,
+//! and every sweep). A client whose request has arrived is never evicted; a *stalled* one (no
+//! complete request within [`STALL_MS`]) is evicted only to admit a waiting connection, and
+//! everyone is dropped after [`CLIENT_TIMEOUT_MS`]. So 200 clients connecting at once are all
+//! answered (in accept order), and stalled connections can never lock the API for long.
 //!
 //! The socket file is created mode 0600, never through a symlink, and removed on drop if it is
 //! still ours ([`unix_listener`]).
@@ -33,8 +33,6 @@ use mio::net::{UnixListener, UnixStream};
 use crate::sys::unix_listener::{self, BoundPath, Existing};
 use tapwire_proto::control::clients::{Admit, Clients, Phase};
 pub use tapwire_proto::control::clients::{CLIENT_TIMEOUT_MS, MAX_CLIENTS, STALL_MS};
-#[allow(unused_imports)] // named in the documentation
-use tapwire_proto::control::MAX_REQUEST;
 
 struct ClientIo {
     stream: UnixStream,
