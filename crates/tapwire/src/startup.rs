@@ -172,6 +172,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     let oci_socket = bypass.as_ref().and_then(|p| p.oci_socket());
     let pins = Pins {
         proc_dir: bypass.as_ref().map(|p| p.proc_fd()),
+        read_dirs: engine.pinned_read_dirs(),
         ..Pins::this_process()
     };
     if let Some(prep) = bypass {

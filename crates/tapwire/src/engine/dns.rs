@@ -43,6 +43,16 @@ pub fn is_dns(net: &NetConfig, dst: SocketAddr) -> bool {
         && destination::classify(net, dst.ip()).kind == Kind::Dns
 }
 
+impl Engine {
+    /// The directory fd the resolver reads a renamed resolv.conf through: the seccomp filter
+    /// must let `openat` use it (`confine::pins::Pins::read_dirs`).
+    pub fn pinned_read_dirs(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let watch = self.host.resolver.watch.as_ref();
+        watch.map(|(dir, _)| dir.as_raw_fd()).into_iter().collect()
+    }
+}
+
 /// The upstream nameserver, tracked from a resolv.conf file.
 #[derive(Debug)]
 pub struct Resolver {
