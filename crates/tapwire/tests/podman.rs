@@ -28,7 +28,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::podman::*;
@@ -288,12 +288,14 @@ fn check_stop_rm(rootless: bool) {
         }
         let (pid, api) = forwarder(&w);
         let api = api.unwrap_or_else(|| panic!("no --api-socket in the forwarder's argv"));
-        assert!(Path::new(&api).exists(), "API socket {api} missing while running");
+        // The socket is on the host namespace's private /run: look through its root.
+        let api_seen = PathBuf::from(format!("/proc/{}/root{api}", w.host.pid()));
+        assert!(api_seen.exists(), "API socket {api} missing while running");
         let start = Instant::now();
         w.podman_ok(&args);
         let cmd_took = start.elapsed();
         let (exited, reaped) = wait_exit(pid, EXIT_LIMIT, Duration::from_secs(5));
-        let api_left = Path::new(&api).exists();
+        let api_left = api_seen.exists();
         eprintln!(
             "{what} ({}): command {cmd_took:?}; forwarder exited {:?} and was reaped {:?} \
              after it returned; API socket left: {api_left}",

@@ -84,6 +84,7 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p $D/rootfs/bin $D/rootfs/tmp $D/rootfs/etc $D/tmp
 cp /bin/busybox $D/rootfs/bin/busybox
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox $D/rootfs/bin/$a; done
+ln -s /proc/mounts $D/rootfs/etc/mtab
 chmod 1777 $D/rootfs/tmp $D/tmp
 "#,
             d = d.display()
@@ -103,9 +104,11 @@ echo 'twpod{uid}:{SUBID_BASE}:65536' >>/etc/subgid
 chmod 0644 /etc/subuid /etc/subgid
 mknod -m 0666 $D/tun c 10 200
 mount --bind $D/tun /dev/net/tun
-mkdir -p $D/home $D/xdg
-chown {uid}:{uid} $D/home $D/xdg
-chmod 0700 $D/xdg
+# A user's own root filesystem (its root is the user in the container).
+chown -R {uid}:{uid} $D/rootfs
+mkdir -p $D/home /run/user/{uid}
+chown {uid}:{uid} $D/home /run/user/{uid}
+chmod 0700 /run/user/{uid}
 "#
             );
         }
@@ -124,7 +127,10 @@ chmod 0700 $D/xdg
         let conf = d.join("containers.conf");
         std::fs::write(&conf, containers_conf(&exe)).unwrap();
         let (graph, runroot) = match uid {
-            Some(_) => (d.join("home/storage"), d.join("xdg/storage")),
+            Some(uid) => (
+                d.join("home/storage"),
+                PathBuf::from(format!("/run/user/{uid}/storage")),
+            ),
             None => (d.join("storage"), d.join("runroot")),
         };
         let storage = d.join("storage.conf");
@@ -153,7 +159,8 @@ chmod 0700 $D/xdg
             let user = format!("twpod{uid}");
             env.extend([
                 ("HOME".into(), d.join("home").display().to_string()),
-                ("XDG_RUNTIME_DIR".into(), d.join("xdg").display().to_string()),
+                // Short (the API socket's path must fit sun_path) and private (our /run).
+                ("XDG_RUNTIME_DIR".into(), format!("/run/user/{uid}")),
                 ("USER".into(), user.clone()),
                 ("LOGNAME".into(), user),
             ]);
