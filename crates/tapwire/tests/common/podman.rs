@@ -60,13 +60,19 @@ pub struct PodWorld {
     pub exe: PathBuf,
     /// The busybox root filesystem (`/tmp` in it is 1777: containers leave files there).
     pub rootfs: PathBuf,
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
 }
 
 impl PodWorld {
     /// Set everything up; `None` after [`skip`] (only with TAPWIRE_ALLOW_SKIP=1).
     pub fn new(rootless: bool) -> Option<PodWorld> {
-        let mut tools = vec!["podman", "runc", "conmon", "busybox", "env"];
+        Self::with_tools(rootless, &["podman", "runc", "conmon"])
+    }
+
+    /// Like [`PodWorld::new`], checking `engine_tools` instead of Podman's (Docker's suite).
+    pub fn with_tools(rootless: bool, engine_tools: &[&str]) -> Option<PodWorld> {
+        let mut tools = vec!["busybox", "env"];
+        tools.extend(engine_tools);
         if rootless {
             tools.extend(["newuidmap", "newgidmap", "setpriv", "mknod"]);
         }
@@ -195,6 +201,11 @@ chmod 0700 /run/user/{uid}
 
     /// `prog` in the host namespace, as the test user for rootless, with Podman's environment.
     pub fn as_user(&self, prog: &str) -> Command {
+        self.as_user_env(prog, &[])
+    }
+
+    /// [`PodWorld::as_user`] with more environment variables (later ones win).
+    pub fn as_user_env(&self, prog: &str, extra: &[(String, String)]) -> Command {
         let mut c = match self.uid {
             Some(uid) => {
                 let mut c = self.host.cmd("setpriv");
@@ -214,7 +225,7 @@ chmod 0700 /run/user/{uid}
                 c
             }
         };
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter().chain(extra) {
             c.arg(format!("{k}={v}"));
         }
         c.arg(prog);
