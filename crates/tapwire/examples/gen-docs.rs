@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use clap_complete::Shell;
 
 fn main() -> std::io::Result<()> {
-    let out = PathBuf::from(std::env::args_os().nth(1).unwrap_or_else(|| "target/docs".into()));
+    let out = PathBuf::from(
+        std::env::args_os()
+            .nth(1)
+            .unwrap_or_else(|| "target/docs".into()),
+    );
     let man = out.join("man");
     let comp = out.join("completions");
     std::fs::create_dir_all(&man)?;

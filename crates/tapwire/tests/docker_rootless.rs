@@ -104,13 +104,19 @@ impl Dockerd {
                 .stdout(log.try_clone().unwrap())
                 .stderr(log),
         );
-        let sock = PathBuf::from(format!("/proc/{}/root/run/user/{uid}/docker.sock", w.host.pid()));
+        let sock = PathBuf::from(format!(
+            "/proc/{}/root/run/user/{uid}/docker.sock",
+            w.host.pid()
+        ));
         let start = Instant::now();
         let mut daemon = daemon;
         while !sock.exists() {
             let log = || std::fs::read_to_string(d.join("dockerd.log")).unwrap_or_default();
             if let Ok(Some(st)) = daemon.child.try_wait() {
-                panic!("dockerd-rootless.sh exited ({st}) before its socket appeared:\n{}", log());
+                panic!(
+                    "dockerd-rootless.sh exited ({st}) before its socket appeared:\n{}",
+                    log()
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(90),
@@ -163,7 +169,11 @@ fn docker_rootless_host_loopback_and_published_port() {
         "tar -C {} -c . | {DOCKER} import - twbusybox:test",
         w.rootfs.display()
     ));
-    assert!(imported.success(), "docker import: {imported}\n{}", dk.log());
+    assert!(
+        imported.success(),
+        "docker import: {imported}\n{}",
+        dk.log()
+    );
 
     // The forwarder RootlessKit runs is the copy under test.
     let fwd = w.forwarders();
@@ -175,7 +185,12 @@ fn docker_rootless_host_loopback_and_published_port() {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| exe_of(pid).as_deref() == Some(w.exe.as_path()))
         .count();
-    assert_eq!(ours, 1, "one forwarder from {} (argv-matched: {fwd:?})", w.exe.display());
+    assert_eq!(
+        ours,
+        1,
+        "one forwarder from {} (argv-matched: {fwd:?})",
+        w.exe.display()
+    );
 
     // 20 MiB each way with a server on host loopback, through 10.0.2.2.
     let (p_up, p_down) = (7501, 7502);
@@ -254,7 +269,11 @@ fn docker_rootless_host_loopback_and_published_port() {
     let mut line = String::new();
     r.read_line(&mut line).expect("server's answer");
     writer.join().unwrap().expect("upload");
-    assert_eq!(line.split_whitespace().next(), Some(want_up.as_str()), "upload sha256");
+    assert_eq!(
+        line.split_whitespace().next(),
+        Some(want_up.as_str()),
+        "upload sha256"
+    );
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).expect("download");
     assert_eq!(rest.len(), BULK, "download size");

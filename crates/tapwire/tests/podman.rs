@@ -195,7 +195,11 @@ fn port_client(connect: impl FnOnce() -> std::io::Result<TcpStream>, down_sha: &
     r.read_line(&mut line).expect("server's answer");
     writer.join().unwrap().expect("upload");
     let mut parts = line.split_whitespace();
-    assert_eq!(parts.next(), Some(want_up.as_str()), "upload sha256 (answer {line:?})");
+    assert_eq!(
+        parts.next(),
+        Some(want_up.as_str()),
+        "upload sha256 (answer {line:?})"
+    );
     let seen = parts.next().unwrap_or("").to_owned();
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).expect("download");
@@ -232,7 +236,10 @@ fn check_published_ports(rootless: bool, handler: &str) {
     // A client on host loopback, then a remote client (the test host, through the veth).
     let start = Instant::now();
     let local = port_client(
-        || w.host.in_ns(|| TcpStream::connect((Ipv4Addr::LOCALHOST, hp))),
+        || {
+            w.host
+                .in_ns(|| TcpStream::connect((Ipv4Addr::LOCALHOST, hp)))
+        },
         &down_sha,
     );
     let took = start.elapsed();
@@ -244,8 +251,16 @@ fn check_published_ports(rootless: bool, handler: &str) {
         "slirp4netns" => ("10.0.2.2", PEER_ADDR.to_string()),
         _ => ("10.0.2.100", "10.0.2.100".to_string()),
     };
-    assert_eq!(ip_of(&local.seen), want_local, "loopback client as seen inside");
-    assert_eq!(ip_of(&remote.seen), want_remote, "remote client as seen inside");
+    assert_eq!(
+        ip_of(&local.seen),
+        want_local,
+        "loopback client as seen inside"
+    );
+    assert_eq!(
+        ip_of(&remote.seen),
+        want_remote,
+        "remote client as seen inside"
+    );
     eprintln!(
         "podman published port ({}, port_handler={handler}): 2 x {} MiB in {took:?}; \
          clients seen as {} (loopback) and {} (remote)",
@@ -306,11 +321,17 @@ fn check_stop_rm(rootless: bool) {
         let exited = exited.unwrap_or_else(|| {
             panic!("{what}: the forwarder ({pid}) still runs {EXIT_LIMIT:?} later")
         });
-        assert!(exited <= EXIT_LIMIT, "{what}: the forwarder exited after {exited:?}");
+        assert!(
+            exited <= EXIT_LIMIT,
+            "{what}: the forwarder exited after {exited:?}"
+        );
         if testing_tapwire() {
             assert!(!api_left, "{what}: the API socket {api} was left behind");
         } else if api_left {
-            eprintln!("note: {} leaves its API socket {api} behind", bin().display());
+            eprintln!(
+                "note: {} leaves its API socket {api} behind",
+                bin().display()
+            );
         }
     }
 }

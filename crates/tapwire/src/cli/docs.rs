@@ -35,6 +35,8 @@ mod tests {
         cmd.clone().debug_assert();
         let subs: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
         assert_eq!(subs, ["run", "ctl", "seccomp-profile"]);
-        assert!(cmd.get_arguments().any(|a| a.get_long() == Some("api-socket")));
+        assert!(cmd
+            .get_arguments()
+            .any(|a| a.get_long() == Some("api-socket")));
     }
 }

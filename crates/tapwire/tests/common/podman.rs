@@ -320,9 +320,9 @@ chmod 0700 /run/user/{uid}
                 .and_then(|u| u.parse::<u32>().ok());
             let mine = (ns.is_some() && ns == netns)
                 || (uid.is_some() && uid == self.uid)
-                || self
-                    .uid
-                    .is_some_and(|_| uid.is_some_and(|u| (SUBID_BASE..SUBID_BASE + 65536).contains(&u)));
+                || self.uid.is_some_and(|_| {
+                    uid.is_some_and(|u| (SUBID_BASE..SUBID_BASE + 65536).contains(&u))
+                });
             if mine {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -348,7 +348,11 @@ pub fn proc_state(pid: u32) -> Option<char> {
 
 /// Wait up to `limit` for `pid` to exit (a zombie or gone). Returns (time to exit, time to
 /// being reaped if that happened within `reap_limit`).
-pub fn wait_exit(pid: u32, limit: Duration, reap_limit: Duration) -> (Option<Duration>, Option<Duration>) {
+pub fn wait_exit(
+    pid: u32,
+    limit: Duration,
+    reap_limit: Duration,
+) -> (Option<Duration>, Option<Duration>) {
     let start = Instant::now();
     let mut exited = None;
     loop {
@@ -360,7 +364,9 @@ pub fn wait_exit(pid: u32, limit: Duration, reap_limit: Duration) -> (Option<Dur
             Some('Z') | Some('X') if exited.is_none() => exited = Some(start.elapsed()),
             _ => {}
         }
-        if start.elapsed() > limit.max(reap_limit) || (exited.is_some() && start.elapsed() > reap_limit) {
+        if start.elapsed() > limit.max(reap_limit)
+            || (exited.is_some() && start.elapsed() > reap_limit)
+        {
             return (exited, None);
         }
         thread::sleep(Duration::from_millis(5));
