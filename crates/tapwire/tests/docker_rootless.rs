@@ -12,13 +12,11 @@
 //! the test fails with its log: nothing here is skipped once the tools are installed.
 //! Needs root, docker.io (dockerd, containerd, docker), rootlesskit, uidmap, iptables.
 //!
-//! Known failure (found by this test, not fixed here): with tapwire, the host-to-container
-//! download stalls after the handshake. The container sits behind Docker's bridge (docker0,
-//! MTU 1500) inside RootlessKit's namespace, whose tap0 has MTU 65520; tapwire sends the
-//! container segments bigger than the MSS it announced (1460), the kernel cannot forward them
-//! (IpFragFails, ICMP "fragmentation needed" back to 10.0.2.2, seen with `nstat`), and nothing
-//! arrives. slirp4netns passes (`TAPWIRE_TEST_BIN=slirp4netns`). The engine has to honour the
-//! peer's MSS option (and/or ICMP fragmentation-needed) for this to pass.
+//! Regression: the container sits behind Docker's bridge (docker0, MTU 1500) inside
+//! RootlessKit's namespace, whose tap0 has MTU 65520. tapwire used to send it TCP frames
+//! bigger than the MSS it announced (1460) as plain frames, which the kernel could not forward
+//! (IpFragFails, ICMP "fragmentation needed"): host-to-container transfers stalled at once.
+//! Now such frames are TSO super-segments at the guest's MSS (tapwire-proto vnet.rs).
 
 mod common;
 
