@@ -181,7 +181,11 @@ pub fn offload_tcp(frame: &mut [u8], mtu: usize, mss: u16) -> VnetHdr {
         csum_offset: 16,
         ..VnetHdr::default()
     };
-    if ip_len + tcp_len > mtu {
+    // Past the MTU, or past the guest's own MSS: a guest that routes the segment on (Docker's
+    // bridge behind a 65520-byte tap0) cannot forward a 30 KB frame to a 1500-byte link, but the
+    // kernel re-segments a super-segment at `mss` on the way out.
+    let payload = tcp_len.saturating_sub(tcp_hdr);
+    if ip_len + tcp_len > mtu || payload > usize::from(mss) {
         let seg = mtu.saturating_sub(ip_len + tcp_hdr).max(1);
         hdr.gso_type = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
         hdr.gso_size = u16::try_from(seg).unwrap_or(u16::MAX).min(mss.max(1));
@@ -314,6 +318,21 @@ mod tests {
         // Exactly the MTU: no segmentation.
         let mut f = tcp4(1460, false, &[]);
         assert_eq!(offload_tcp(&mut f, 1500, 1460).gso_type, GSO_NONE);
+    }
+
+    #[test]
+    fn frame_under_the_mtu_but_over_the_guest_mss_is_a_super_segment() {
+        // tap0 at 65520, the guest announced 1460 (it routes on to a 1500-byte bridge).
+        let mut f = tcp4(30_000, false, &[]);
+        let h = offload_tcp(&mut f, 65_520, 1460);
+        assert_eq!(h.gso_type, GSO_TCPV4);
+        assert_eq!(h.gso_size, 1460);
+        assert_eq!(h.hdr_len, 54);
+        // At the guest's MSS, or with no MSS known: a plain frame.
+        let mut f = tcp4(1460, false, &[]);
+        assert_eq!(offload_tcp(&mut f, 65_520, 1460).gso_type, GSO_NONE);
+        let mut f = tcp4(30_000, false, &[]);
+        assert_eq!(offload_tcp(&mut f, 65_520, u16::MAX).gso_type, GSO_NONE);
     }
 
     #[test]

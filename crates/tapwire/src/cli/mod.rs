@@ -39,6 +39,7 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches};
 use tapwire_proto::config::{valid_ifname, NetConfig, Outbound, Publish};
 
 pub mod control;
+pub mod docs;
 pub mod profile;
 pub mod run;
 pub mod slirp4netns;

@@ -81,6 +81,7 @@ mod dns;
 pub mod hardening;
 pub mod ipv6;
 mod netns;
+pub mod podman;
 mod preflight;
 mod process;
 pub mod tap_mode;
