@@ -127,7 +127,7 @@ impl Capture {
     /// Record one frame (at most [`MAX_FRAME`] bytes; longer ones are not frames we handle).
     #[inline]
     pub fn frame(&mut self, frame: &[u8]) {
-        if self.ended || frame.len() > MAX_FRAME {
+        if self.ended {
             return;
         }
         let micros = SystemTime::now()
@@ -138,6 +138,9 @@ impl Capture {
 
     /// [`Capture::frame`] with the time given (for tests).
     pub fn record(&mut self, micros: u64, frame: &[u8]) {
+        if self.ended || frame.len() > MAX_FRAME {
+            return;
+        }
         let rec = (RECORD_HEADER_LEN + frame.len()) as u64;
         if let Some(max) = self.opts.max_bytes {
             if self.file_bytes + rec > max && !self.roll() {
