@@ -7,7 +7,7 @@
 //! lives in `control`; this module only turns request bytes into a [`Request`] (or the exact
 //! error desc slirp4netns would give) and values into reply strings.
 //!
-//! Requests (slirp4netns's three, plus two of ours):
+//! Requests (slirp4netns's three, plus four of ours):
 //!
 //! | execute | arguments | return |
 //! |---|---|---|
@@ -16,6 +16,8 @@
 //! | `remove_hostfwd` | id | `{}` |
 //! | `list_connections` | - | `{"connections":[...]}` (see `engine`) |
 //! | `get_stats` | - | counters (see `engine`) |
+//! | `start_capture` | path (absolute), max_bytes (optional, >= 4096), rotate (optional, 0..=100 older files kept; needs max_bytes) | `{}` |
+//! | `stop_capture` | - | `{"path":...,"frames":N,"bytes":N}` |
 //!
 //! `host_addr` may be IPv6 (`::`, `::1`) even for an IPv4 guest: slirp4netns refuses it, users
 //! publish on `[::]`. [`Forwards`] assigns ids from 1, increasing, never reused.
@@ -52,6 +54,81 @@ pub enum Request {
     },
     ListConnections,
     GetStats,
+    /// `start_capture`: write every frame crossing the TAP to `path` (see [`Capture`]).
+    StartCapture(Capture),
+    StopCapture,
+}
+
+/// Longest capture path accepted (PATH_MAX less the terminating NUL).
+pub const MAX_CAPTURE_PATH: usize = 4095;
+/// Smallest `max_bytes`: the file header and a few frames.
+pub const MIN_CAPTURE_BYTES: u64 = 4096;
+/// Most older capture files `rotate` may keep.
+pub const MAX_CAPTURE_ROTATE: u32 = 100;
+
+/// A packet capture request: where, how large, how many older files to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// Absolute path of the pcap file (created or truncated).
+    pub path: String,
+    /// Size at which the file is full: with `rotate`, it becomes `path.1` (and so on) and a
+    /// new file starts; without, the capture stops there.
+    pub max_bytes: Option<u64>,
+    /// Older files kept (`path.1` is the newest of them).
+    pub rotate: u32,
+}
+
+impl Capture {
+    /// Check a capture's values; the error is the `desc` to reply with.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if !self.path.starts_with('/')
+            || self.path.len() > MAX_CAPTURE_PATH
+            || self.path.contains('\0')
+            || self.path.ends_with('/')
+        {
+            return Err("bad request: start_capture: bad arguments.path");
+        }
+        if self.max_bytes.is_some_and(|m| m < MIN_CAPTURE_BYTES) {
+            return Err("bad request: start_capture: bad arguments.max_bytes");
+        }
+        if self.rotate > MAX_CAPTURE_ROTATE || (self.rotate > 0 && self.max_bytes.is_none()) {
+            return Err("bad request: start_capture: bad arguments.rotate");
+        }
+        Ok(())
+    }
+}
+
+fn whole(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
+fn start_capture(args: &Map<String, Value>) -> Result<Request, &'static str> {
+    let path = args
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or("bad request: start_capture: bad arguments.path")?
+        .to_owned();
+    let max_bytes = match args.get("max_bytes") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(whole(v).ok_or("bad request: start_capture: bad arguments.max_bytes")?),
+    };
+    let rotate = match args.get("rotate") {
+        None | Some(Value::Null) => 0,
+        Some(v) => whole(v)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or("bad request: start_capture: bad arguments.rotate")?,
+    };
+    let c = Capture {
+        path,
+        max_bytes,
+        rotate,
+    };
+    c.validate()?;
+    Ok(Request::StartCapture(c))
 }
 
 fn port(v: Option<&Value>) -> Option<u16> {
@@ -129,6 +206,8 @@ pub fn parse(bytes: &[u8]) -> Result<Request, &'static str> {
         }
         "list_connections" => Ok(Request::ListConnections),
         "get_stats" => Ok(Request::GetStats),
+        "start_capture" => start_capture(args),
+        "stop_capture" => Ok(Request::StopCapture),
         _ => Err("bad request: unknown execute"),
     }
 }
@@ -216,6 +295,63 @@ impl Forwards {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capture_requests() {
+        let r = parse(br#"{"execute":"start_capture","arguments":{"path":"/tmp/a.pcap"}}"#);
+        assert_eq!(
+            r,
+            Ok(Request::StartCapture(Capture {
+                path: "/tmp/a.pcap".into(),
+                max_bytes: None,
+                rotate: 0
+            }))
+        );
+        let r = parse(
+            br#"{"execute":"start_capture","arguments":{"path":"/c","max_bytes":1e6,"rotate":3}}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(Request::StartCapture(Capture {
+                path: "/c".into(),
+                max_bytes: Some(1_000_000),
+                rotate: 3
+            }))
+        );
+        assert_eq!(
+            parse(br#"{"execute":"stop_capture"}"#),
+            Ok(Request::StopCapture)
+        );
+        let bad: &[(&[u8], &str)] = &[
+            (br#"{"execute":"start_capture"}"#, "path"),
+            (br#"{"execute":"start_capture","arguments":{"path":"rel.pcap"}}"#, "path"),
+            (br#"{"execute":"start_capture","arguments":{"path":""}}"#, "path"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/d/"}}"#, "path"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a\u0000b"}}"#, "path"),
+            (br#"{"execute":"start_capture","arguments":{"path":7}}"#, "path"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a","max_bytes":100}}"#, "max_bytes"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a","max_bytes":-1}}"#, "max_bytes"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a","max_bytes":"1"}}"#, "max_bytes"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a","max_bytes":1e300}}"#, "max_bytes"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a","rotate":2}}"#, "rotate"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a","max_bytes":5000,"rotate":101}}"#, "rotate"),
+            (br#"{"execute":"start_capture","arguments":{"path":"/a","max_bytes":5000,"rotate":1.5}}"#, "rotate"),
+        ];
+        for (req, arg) in bad {
+            let want = format!("bad request: start_capture: bad arguments.{arg}");
+            assert_eq!(
+                parse(req),
+                Err(want.as_str()),
+                "{}",
+                String::from_utf8_lossy(req)
+            );
+        }
+        let long = format!(
+            r#"{{"execute":"start_capture","arguments":{{"path":"/{}"}}}}"#,
+            "a".repeat(3000)
+        );
+        assert!(parse(long.as_bytes()).is_ok());
+    }
 
     #[test]
     fn add_hostfwd_full_and_defaults() {

@@ -149,6 +149,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     }
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
+    start_pcap(&mut engine, args.pcap.as_deref())?;
     if args.enable_sandbox || args.enable_seccomp {
         inherited.close();
     }
@@ -165,6 +166,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         let policy = sandbox::Policy::daemon(userns, &sockets, lowest);
         let applied = sandbox::apply(&policy)?;
         tracing::info!(?applied, "sandbox applied");
+        engine.set_confined();
     }
     // The supervisor thread starts after the sandbox (which may need a single thread) and
     // before the filter, which then covers it too (TSYNC) and need not allow thread creation.
@@ -233,6 +235,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     let mut engine = Engine::new(args.net.clone(), tap, life)?;
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
+    start_pcap(&mut engine, args.pcap.as_deref())?;
     // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
     let lowest = args.publish.iter().map(|p| p.host_port).min();
     let userns = Some(format!("/proc/{}/ns/user", child.pid).into());
@@ -242,7 +245,10 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         ..sandbox::Policy::daemon(userns, &[], lowest)
     };
     match sandbox::apply(&policy) {
-        Ok(applied) => tracing::info!(?applied, "sandbox applied"),
+        Ok(applied) => {
+            tracing::info!(?applied, "sandbox applied");
+            engine.set_confined();
+        }
         Err(e) => tracing::warn!("{e}; running without the sandbox"),
     }
     match bypass {
@@ -253,6 +259,20 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         None => child.start()?,
     }
     Ok(engine.run()?)
+}
+
+/// `--pcap FILE`: opened before confinement (the sandbox leaves no file system to open it in).
+fn start_pcap(engine: &mut Engine, path: Option<&std::path::Path>) -> Result<(), AnyError> {
+    if let Some(path) = path {
+        engine
+            .start_capture(crate::link::capture::Options {
+                path: path.to_owned(),
+                max_bytes: None,
+                rotate: 0,
+            })
+            .map_err(|e| format!("--pcap: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Open the `-p` forwards; a forward that cannot be opened stops start-up.

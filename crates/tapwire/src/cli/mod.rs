@@ -34,6 +34,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr as _;
 
+use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches};
 
 use tapwire_proto::config::{valid_ifname, NetConfig, Outbound, Publish};
@@ -157,6 +158,10 @@ pub(crate) struct NetOpts {
     /// Publish a guest port on the host: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)
     #[arg(short = 'p', long, value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]", value_parser = Publish::from_str, action = ArgAction::Append)]
     pub(crate) publish: Vec<Publish>,
+
+    /// Write every frame crossing the tap device (both ways) to FILE in pcap format (created or truncated, mode 0600; opened before the sandbox)
+    #[arg(long, value_name = "FILE", value_parser = clap::builder::PathBufValueParser::new().try_map(parse_pcap_path))]
+    pub(crate) pcap: Option<PathBuf>,
 }
 
 impl NetOpts {
@@ -276,6 +281,16 @@ pub(crate) fn parse_socket_path(p: PathBuf) -> Result<PathBuf, String> {
         return Err(format!(
             "socket path must be 1-107 bytes (sun_path), got {len}"
         ));
+    }
+    Ok(p)
+}
+
+/// `--pcap`: a non-empty file path (not a directory's).
+fn parse_pcap_path(p: PathBuf) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let b = p.as_os_str().as_bytes();
+    if b.is_empty() || b.ends_with(b"/") || p.is_dir() {
+        return Err("FILE must name a file".to_owned());
     }
     Ok(p)
 }

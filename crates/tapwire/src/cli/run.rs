@@ -27,6 +27,8 @@ pub struct RunArgs {
     pub net: NetConfig,
     /// `-p/--publish`, in order.
     pub publish: Vec<Publish>,
+    /// `--pcap FILE`: capture every frame crossing the TAP.
+    pub pcap: Option<std::path::PathBuf>,
     /// Empty: the user's $SHELL (or /bin/sh).
     pub command: Vec<OsString>,
     /// `--bypass`.
@@ -85,6 +87,7 @@ impl RunCli {
         RunArgs {
             tapname: self.tapname,
             publish: self.net.publish.clone(),
+            pcap: self.net.pcap.clone(),
             net: self.net.into_config(),
             command: self.command,
             bypass: self.bypass.then_some(Bypass {

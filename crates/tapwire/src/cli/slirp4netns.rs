@@ -49,6 +49,8 @@ pub struct DaemonArgs {
     pub net: NetConfig,
     /// `-p/--publish`, in order.
     pub publish: Vec<Publish>,
+    /// `--pcap FILE`: capture every frame crossing the TAP.
+    pub pcap: Option<std::path::PathBuf>,
     /// `--seccomp-listener`: bypass for OCI runtimes, whose seccomp listeners arrive here.
     pub seccomp_listener: Option<PathBuf>,
     /// `--ignore` (with `--seccomp-listener`): destinations never bypassed.
@@ -195,6 +197,7 @@ impl DaemonCli {
             enable_sandbox: self.enable_sandbox,
             enable_seccomp: self.enable_seccomp,
             publish: self.net.publish.clone(),
+            pcap: self.net.pcap.clone(),
             net: self.net.into_config(),
             seccomp_listener: self.seccomp_listener,
             ignore: self.ignore,
@@ -253,6 +256,7 @@ mod tests {
                 enable_seccomp: false,
                 net: NetConfig::default(),
                 publish: vec![],
+                pcap: None,
                 seccomp_listener: None,
                 ignore: vec![],
             }

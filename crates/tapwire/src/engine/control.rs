@@ -18,6 +18,7 @@ use super::tcp::Phase;
 use super::udp::UdpHost;
 use super::Engine;
 use crate::control::server::{Control, Readiness};
+use crate::link::capture::{self, Capture};
 use tapwire_proto::config::Forward;
 use tapwire_proto::control::{parse, reply_error, reply_ok, Request};
 
@@ -120,7 +121,60 @@ impl Engine {
             }
             Request::ListConnections => reply_ok(self.connections_json()),
             Request::GetStats => reply_ok(self.stats_json()),
+            Request::StartCapture(c) => self.api_start_capture(c),
+            Request::StopCapture => match self.stop_capture() {
+                Some(c) => reply_ok(serde_json::json!({
+                    "path": c.path().display().to_string(),
+                    "frames": c.frames,
+                    "bytes": c.bytes,
+                })),
+                None => reply_error("bad request: stop_capture: no capture is running"),
+            },
         }
+    }
+
+    fn api_start_capture(&mut self, c: tapwire_proto::control::Capture) -> String {
+        if self.confined {
+            return reply_error(
+                "start_capture: the daemon is sandboxed (--enable-sandbox) and cannot open files; start it with --pcap FILE instead",
+            );
+        }
+        if self.stats.device.capture.is_some() {
+            return reply_error("bad request: start_capture: a capture is already running");
+        }
+        let opts = capture::Options {
+            path: c.path.into(),
+            max_bytes: c.max_bytes,
+            rotate: c.rotate,
+        };
+        match self.start_capture(opts) {
+            Ok(()) => reply_ok(serde_json::json!({})),
+            Err(e) => reply_error(&format!("start_capture: {e}")),
+        }
+    }
+
+    /// Start writing every frame crossing the TAP to a pcap file (replacing any capture).
+    pub fn start_capture(&mut self, opts: capture::Options) -> io::Result<()> {
+        let path = opts.path.clone();
+        let c = Capture::start(opts).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
+        })?;
+        tracing::info!(path = %path.display(), "packet capture started");
+        self.stats.device.capture = Some(Box::new(c));
+        Ok(())
+    }
+
+    /// Stop the packet capture (its file is flushed and closed); the capture, if one ran.
+    pub fn stop_capture(&mut self) -> Option<Box<Capture>> {
+        let mut c = self.stats.device.capture.take()?;
+        c.flush();
+        tracing::info!(path = %c.path().display(), frames = c.frames, "packet capture stopped");
+        Some(c)
+    }
+
+    /// The sandbox is on: refuse requests that would open files by path.
+    pub fn set_confined(&mut self) {
+        self.confined = true;
     }
 
     fn connections_json(&self) -> serde_json::Value {
@@ -197,6 +251,12 @@ impl Engine {
                 "icmp": s.icmp_flows,
             },
             "forwards": self.fwd.list.len(),
+            "capture": self.stats.device.capture.as_ref().map(|c| json!({
+                "path": c.path().display().to_string(),
+                "frames": c.frames,
+                "bytes": c.bytes,
+                "ended": c.ended,
+            })),
         });
         if let (Some(out), serde_json::Value::Object(tcp)) =
             (out.as_object_mut(), self.tcp.stats_json())

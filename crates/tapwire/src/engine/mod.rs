@@ -46,7 +46,7 @@ use tapwire_proto::reassembly::Reassembled;
 use tapwire_proto::wire::{self, Class, DropCounters, DropReason};
 
 use crate::control::server::Control;
-use crate::link::device::DeviceStats;
+use crate::link::device::{self, DeviceStats};
 use crate::link::tap::Tap;
 use forward::Forwarding;
 use guest::GuestLink;
@@ -78,7 +78,8 @@ pub use tcp::{MAX_CONNECTING, MAX_TCP_FLOWS};
 /// Frames read from the TAP per loop turn before host sockets get a turn.
 pub const RX_BUDGET: usize = 128;
 
-/// Counters for the whole daemon.
+/// Counters for the whole daemon (and the packet capture, in `device`, which a clone leaves
+/// out).
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub frames_in: u64,
@@ -140,6 +141,8 @@ pub struct Engine {
     /// DHCP and router advertisements.
     link_config: LinkConfig,
     control: Option<Control>,
+    /// The sandbox is applied: no path outside it can be opened (`start_capture` is refused).
+    confined: bool,
     exit: Exit,
     stats: Stats,
 }
@@ -191,6 +194,7 @@ impl Engine {
             fwd: Forwarding::default(),
             link_config: LinkConfig::new(&net),
             control: None,
+            confined: false,
             exit,
             stats,
             net,
@@ -254,6 +258,9 @@ impl Engine {
                     self.send_router_advert();
                 }
                 self.api_sweep(now_ms);
+                if let Some(c) = &mut self.stats.device.capture {
+                    c.flush();
+                }
             }
         }
     }
@@ -263,8 +270,14 @@ impl Engine {
         let mut rx = std::mem::take(&mut self.link.rx);
         for _ in 0..RX_BUDGET {
             match self.link.tap.read(&mut rx) {
-                Ok((hdr, n)) if hdr.gso_ok() => self.handle_frame(&rx[..n], hdr.needs_csum()),
-                Ok(_) => self.stats.drops.bump(DropReason::Gso),
+                Ok((hdr, n)) => {
+                    device::capture(&mut self.stats.device, &rx[..n]);
+                    if hdr.gso_ok() {
+                        self.handle_frame(&rx[..n], hdr.needs_csum())
+                    } else {
+                        self.stats.drops.bump(DropReason::Gso)
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     self.stats.drops.bump(DropReason::Gso)
                 }

@@ -23,18 +23,42 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
+use crate::link::capture::Capture;
 use crate::link::tap::Tap;
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::vnet::{self, VnetHdr};
 use tapwire_proto::wire::ETH_LEN;
 
-/// Frame counters kept by the device.
-#[derive(Debug, Default, Clone, Copy)]
+/// Frame counters kept by the device, and the packet capture when one runs (it goes where
+/// the counters go: every path that writes a frame has them).
+#[derive(Debug, Default)]
 pub struct DeviceStats {
     pub frames_out: u64,
     pub bytes_out: u64,
     /// Writes the TAP refused (queue full or namespace gone).
     pub write_errors: u64,
+    /// The packet capture (`--pcap`, `start_capture`); `None` costs one test per frame.
+    pub capture: Option<Box<Capture>>,
+}
+
+/// A copy of the counters (a report); the capture stays where it is.
+impl Clone for DeviceStats {
+    fn clone(&self) -> Self {
+        DeviceStats {
+            frames_out: self.frames_out,
+            bytes_out: self.bytes_out,
+            write_errors: self.write_errors,
+            capture: None,
+        }
+    }
+}
+
+/// Record `frame` in the packet capture, if one runs.
+#[inline]
+pub fn capture(stats: &mut DeviceStats, frame: &[u8]) {
+    if let Some(c) = &mut stats.capture {
+        c.frame(frame);
+    }
 }
 
 /// A one-frame-at-a-time view of the TAP for smoltcp.
@@ -126,6 +150,7 @@ pub fn write_frame_with(tap: &Tap, hdr: &VnetHdr, frame: &[u8], stats: &mut Devi
         Ok(_) => {
             stats.frames_out += 1;
             stats.bytes_out += frame.len() as u64;
+            capture(stats, frame);
         }
         Err(_) => stats.write_errors += 1,
     }

@@ -1,6 +1,8 @@
 //! The guest's link: [`tap`] (`/dev/net/tun` with a virtio-net header), [`netlink`]
-//! (addresses, routes, MTU for `-c`), [`device`] (the smoltcp device adapter over the TAP).
+//! (addresses, routes, MTU for `-c`), [`device`] (the smoltcp device adapter over the TAP),
+//! [`capture`] (the pcap writer that sees every frame crossing the TAP).
 
+pub mod capture;
 pub mod device;
 pub mod netlink;
 pub mod tap;
