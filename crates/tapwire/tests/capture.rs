@@ -72,9 +72,12 @@ fn tcpdump(file: &Path) -> Decoded {
 
 /// Upload and download `MOVED` bytes between the guest and the peer (sha256-checked).
 fn traffic(guest: &Guest, peer: &Peer, port: u16) {
-    let target = SocketAddr::from((PEER_ADDR, port));
-    check_upload(guest, peer.listen(port), target, &random_bytes(MOVED, 1));
-    check_download(guest, peer.listen(port), target, random_bytes(MOVED, 2));
+    // A port each way: the upload's server may still hold its listener when the download's
+    // starts (EADDRINUSE).
+    let up = SocketAddr::from((PEER_ADDR, port));
+    check_upload(guest, peer.listen(port), up, &random_bytes(MOVED, 1));
+    let down = SocketAddr::from((PEER_ADDR, port + 100));
+    check_download(guest, peer.listen(port + 100), down, random_bytes(MOVED, 2));
 }
 
 #[track_caller]

@@ -238,6 +238,16 @@ pub const DAEMON: &[Entry] = &[
     ),
     any(libc::SYS_sendmsg, "sendmsg", "udp proxy"),
     any(
+        libc::SYS_recvmmsg,
+        "recvmmsg",
+        "udp proxy: a binding's datagrams in batches (sys::mmsg)",
+    ),
+    any(
+        libc::SYS_sendmmsg,
+        "sendmmsg",
+        "udp proxy: a turn's datagrams per binding (sys::mmsg)",
+    ),
+    any(
         libc::SYS_shutdown,
         "shutdown",
         "tcp proxy: half-close; API: end of reply",
