@@ -95,11 +95,13 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     len_b as usize
                 };
-                let end = (i + len).min(data.len());
+                // The length byte may have been the input's last (then `i` is past the end).
+                let start = i.min(data.len());
+                let end = (start + len).min(data.len());
                 let chunk: Vec<u8> = if len_b & 0x80 != 0 {
                     vec![b' '; len]
                 } else {
-                    data[i..end].to_vec()
+                    data[start..end].to_vec()
                 };
                 if len_b & 0x80 == 0 {
                     i = end;
