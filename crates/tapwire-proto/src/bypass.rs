@@ -352,6 +352,9 @@ pub struct Stats {
     pub bypassed: u64,
     /// Connects performed on the container's own socket (tap path).
     pub tap: u64,
+    /// Of those, connects the policy would have bypassed but the namespace routes elsewhere
+    /// (a VPN inside it).
+    pub own_route: u64,
     /// Calls refused by policy.
     pub refused: u64,
     /// Binds served by a host socket (published ports).

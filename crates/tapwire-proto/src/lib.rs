@@ -16,6 +16,8 @@
 //! - [`schedule`]: the engine's dirty list and timer heap.
 //! - [`bypass`]: bypass mode's decision (routes, published binds, the peer table);
 //!   [`sockaddr`]: raw `struct sockaddr` decoding and encoding (re-exported by `bypass`).
+//! - [`route`]: `RTM_GETROUTE` bytes, so bypass asks the namespace's kernel where a
+//!   destination goes.
 //! - [`linux`]: the Linux ABI numbers (errno, address families) the logic speaks in.
 #![forbid(unsafe_code)]
 
@@ -32,6 +34,7 @@ pub mod nat;
 pub mod neighbour;
 pub mod reassembly;
 pub mod refused;
+pub mod route;
 pub mod schedule;
 pub mod sockaddr;
 pub mod udp_lifetime;

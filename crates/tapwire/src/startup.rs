@@ -178,7 +178,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         ..Pins::this_process()
     };
     if let Some(prep) = bypass {
-        prep.spawn(Vec::new())?;
+        prep.spawn_oci()?;
     }
     if args.enable_seccomp {
         filter::apply(bypassing, &pins)?;
@@ -253,8 +253,8 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     }
     match bypass {
         Some((prep, udp)) => {
-            let listener = child.start_with_listener()?;
-            prep.spawn(vec![(listener, udp)])?;
+            let supervised = child.start_with_listener()?;
+            prep.spawn(supervised.listener, udp, supervised.route)?;
         }
         None => child.start()?,
     }

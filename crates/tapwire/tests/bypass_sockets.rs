@@ -199,9 +199,10 @@ fn bypass_routes_default_ignore_and_disable_host_loopback() {
     );
     assert_eq!(v["gw_greeting"], "host", "{out}");
     assert!(addr_of(&v["gw_sock"]).ip().is_loopback(), "bypassed: {out}");
-    assert!(
-        addr_of(&v["udp_sock"]).ip().is_loopback(),
-        "UDP bypassed: {out}"
+    assert_eq!(
+        addr_of(&v["udp_sock"]).ip(),
+        guest,
+        "UDP stays on the tap by default: {out}"
     );
 
     // --ignore: the peer's network stays on the tap (the tap still reaches it).
@@ -216,13 +217,20 @@ fn bypass_routes_default_ignore_and_disable_host_loopback() {
     assert_eq!(addr_of(&v["peer_sock"]).ip(), guest, "on the tap: {out}");
     assert!(addr_of(&v["gw_sock"]).ip().is_loopback(), "{out}");
 
-    // --no-bypass-udp: UDP stays on the tap.
+    // --no-bypass-udp (the default, still accepted): UDP stays on the tap.
     let (v, out) = routes(&["--bypass", "--no-bypass-udp"]);
     assert_eq!(addr_of(&v["udp_sock"]).ip(), guest, "{out}");
     assert!(addr_of(&v["gw_sock"]).ip().is_loopback(), "{out}");
 
+    // --bypass-udp: a connected UDP socket gets a host socket too.
+    let (v, out) = routes(&["--bypass", "--bypass-udp"]);
+    assert!(
+        addr_of(&v["udp_sock"]).ip().is_loopback(),
+        "UDP bypassed: {out}"
+    );
+
     // --disable-host-loopback: the gateway is refused, as on the tap; the rest is unchanged.
-    let (v, out) = routes(&["--bypass", "--disable-host-loopback"]);
+    let (v, out) = routes(&["--bypass", "--bypass-udp", "--disable-host-loopback"]);
     assert_eq!(v["gw_errno"], libc::ENETUNREACH, "{out}");
     assert_eq!(v["udp_errno"], libc::ENETUNREACH, "{out}");
     assert_eq!(v["loopback"], "container", "{out}");
@@ -244,7 +252,7 @@ fn bypass_udp_connect_and_sends_are_policed() {
     trap.set_nonblocking(true).unwrap();
     let out = run_py(
         &host,
-        &["--bypass"],
+        &["--bypass", "--bypass-udp"],
         UDP_CLIENT,
         &[port.to_string(), other.to_string()],
     );

@@ -220,3 +220,13 @@ fn bypass_loopback_spellings_do_not_reach_host_loopback() {
 fn bypass_loopback_spellings_with_disable_host_loopback() {
     run_mode(&["--bypass", "--disable-host-loopback"]);
 }
+
+#[test]
+fn bypass_udp_loopback_spellings_do_not_reach_host_loopback() {
+    run_mode(&["--bypass", "--bypass-udp"]);
+}
+
+#[test]
+fn bypass_udp_loopback_spellings_with_disable_host_loopback() {
+    run_mode(&["--bypass", "--bypass-udp", "--disable-host-loopback"]);
+}

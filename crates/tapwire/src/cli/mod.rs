@@ -512,11 +512,17 @@ mod tests {
             "sh",
         ]);
         let b = r.bypass.expect("--bypass");
-        assert!(b.udp);
+        assert!(!b.udp, "UDP stays on the tap by default");
         assert_eq!(b.ignore.len(), 2);
         assert_eq!(b.ignore[0].to_string(), "192.0.2.0/24");
         assert_eq!(r.command, ["sh"]);
         assert!(!run(&["--bypass", "--no-bypass-udp"]).bypass.unwrap().udp);
+        assert!(run(&["--bypass", "--bypass-udp"]).bypass.unwrap().udp);
+        fails(
+            &["run", "--bypass", "--bypass-udp", "--no-bypass-udp"],
+            &["--bypass-udp", "--no-bypass-udp"],
+        );
+        fails(&["run", "--bypass-udp"], &["--bypass"]);
         assert_eq!(run(&["sh"]).bypass, None);
         // --ignore and --no-bypass-udp only make sense with --bypass.
         fails(&["run", "--ignore", "10.0.0.0/8"], &["--bypass"]);
@@ -545,7 +551,7 @@ mod tests {
         match parse(["tapwire", "seccomp-profile"]).unwrap() {
             Command::SeccompProfile(p) => {
                 assert_eq!(p.listener_path, PathBuf::from("/run/tapwire/seccomp.sock"));
-                assert!(p.udp);
+                assert!(!p.udp);
             }
             other => panic!("{other:?}"),
         }
@@ -554,13 +560,13 @@ mod tests {
             "seccomp-profile",
             "--listener-path",
             "/x.sock",
-            "--no-bypass-udp",
+            "--bypass-udp",
         ])
         .unwrap()
         {
             Command::SeccompProfile(p) => {
                 assert_eq!(p.listener_path, PathBuf::from("/x.sock"));
-                assert!(!p.udp);
+                assert!(p.udp);
             }
             other => panic!("{other:?}"),
         }

@@ -26,7 +26,7 @@ pub struct ProfileArgs {
 #[command(
     name = "tapwire-seccomp-profile",
     about = "Print the seccomp profile (config.json's linux.seccomp) that hands a runc/crun container's socket calls to `tapwire --seccomp-listener`",
-    override_usage = "tapwire seccomp-profile [--listener-path PATH] [--no-bypass-udp]"
+    override_usage = "tapwire seccomp-profile [--listener-path PATH] [--bypass-udp]"
 )]
 pub(super) struct ProfileCli {
     /// The socket tapwire serves with --seccomp-listener
@@ -38,7 +38,11 @@ pub(super) struct ProfileCli {
     )]
     pub(super) listener_path: PathBuf,
 
-    /// Keep UDP on the tap (fewer calls trapped: sendmsg/sendmmsg and sendto with an address pass)
+    /// Bypass connected UDP sockets too; traps every sendmsg/sendmmsg and every sendto with an address (default: UDP stays on the tap, no send is trapped)
+    #[arg(long, conflicts_with = "no_bypass_udp")]
+    pub(super) bypass_udp: bool,
+
+    /// UDP stays on the tap (the default; kept for older configurations)
     #[arg(long)]
     pub(super) no_bypass_udp: bool,
 }
@@ -47,7 +51,7 @@ impl ProfileCli {
     pub(super) fn into_args(self) -> ProfileArgs {
         ProfileArgs {
             listener_path: self.listener_path,
-            udp: !self.no_bypass_udp,
+            udp: self.bypass_udp,
         }
     }
 }

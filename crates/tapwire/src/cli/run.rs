@@ -6,8 +6,8 @@
 //! the daemon's ([`super::NetOpts`], the same validation and messages); the interface is always
 //! configured, so `-c` and the daemon-only flags do not exist here. The first positional
 //! starts the command: everything after it, flags included, belongs to the command.
-//! `--bypass` adds bypass mode's options ([`Bypass`]); `--no-bypass-udp` and `--ignore` require
-//! it. The result is a [`RunArgs`].
+//! `--bypass` adds bypass mode's options ([`Bypass`]); `--bypass-udp`, `--no-bypass-udp` (the
+//! default, kept for older scripts) and `--ignore` require it. The result is a [`RunArgs`].
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -38,7 +38,7 @@ pub struct RunArgs {
 /// Bypass mode options of `tapwire run --bypass`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bypass {
-    /// UDP connects are bypassed too (not `--no-bypass-udp`).
+    /// `--bypass-udp`: connected UDP sockets are bypassed too, and the filter traps sends.
     pub udp: bool,
     /// `--ignore`: destinations never bypassed.
     pub ignore: Vec<tapwire_proto::bypass::Cidr>,
@@ -65,7 +65,11 @@ pub(super) struct RunCli {
     #[arg(long)]
     bypass: bool,
 
-    /// With --bypass: keep UDP on the tap (sendmsg/sendmmsg and sendto with an address are then not trapped)
+    /// With --bypass: bypass connected UDP sockets too; traps every sendmsg/sendmmsg and every sendto with an address, so unconnected UDP (VPNs, QUIC servers) gets slower (default: UDP stays on the tap, no send is trapped)
+    #[arg(long, requires = "bypass", conflicts_with = "no_bypass_udp")]
+    bypass_udp: bool,
+
+    /// With --bypass: UDP stays on the tap (the default; kept for older scripts)
     #[arg(long, requires = "bypass")]
     no_bypass_udp: bool,
 
@@ -91,7 +95,7 @@ impl RunCli {
             net: self.net.into_config(),
             command: self.command,
             bypass: self.bypass.then_some(Bypass {
-                udp: !self.no_bypass_udp,
+                udp: self.bypass_udp,
                 ignore: self.ignore,
             }),
         }

@@ -210,6 +210,15 @@ impl fmt::Display for Op<'_> {
     }
 }
 
+/// For bypass mode's route questions ([`tapwire_proto::route`]): a `NETLINK_ROUTE` socket in
+/// the current network namespace and the index of `ifname` there. Runs in the `tapwire run`
+/// child, which hands both to the supervisor; the socket keeps asking this namespace's
+/// kernel wherever its holder lives.
+pub fn route_probe(ifname: &str) -> Result<(OwnedFd, u32), NetlinkError> {
+    let index = ifindex(ifname)?;
+    Ok((Socket::open()?.fd, index))
+}
+
 /// Interface index by name, without allocating.
 fn ifindex(name: &str) -> Result<u32, NetlinkError> {
     let bytes = name.as_bytes();

@@ -49,7 +49,7 @@ pub mod resolv;
 pub mod run;
 
 pub use helper::open_tap;
-pub use run::{spawn_run, spawn_run_filtered, RunChild};
+pub use run::{spawn_run, spawn_run_filtered, RunChild, Supervised};
 
 /// Which network namespace the daemon attaches to (its positional argument).
 #[derive(Debug, Clone, PartialEq, Eq)]

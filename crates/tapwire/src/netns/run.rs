@@ -75,7 +75,7 @@ impl RunChild {
 
     /// Bypass mode ([`spawn_run_filtered`] with a filter): let the child install its seccomp
     /// filter and take the listener from it (`pidfd_getfd`); the child then execs the command.
-    pub fn start_with_listener(&mut self) -> Result<OwnedFd, NetnsError> {
+    pub fn start_with_listener(&mut self) -> Result<Supervised, NetnsError> {
         let pid = self.pid;
         let go = self.go.take().ok_or(NetnsError::AlreadyStarted { pid })?;
         let start_err = |e: io::Error| NetnsError::Start { pid, source: e };
@@ -99,8 +99,15 @@ impl RunChild {
                 }
             }
         };
-        let fd_num = match buf.get(..n).unwrap_or(&[]) {
-            [TAG_LISTENER, a, b, c, d] => RawFd::from_ne_bytes([*a, *b, *c, *d]),
+        let (fd_num, probe_num, ifindex) = match buf.get(..n).unwrap_or(&[]) {
+            m @ [TAG_LISTENER, ..] if m.len() == LISTENER_MSG => {
+                let word = |at: usize| [m[at], m[at + 1], m[at + 2], m[at + 3]];
+                (
+                    RawFd::from_ne_bytes(word(1)),
+                    RawFd::from_ne_bytes(word(5)),
+                    u32::from_ne_bytes(word(9)),
+                )
+            }
             [TAG_ERR, text @ ..] => {
                 return Err(NetnsError::Child {
                     pid,
@@ -122,14 +129,30 @@ impl RunChild {
         };
         let pidfd = crate::sys::pidfd::pidfd_open(pid.as_raw()).map_err(start_err)?;
         let listener = crate::sys::pidfd::pidfd_getfd(pidfd.as_fd(), fd_num).map_err(start_err)?;
+        let route = if probe_num >= 0 {
+            let fd = crate::sys::pidfd::pidfd_getfd(pidfd.as_fd(), probe_num).map_err(start_err)?;
+            Some((fd, ifindex))
+        } else {
+            None
+        };
         loop {
             match send(go.as_raw_fd(), &[1], MsgFlags::MSG_NOSIGNAL) {
-                Ok(_) => return Ok(listener),
+                Ok(_) => return Ok(Supervised { listener, route }),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(start_err(errno(e))),
             }
         }
     }
+}
+
+/// What a bypass-mode run child hands over before it execs the command.
+#[derive(Debug)]
+pub struct Supervised {
+    /// The seccomp listener.
+    pub listener: OwnedFd,
+    /// A `NETLINK_ROUTE` socket inside the command's network namespace and the tap's
+    /// interface index there (`None` if the child could not open one).
+    pub route: Option<(OwnedFd, u32)>,
 }
 
 /// Everything the run child needs, prepared before `fork`.
@@ -273,7 +296,7 @@ fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
     }
     reset_signals();
     if let Some(filter) = prep.filter {
-        hand_over_listener(&sock, filter);
+        hand_over_listener(&sock, filter, prep.tapname);
     }
     drop(sock);
     exec(prep)
@@ -281,7 +304,14 @@ fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
 
 /// Run child, bypass mode: install the filter and give the parent the listener (see
 /// [`spawn_run_filtered`]). Exits on any failure: the command must not run unsupervised.
-fn hand_over_listener(sock: &OwnedFd, filter: &crate::bypass::rules::Program) {
+fn hand_over_listener(sock: &OwnedFd, filter: &crate::bypass::rules::Program, tapname: &str) {
+    // The route probe first (a socket call the filter would not trap anyway). Without it the
+    // supervisor still runs, deciding by its policy alone (the parent warns).
+    let (probe, ifindex) = match crate::link::netlink::route_probe(tapname) {
+        Ok((fd, index)) => (Some(fd), index),
+        Err(_) => (None, 0),
+    };
+    let probe_num = probe.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     let listener = match crate::bypass::rules::install_listener(filter) {
         Ok(fd) => fd,
         Err(e) => {
@@ -292,8 +322,11 @@ fn hand_over_listener(sock: &OwnedFd, filter: &crate::bypass::rules::Program) {
             exit_now(1)
         }
     };
-    let n = listener.to_ne_bytes();
-    let msg = [TAG_LISTENER, n[0], n[1], n[2], n[3]];
+    let mut msg = [0u8; LISTENER_MSG];
+    msg[0] = TAG_LISTENER;
+    msg[1..5].copy_from_slice(&listener.to_ne_bytes());
+    msg[5..9].copy_from_slice(&probe_num.to_ne_bytes());
+    msg[9..13].copy_from_slice(&ifindex.to_ne_bytes());
     loop {
         match send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL) {
             Ok(_) => break,
@@ -312,7 +345,11 @@ fn hand_over_listener(sock: &OwnedFd, filter: &crate::bypass::rules::Program) {
     // SAFETY: `listener` is the fd seccomp() just returned to us; nothing else in this process
     // refers to it, and the parent holds its own copy now.
     unsafe { libc::close(listener) };
+    drop(probe);
 }
+
+/// `L`, the listener's fd number, the route probe's fd number (-1: none), the tap's index.
+const LISTENER_MSG: usize = 13;
 
 fn run_setup(parent: Pid, prep: &RunPrep<'_>) -> Result<Tap, NetnsError> {
     die_with_parent(parent)?;

@@ -70,7 +70,9 @@ impl Supervisor {
                 let ndst = normalize(dst);
                 match self.policy.connect(ndst) {
                     Route::Host(target) => {
-                        if self.bypassable(&sock, info, ndst)? {
+                        if self.routed_via_tap(li, ndst.ip())
+                            && self.bypassable(&sock, info, ndst)?
+                        {
                             return self.bypass_connect(li, n, fd, &sock, info, dst, target);
                         }
                     }
@@ -84,6 +86,21 @@ impl Supervisor {
         }
         self.stats.tap += 1;
         self.connect_on(li, n, sock, info, raw, Then::Answer)
+    }
+
+    /// Whether the program's namespace itself sends `dst` out of the tap ([`super::route`]);
+    /// true when there is no probe (OCI containers: the policy alone decides).
+    fn routed_via_tap(&mut self, li: usize, dst: std::net::IpAddr) -> bool {
+        match self.listeners.get_mut(li).and_then(|l| l.route.as_mut()) {
+            None => true,
+            Some(probe) => {
+                let via_tap = probe.egress(dst) == super::route::Egress::Tap;
+                if !via_tap {
+                    self.stats.own_route += 1;
+                }
+                via_tap
+            }
+        }
     }
 
     /// Whether a container socket may be replaced: not bound to a local port yet (the program

@@ -315,7 +315,7 @@ impl Supervisor {
                 }
                 let name = format!("container {} (pid {})", state.id, state.pid);
                 let sync = self.late_sync;
-                self.add_listener(Listener::new(fd), udp, name, sync);
+                self.add_listener(Listener::new(fd), udp, name, sync, None);
             }
             Err(e) => tracing::warn!("bypass: bad container state from an OCI runtime: {e}"),
         }
