@@ -3,9 +3,10 @@
 # behind a veth, iperf3 -u through the tunnel both ways; the same tunnel over each forwarder.
 #
 #   sudo scripts/bench-wireguard.sh [-t SECONDS] [-r ROUNDS] [-b TAPWIRE_BIN] [-B OTHER_BIN]
-#                                   [--pasta BIN] [--paths run,bypass,tap,tapb,slirp4netns,pasta,veth]
+#                                   [--pasta BIN] [--paths run,bypass,bypassudp,tap,tapb,slirp4netns,pasta,veth]
 #
-# Paths: run (wireguard-go inside `tapwire run`), bypass (`tapwire run --bypass`), tap
+# Paths: run (wireguard-go inside `tapwire run`), bypass (`tapwire run --bypass`: UDP on the
+# tap), bypassudp (`--bypass --bypass-udp`: every send of the tunnel trapped), tap
 # (`tapwire -c PID tap0`), tapb (tap with -B BIN, to A/B two builds), slirp4netns, pasta,
 # veth (the guest's veth routed by the kernel: the ceiling). Each round runs every path in
 # turn; the median of ROUNDS (default 3) of DUR seconds (default 3) is printed per path and
@@ -114,6 +115,7 @@ run_path() {
 	case "$name" in
 	run) timeout $((4 * DUR + 30)) "$TAPWIRE" run -- bash "$WORK/guest.sh" || true ;;
 	bypass) timeout $((4 * DUR + 30)) "$TAPWIRE" run --bypass -- bash "$WORK/guest.sh" || true ;;
+	bypassudp) timeout $((4 * DUR + 30)) "$TAPWIRE" run --bypass --bypass-udp -- bash "$WORK/guest.sh" || true ;;
 	tap | tapb | slirp4netns)
 		local bin=$TAPWIRE
 		[ "$name" = tapb ] && bin=$TAPWIRE_B
