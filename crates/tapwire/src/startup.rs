@@ -215,6 +215,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         &ifcfg,
         args.net.dns(),
         filter.as_ref(),
+        args.map_auto,
     )?;
     let bypass = match &args.bypass {
         Some(b) => {

@@ -31,6 +31,8 @@ pub struct RunArgs {
     pub pcap: Option<std::path::PathBuf>,
     /// Empty: the user's $SHELL (or /bin/sh).
     pub command: Vec<OsString>,
+    /// `--map-auto`: map more ids than root ([`crate::netns::idmap`]).
+    pub map_auto: bool,
     /// `--bypass`.
     pub bypass: Option<Bypass>,
 }
@@ -60,6 +62,10 @@ pub(super) struct RunCli {
 
     #[command(flatten)]
     net: NetOpts,
+
+    /// Map uids/gids 1..N too, not only root (as root: the host's 0-65535; otherwise the first /etc/subuid and /etc/subgid ranges, through newuidmap/newgidmap), so that Podman, Docker or apt work inside
+    #[arg(long)]
+    map_auto: bool,
 
     /// Bypass mode: give the command host sockets for its TCP and UDP connections (seccomp user notification; traffic runs at host speed)
     #[arg(long)]
@@ -94,6 +100,7 @@ impl RunCli {
             pcap: self.net.pcap.clone(),
             net: self.net.into_config(),
             command: self.command,
+            map_auto: self.map_auto,
             bypass: self.bypass.then_some(Bypass {
                 udp: self.bypass_udp,
                 ignore: self.ignore,

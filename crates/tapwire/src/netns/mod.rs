@@ -13,7 +13,8 @@
 //! - [`helper`]: daemon mode, [`open_tap`]: join a PID's or a path's namespaces;
 //! - [`run`]: run mode, [`spawn_run`]/[`spawn_run_filtered`]: the child that makes new
 //!   user+net+mount namespaces, waits for [`RunChild::start`] and execs the command;
-//! - [`resolv`]: the run child's `/etc/resolv.conf` naming the DNS forwarder.
+//! - [`resolv`]: the run child's `/etc/resolv.conf` naming the DNS forwarder;
+//! - [`idmap`]: `--map-auto`, the wider id maps the parent writes for the run child.
 //!
 //! This file holds what they share: the daemon's [`Target`] and [`NetnsError`].
 //!
@@ -45,6 +46,7 @@ use crate::link::tap::TapError;
 
 pub mod channel;
 pub mod helper;
+pub mod idmap;
 pub mod resolv;
 pub mod run;
 

@@ -9,6 +9,10 @@
 //! command. The child has `PR_SET_PDEATHSIG(SIGKILL)`, which survives the exec, so the command
 //! dies with tapwire (note: "parent" is the forking *thread*).
 //!
+//! `--map-auto` ([`super::idmap`]): right after unsharing, the child sends `b'M'` and waits for
+//! one byte while the parent writes its id maps (root: `0 0 65536`; others: newuidmap and
+//! newgidmap with their subordinate ranges).
+//!
 //! Bypass mode ([`spawn_run_filtered`]): after the go byte the child also sets no_new_privs and
 //! installs the seccomp filter (nothing trapped happens after that but the exec), answers
 //! `b'L'` + the listener's fd number (a plain `send`, which the filter lets through), waits for
@@ -170,6 +174,8 @@ struct RunPrep<'a> {
     cfg: &'a IfConfig,
     /// Bypass mode: the seccomp filter to install right before exec.
     filter: Option<&'a crate::bypass::rules::Program>,
+    /// `--map-auto`: the parent writes the id maps ([`super::idmap`]).
+    map_auto: bool,
 }
 
 /// Run mode (`tapwire run -- CMD`): fork a child in new user, network and mount namespaces
@@ -182,7 +188,7 @@ pub fn spawn_run(
     cfg: &IfConfig,
     dns: Ipv4Addr,
 ) -> Result<RunChild, NetnsError> {
-    spawn_run_filtered(command, tapname, cfg, dns, None)
+    spawn_run_filtered(command, tapname, cfg, dns, None, false)
 }
 
 /// [`spawn_run`] for bypass mode: with `filter`, the child sets no_new_privs and installs the
@@ -197,6 +203,7 @@ pub fn spawn_run_filtered(
     cfg: &IfConfig,
     dns: Ipv4Addr,
     filter: Option<&crate::bypass::rules::Program>,
+    map_auto: bool,
 ) -> Result<RunChild, NetnsError> {
     tap::check_name(tapname)?;
     let shell;
@@ -228,6 +235,7 @@ pub fn spawn_run_filtered(
         tapname,
         cfg,
         filter,
+        map_auto,
     };
 
     let (parent_sock, child_sock) = seqpacket_pair()?;
@@ -244,6 +252,13 @@ pub fn spawn_run_filtered(
         }
         Ok(ForkResult::Parent { child }) => {
             drop(child_sock);
+            if map_auto {
+                if let Err(e) = answer_map_request(&parent_sock, child) {
+                    drop(parent_sock);
+                    let _ = wait_child(child);
+                    return Err(e);
+                }
+            }
             let reply = match recv_reply(&parent_sock, child) {
                 Ok(Reply::Fd(tap)) => {
                     return Ok(RunChild {
@@ -273,7 +288,7 @@ pub fn spawn_run_filtered(
 
 /// Body of the run child. Never returns.
 fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
-    let tap = match catch_unwind(AssertUnwindSafe(|| run_setup(parent, prep))) {
+    let tap = match catch_unwind(AssertUnwindSafe(|| run_setup(&sock, parent, prep))) {
         Ok(Ok(tap)) => tap,
         Ok(Err(e)) => {
             send_error(sock.as_fd(), &e);
@@ -351,10 +366,8 @@ fn hand_over_listener(sock: &OwnedFd, filter: &crate::bypass::rules::Program, ta
 /// `L`, the listener's fd number, the route probe's fd number (-1: none), the tap's index.
 const LISTENER_MSG: usize = 13;
 
-fn run_setup(parent: Pid, prep: &RunPrep<'_>) -> Result<Tap, NetnsError> {
-    die_with_parent(parent)?;
-    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-        .map_err(|e| setup_err("unshare(CLONE_NEWUSER|CLONE_NEWNET|CLONE_NEWNS)", e))?;
+/// The single map any user may write for themselves: root is the caller.
+fn write_own_maps(prep: &RunPrep<'_>) -> Result<(), NetnsError> {
     match write_proc("/proc/self/setgroups", b"deny") {
         // Kernels before 3.19 have no setgroups file and need no "deny".
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -371,7 +384,76 @@ fn run_setup(parent: Pid, prep: &RunPrep<'_>) -> Result<Tap, NetnsError> {
             format!("write {:?} to /proc/self/gid_map", prep.gid_map.trim_end()),
             e,
         )
-    })?;
+    })
+}
+
+/// `--map-auto`, child side: ask the parent for the maps and wait until they are written.
+fn request_maps(sock: &OwnedFd) -> Result<(), NetnsError> {
+    loop {
+        match send(sock.as_raw_fd(), &[TAG_MAP], MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(setup_err("ask the parent for the id maps", e)),
+        }
+    }
+    let mut ack = [0u8; 1];
+    loop {
+        match nix::unistd::read(sock, &mut ack) {
+            Ok(1) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            // The parent failed (and reports why) or went away.
+            _ => exit_now(1),
+        }
+    }
+}
+
+/// `--map-auto`, parent side: wait for the child's request (or its error, left for
+/// [`recv_reply`]), write the maps, acknowledge.
+fn answer_map_request(sock: &OwnedFd, child: Pid) -> Result<(), NetnsError> {
+    let mut first = [0u8; 1];
+    let n = loop {
+        match nix::sys::socket::recv(sock.as_raw_fd(), &mut first, MsgFlags::MSG_PEEK) {
+            Ok(n) => break n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(NetnsError::Recv {
+                    pid: child,
+                    source: errno(e),
+                })
+            }
+        }
+    };
+    if n == 0 || first[0] != TAG_MAP {
+        return Ok(());
+    }
+    let _ = nix::sys::socket::recv(sock.as_raw_fd(), &mut first, MsgFlags::empty());
+    super::idmap::map_child(child)?;
+    loop {
+        match send(sock.as_raw_fd(), &[1], MsgFlags::MSG_NOSIGNAL) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(NetnsError::Start {
+                    pid: child,
+                    source: errno(e),
+                })
+            }
+        }
+    }
+}
+
+/// `--map-auto`: the child's request for its id maps.
+const TAG_MAP: u8 = b'M';
+
+fn run_setup(sock: &OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> Result<Tap, NetnsError> {
+    die_with_parent(parent)?;
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| setup_err("unshare(CLONE_NEWUSER|CLONE_NEWNET|CLONE_NEWNS)", e))?;
+    if prep.map_auto {
+        request_maps(sock)?;
+    } else {
+        write_own_maps(prep)?;
+    }
     let root_g = Gid::from_raw(0);
     nix::unistd::setresgid(root_g, root_g, root_g)
         .map_err(|e| setup_err("setresgid(0, 0, 0) in the new user namespace", e))?;
