@@ -228,7 +228,8 @@ mod tests {
 
     /// `/proc/net/tcp6`: [::]:3000 listening, [::1]:4000 listening (not reached by 127.0.0.1),
     /// [::ffff:127.0.0.1]:5000 listening.
-    const TCP6_LE: &str = "  sl  local_address                         remote_address                        st
+    const TCP6_LE: &str =
+        "  sl  local_address                         remote_address                        st
    0: 00000000000000000000000000000000:0BB8 00000000000000000000000000000000:0000 0A 0
    1: 00000000000000000000000001000000:0FA0 00000000000000000000000000000000:0000 0A 0
    2: 0000000000000000FFFF00000100007F:1388 00000000000000000000000000000000:0000 0A 0

@@ -29,6 +29,8 @@ pub struct RunArgs {
     pub publish: Vec<Publish>,
     /// `--pcap FILE`: capture every frame crossing the TAP.
     pub pcap: Option<std::path::PathBuf>,
+    /// `--forward-to-host`, in order (`auto` is resolved at start-up).
+    pub forward_to_host: Vec<tapwire_proto::to_host::ToHost>,
     /// Empty: the user's $SHELL (or /bin/sh).
     pub command: Vec<OsString>,
     /// `--bypass`.
@@ -88,6 +90,7 @@ impl RunCli {
             tapname: self.tapname,
             publish: self.net.publish.clone(),
             pcap: self.net.pcap.clone(),
+            forward_to_host: self.net.forward_to_host.clone(),
             net: self.net.into_config(),
             command: self.command,
             bypass: self.bypass.then_some(Bypass {

@@ -13,7 +13,9 @@
 //! - [`helper`]: daemon mode, [`open_tap`]: join a PID's or a path's namespaces;
 //! - [`run`]: run mode, [`spawn_run`]/[`spawn_run_filtered`]: the child that makes new
 //!   user+net+mount namespaces, waits for [`RunChild::start`] and execs the command;
-//! - [`resolv`]: the run child's `/etc/resolv.conf` naming the DNS forwarder.
+//! - [`resolv`]: the run child's `/etc/resolv.conf` naming the DNS forwarder;
+//! - [`loopback`]: `--forward-to-host`'s listeners on the guest's 127.0.0.1 and ::1, opened by
+//!   either child and sent after the TAP.
 //!
 //! This file holds what they share: the daemon's [`Target`] and [`NetnsError`].
 //!
@@ -45,10 +47,11 @@ use crate::link::tap::TapError;
 
 pub mod channel;
 pub mod helper;
+pub mod loopback;
 pub mod resolv;
 pub mod run;
 
-pub use helper::open_tap;
+pub use helper::{open_tap, open_tap_listening};
 pub use run::{spawn_run, spawn_run_filtered, RunChild};
 
 /// Which network namespace the daemon attaches to (its positional argument).
