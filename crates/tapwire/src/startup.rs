@@ -7,7 +7,10 @@
 //! 1. logging (no threads), RLIMIT_NOFILE raised;
 //! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
 //!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
-//! 3. the engine (blocks signals, builds the smoltcp interface), the control socket, `-p` forwards;
+//!    with `--forward-to-host` (`auto` read from `/proc/net/tcp{,6}` first) either child also
+//!    sends its listeners on the guest's loopback (`netns::loopback`);
+//! 3. the engine (blocks signals, builds the smoltcp interface), the `--forward-to-host`
+//!    listeners, the control socket, `-p` forwards;
 //! 4. confinement, in slirp4netns's order: the fds inherited at start (noted before anything
 //!    was opened) are closed, then the sandbox (`--enable-sandbox`; always in run mode,
 //!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The

@@ -15,6 +15,7 @@
 //!
 //! Syscalls (child): `socket`, `setsockopt(SO_REUSEADDR, IPV6_V6ONLY)`, `bind`, `listen`,
 //! `sendmsg`. Parent: `recvmsg`.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
