@@ -297,3 +297,73 @@ fn daemon_mode_guest_port_in_use_is_a_clear_error() {
         "the error names the flag and the address: {log}"
     );
 }
+
+/// A hostile guest opening far more connections than the cap: the connections past it are
+/// reset at once, the daemon's fds stay bounded, and once the guest lets go a new connection
+/// is spliced again.
+#[test]
+fn daemon_mode_connection_flood_is_capped_and_recovers() {
+    if !preflight_fwd() {
+        return;
+    }
+    const CAP: usize = 128; // engine::splice::MAX_SPLICED
+    const FLOOD: usize = 200;
+    let host = HostNs::new();
+    let guest = host.guest();
+    let l = host.listen(8383);
+    // The host peer echoes every connection until it ends.
+    let _server = task("echo server", move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = c.read(&mut buf) {
+                    if c.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let d = Daemon::with_args(&host, &guest, &["--forward-to-host", "9300:8383"]);
+    let base_fds = d.fd_count();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9300));
+    let mut conns = Vec::new();
+    for _ in 0..FLOOD {
+        // The guest-side listener completes the handshake; the reset (if any) follows.
+        if let Ok(c) = guest.connect(addr, SETUP_TIMEOUT) {
+            conns.push(c);
+        }
+    }
+    // Every live connection echoes; the ones past the cap were reset or ended.
+    let mut alive = 0;
+    for c in &mut conns {
+        let ok = c.write_all(b"ping").is_ok() && {
+            let mut got = [0u8; 4];
+            c.read_exact(&mut got).is_ok() && &got == b"ping"
+        };
+        alive += usize::from(ok);
+    }
+    assert_eq!(
+        alive,
+        CAP,
+        "exactly the cap is spliced ({} connected)",
+        conns.len()
+    );
+    let fds = d.fd_count();
+    assert!(
+        fds <= base_fds + CAP * 6 + 16,
+        "daemon fds bounded: {base_fds} at start, {fds} with the flood"
+    );
+    drop(conns);
+    wait_until(SETUP_TIMEOUT, "the daemon to close the flood", || {
+        d.fd_count() <= base_fds + 4
+    });
+    let mut c = guest
+        .connect(addr, SETUP_TIMEOUT)
+        .expect("connect after the flood");
+    c.write_all(b"again").unwrap();
+    let mut got = [0u8; 5];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"again");
+}
