@@ -367,3 +367,23 @@ fn daemon_mode_connection_flood_is_capped_and_recovers() {
     c.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"again");
 }
+
+/// With `--bypass` the guest's loopback stays its own (not bypassed), so the spliced
+/// listeners still answer it.
+#[test]
+fn run_mode_with_bypass_still_splices_the_guests_loopback() {
+    if !(preflight_fwd() && common::bypass::preflight_bypass(&[])) {
+        return;
+    }
+    let host = HostNs::new();
+    let l = host.listen(8484);
+    let down = random_bytes(MIB20, 13);
+    let server = host_server(l, 1, down.clone());
+    let addrs = ["127.0.0.1:9400"];
+    let mut cmd = host.cmd(bin());
+    cmd.args(["run", "--bypass", "--forward-to-host", "9400:8484", "--"]);
+    cmd.args([python3(), "-c", CLIENT]).args(addrs);
+    let out = run(&mut cmd, RUN_TIMEOUT);
+    assert!(out.success(), "{out}");
+    check_transfers(&out, server.join(RUN_TIMEOUT), &down, &addrs);
+}
