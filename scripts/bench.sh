@@ -9,7 +9,9 @@
 # Paths (columns): tap (tapwire -c PID), bypass (tapwire run --bypass, only if the binary has
 # it), slirp4netns, pasta (as an unprivileged user), veth (a kernel veth pair: the kernel
 # limit), lo (host loopback: what a bypassed socket gets). --paths takes a comma list of these
-# (plus "run": tapwire run without --bypass, to check the in-guest command runner). -B BIN adds
+# (plus "run": tapwire run without --bypass, to check the in-guest command runner). splice
+# (tapwire run --forward-to-host: the guest's own 127.0.0.1 spliced to the host's, no tap; TCP
+# only, at the largest MTU; compare with lo and with tap's 10.0.2.2). -B BIN adds
 # "tapb": tap mode with another tapwire binary, alternating with the others (A/B a change).
 #
 # Measures, each the median of N rounds (default 3) in which the paths alternate (A B C A B C,
@@ -161,10 +163,15 @@ has_bypass() {
 	local help
 	[ -x "$TAPWIRE" ] && help=$("$TAPWIRE" run --help 2>/dev/null) && [[ "$help" == *--bypass* ]]
 }
+has_splice() {
+	local help
+	[ -x "$TAPWIRE" ] && help=$("$TAPWIRE" run --help 2>/dev/null) && [[ "$help" == *--forward-to-host* ]]
+}
 want_default() {
 	[ -x "$TAPWIRE" ] && PATHS+=(tap) || NOTES+=("tapwire binary $TAPWIRE not found: tap skipped (cargo build --release)")
 	[ -n "$TAPWIRE_B" ] && PATHS+=(tapb)
 	if has_bypass; then PATHS+=(bypass); else NOTES+=("bypass: ${TAPWIRE_SRC:-tapwire} run has no --bypass; skipped"); fi
+	if has_splice; then PATHS+=(splice); else NOTES+=("splice: ${TAPWIRE_SRC:-tapwire} run has no --forward-to-host; skipped"); fi
 	command -v "$SLIRP" >/dev/null && PATHS+=(slirp4netns) || NOTES+=("$SLIRP not found: skipped")
 	command -v "$PASTA" >/dev/null && PATHS+=(pasta) || NOTES+=("pasta ($PASTA) not found: skipped")
 	PATHS+=(veth lo)
@@ -178,13 +185,14 @@ else
 		tap | run | slirp4netns | pasta | veth | lo) ;;
 		tapb) [ -n "$TAPWIRE_B" ] || die "tapb needs -B BIN" ;;
 		bypass) has_bypass || die "$TAPWIRE run has no --bypass" ;;
+		splice) has_splice || die "$TAPWIRE run has no --forward-to-host" ;;
 		*) die "unknown path $p" ;;
 		esac
 	done
 fi
 for n in "${NOTES[@]}"; do note "$n"; done
-is_daemon() { case "$1" in tap | tapb | run | bypass | slirp4netns | pasta) return 0 ;; esac; return 1; }
-is_runmode() { case "$1" in run | bypass) return 0 ;; esac; return 1; }
+is_daemon() { case "$1" in tap | tapb | run | bypass | splice | slirp4netns | pasta) return 0 ;; esac; return 1; }
+is_runmode() { case "$1" in run | bypass | splice) return 0 ;; esac; return 1; }
 
 # ---- helpers -------------------------------------------------------------------------------
 # wait_for: scripts/bench/common.sh.
@@ -303,6 +311,13 @@ start_veth() {
 start_runmode() {
 	local mtu=$1 extra=()
 	[ "$CUR" = bypass ] && extra=(--bypass)
+	if [ "$CUR" = splice ]; then
+		# The guest's 127.0.0.1 -> the host's 127.0.0.1: sockperf, twb, and the next 60 iperf3
+		# ports (iperf_server takes a fresh one per run).
+		extra=(--forward-to-host 11111 --forward-to-host 7000)
+		local p
+		for p in $(seq $((PORT + 1)) $((PORT + 60))); do extra+=(--forward-to-host "$p"); done
+	fi
 	rm -f "$WORK/rq" "$WORK"/st.* "$WORK/runner.pid"
 	mkfifo "$WORK/rq"
 	cat >"$WORK/runner.sh" <<'EOF'
@@ -334,7 +349,7 @@ GXID=0
 gx() {
 	case "$CUR" in
 	lo) bash -c "$1" ;;
-	run | bypass)
+	run | bypass | splice)
 		GXID=$((GXID + 1))
 		local id=$GXID
 		echo "$id $1" >&8
@@ -353,7 +368,7 @@ gx_bg() {
 	rm -f "$pf"
 	case "$CUR" in
 	lo) bash -c "$cmd" </dev/null >/dev/null 2>&1 & ;;
-	run | bypass) echo "bg $cmd" >&8 ;;
+	run | bypass | splice) echo "bg $cmd" >&8 ;;
 	*) nsenter -t "$GUEST" -U -n --preserve-credentials -- bash -c "$cmd" </dev/null >/dev/null 2>&1 & ;;
 	esac
 	wait_for "guest background job" 10 test -s "$pf" || return 1
@@ -367,20 +382,20 @@ start_path() {
 	GUEST=""
 	DAEMON=""
 	HOST_IP=10.0.2.2
-	[ "$name" = lo ] && HOST_IP=127.0.0.1
+	case "$name" in lo | splice) HOST_IP=127.0.0.1 ;; esac
 	case "$name" in
 	tap) start_guest && start_slirp_like "$TAPWIRE" "$mtu" ;;
 	tapb) start_guest && start_slirp_like "$TAPWIRE_B" "$mtu" ;;
 	slirp4netns) start_guest && start_slirp_like "$SLIRP" "$mtu" ;;
 	pasta) start_pasta "$mtu" ;;
 	veth) start_veth "$mtu" ;;
-	run | bypass) start_runmode "$mtu" ;;
+	run | bypass | splice) start_runmode "$mtu" ;;
 	lo) return 0 ;;
 	esac
 }
 
 stop_path() {
-	case "$CUR" in run | bypass) exec 8>&- ;; esac
+	case "$CUR" in run | bypass | splice) exec 8>&- ;; esac
 	stop $DAEMON $GUEST
 	ip link del twv0 2>/dev/null || true
 	CUR=""
@@ -600,7 +615,8 @@ run_setup() {
 	if [ "$mtu" = "$MAXMTU" ]; then
 		[ "$UDP_ONLY" = 1 ] || lat_run
 		[ "$UDP_ONLY" = 1 ] || crr_run
-		if [ "$DO_UDP" = 1 ]; then
+		# --forward-to-host is TCP only.
+		if [ "$DO_UDP" = 1 ] && [ "$name" != splice ]; then
 			udp_run udp_up 64
 			udp_run udp_down 64 -R
 			udp_run udp1400_up 1400
@@ -617,7 +633,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
 			name=${PATHS[$(((i + ROUND - 1) % NP))]}
 			# Loopback has one MTU (65536) and bypass traffic never crosses the tap: both
 			# are measured once per round, at the largest MTU.
-			case "$name" in lo | bypass) [ "$mtu" = "$MAXMTU" ] || continue ;; esac
+			case "$name" in lo | bypass | splice) [ "$mtu" = "$MAXMTU" ] || continue ;; esac
 			run_setup "$name" "$mtu"
 		done
 	done

@@ -12,11 +12,12 @@ import json
 import statistics
 import sys
 
-PATH_ORDER = ["tap", "tapb", "bypass", "run", "slirp4netns", "pasta", "veth", "lo"]
+PATH_ORDER = ["tap", "tapb", "bypass", "splice", "run", "slirp4netns", "pasta", "veth", "lo"]
 PATH_LABEL = {
     "tap": "tapwire",
     "tapb": "tapwire B",
     "bypass": "tapwire bypass",
+    "splice": "tapwire --forward-to-host",
     "run": "tapwire run",
     "slirp4netns": "slirp4netns",
     "pasta": "pasta",
@@ -27,6 +28,7 @@ COLORS = {
     "tap": "#d62728",
     "tapb": "#9467bd",
     "bypass": "#ff7f0e",
+    "splice": "#8c564b",
     "run": "#e377c2",
     "slirp4netns": "#1f77b4",
     "pasta": "#2ca02c",
@@ -122,11 +124,15 @@ def render(samples, meta, prefix):
         for other in ["slirp4netns", "lo"]:
             if other in paths:
                 ratio_cols.append(("bypass", other))
+    if "splice" in paths:
+        for other in ["lo", "tap"]:
+            if other in paths:
+                ratio_cols.append(("splice", other))
 
     def table(title, rows, unit_note, digits=2, higher_better=True):
         md.append("## %s\n" % title)
         hdr = "| measure | " + " | ".join(PATH_LABEL[p] for p in paths)
-        short = {"tap": "tapwire", "tapb": "B", "bypass": "bypass"}
+        short = {"tap": "tapwire", "tapb": "B", "bypass": "bypass", "splice": "splice"}
         hdr += "".join(" | %s/%s" % (short[a], "tapwire" if b == "tap" else b)
                        for a, b in ratio_cols) + " |"
         md.append(hdr)
@@ -173,7 +179,7 @@ def render(samples, meta, prefix):
           "connect + 100 B request + 100 B reply + close. UDP: iperf3 -u -l 64 (or 1400) -b 0 "
           "(unlimited rate: loss shows where the path saturates).")
 
-    daemon_paths = [p for p in paths if p in ("tap", "tapb", "bypass", "run", "slirp4netns", "pasta")]
+    daemon_paths = [p for p in paths if p in ("tap", "tapb", "bypass", "splice", "run", "slirp4netns", "pasta")]
     if daemon_paths:
         md.append("## Forwarder CPU seconds per GB moved (lower is better)\n")
         md.append("| measure | " + " | ".join(PATH_LABEL[p] for p in daemon_paths) + " |")

@@ -12,7 +12,8 @@
 //!   [`destination`]: what an address means to the host kernel (the one address policy).
 //! - [`neighbour`]: the guest's neighbour entries kept honest (ARP/NDP poisoning).
 //! - [`dhcp`]: the DHCP server; [`dns`]: resolv.conf parsing and upstream failover.
-//! - [`control`]: control-socket requests and replies; [`config`]: the virtual network.
+//! - [`control`]: control-socket requests and replies; [`config`]: the virtual network;
+//!   [`to_host`]: `--forward-to-host` values and the host's loopback listeners.
 //! - [`schedule`]: the engine's dirty list and timer heap.
 //! - [`bypass`]: bypass mode's decision (routes, published binds, the peer table);
 //!   [`sockaddr`]: raw `struct sockaddr` decoding and encoding (re-exported by `bypass`).
@@ -37,6 +38,7 @@ pub mod refused;
 pub mod route;
 pub mod schedule;
 pub mod sockaddr;
+pub mod to_host;
 pub mod udp_lifetime;
 pub mod vnet;
 pub mod wire;

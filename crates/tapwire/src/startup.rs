@@ -7,7 +7,10 @@
 //! 1. logging (no threads), RLIMIT_NOFILE raised;
 //! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
 //!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
-//! 3. the engine (blocks signals, builds the smoltcp interface), the control socket, `-p` forwards;
+//!    with `--forward-to-host` (`auto` read from `/proc/net/tcp{,6}` first) either child also
+//!    sends its listeners on the guest's loopback (`netns::loopback`);
+//! 3. the engine (blocks signals, builds the smoltcp interface), the `--forward-to-host`
+//!    listeners, the control socket, `-p` forwards;
 //! 4. confinement, in slirp4netns's order: the fds inherited at start (noted before anything
 //!    was opened) are closed, then the sandbox (`--enable-sandbox`; always in run mode,
 //!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
@@ -27,6 +30,7 @@ use crate::link::tap::Tap;
 use crate::netns;
 use crate::sys::fd;
 use tapwire_proto::config::{IfConfig, NetConfig, Publish};
+use tapwire_proto::to_host::{self, ToHost, ToHostPort};
 
 /// Run a parsed command; returns the process exit status.
 pub fn run(cmd: Command) -> i32 {
@@ -106,11 +110,14 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         );
     }
     let ifcfg = args.configure.then(|| IfConfig::from_net(&args.net));
-    let tap_fd = netns::open_tap(
+    let to_host = to_host_ports(&args.forward_to_host)?;
+    let guest_ports: Vec<u16> = to_host.iter().map(|p| p.guest_port).collect();
+    let (tap_fd, to_host_listeners) = netns::open_tap_listening(
         &args.target,
         args.userns_path.as_deref(),
         &args.tapname,
         ifcfg.as_ref(),
+        &guest_ports,
     )?;
     // The engine's exit fd also fires when the guest's process exits (see `lifeline`).
     let guest_pid = match &args.target {
@@ -141,6 +148,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         None => None,
     };
     let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
+    forward_to_host(&mut engine, to_host_listeners, &to_host)?;
     if let netns::Target::Path(p) = &args.target {
         engine.watch_netns(p)?;
     }
@@ -209,6 +217,8 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         .bypass
         .as_ref()
         .map(|b| crate::bypass::rules::Program::new(b.udp));
+    let to_host = to_host_ports(&args.forward_to_host)?;
+    let guest_ports: Vec<u16> = to_host.iter().map(|p| p.guest_port).collect();
     let mut child = netns::spawn_run_filtered(
         &args.command,
         &args.tapname,
@@ -216,6 +226,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         args.net.dns(),
         filter.as_ref(),
         args.map_auto,
+        &guest_ports,
     )?;
     let bypass = match &args.bypass {
         Some(b) => {
@@ -234,6 +245,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         child: Some(child.pid),
     };
     let mut engine = Engine::new(args.net.clone(), tap, life)?;
+    forward_to_host(&mut engine, std::mem::take(&mut child.listeners), &to_host)?;
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
     start_pcap(&mut engine, args.pcap.as_deref())?;
@@ -289,6 +301,60 @@ fn publish(engine: &mut Engine, publish: &[Publish], net: &NetConfig) -> Result<
                 p.proto.as_str()
             )
         })?;
+    }
+    Ok(())
+}
+
+/// `--forward-to-host`'s list of ports, with `auto` read from the host's `/proc/net/tcp{,6}`
+/// now (listeners that appear later are not added).
+fn to_host_ports(values: &[ToHost]) -> Result<Vec<ToHostPort>, AnyError> {
+    let mut listening = Vec::new();
+    if values.contains(&ToHost::Auto) {
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            match std::fs::read_to_string(file) {
+                Ok(text) => listening.extend(to_host::loopback_listeners(&text)),
+                // No IPv6 on the host: IPv4 alone.
+                Err(e) if file.ends_with('6') && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("--forward-to-host auto: read {file}: {e}").into()),
+            }
+        }
+        listening.sort_unstable();
+        listening.dedup();
+    }
+    let ports =
+        to_host::resolve(values, &listening).map_err(|e| format!("--forward-to-host: {e}"))?;
+    if values.contains(&ToHost::Auto) {
+        tracing::info!(
+            "--forward-to-host auto: {} port(s) listening on the host's loopback",
+            listening.len()
+        );
+    }
+    Ok(ports)
+}
+
+/// Hand the listeners the namespace child opened to the engine, each with its host port
+/// (found by the listener's own port).
+fn forward_to_host(
+    engine: &mut Engine,
+    listeners: Vec<OwnedFd>,
+    ports: &[ToHostPort],
+) -> Result<(), AnyError> {
+    for fd in listeners {
+        let l = std::net::TcpListener::from(fd);
+        let addr = l
+            .local_addr()
+            .map_err(|e| format!("--forward-to-host: getsockname: {e}"))?;
+        let p = ports
+            .iter()
+            .find(|p| p.guest_port == addr.port())
+            .ok_or_else(|| format!("--forward-to-host: unexpected listener on {addr}"))?;
+        engine
+            .add_to_host(l, p.host_port)
+            .map_err(|e| format!("--forward-to-host {p}: {e}"))?;
+        tracing::info!(
+            "--forward-to-host: guest {addr} -> host 127.0.0.1:{}",
+            p.host_port
+        );
     }
     Ok(())
 }

@@ -38,6 +38,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches};
 
 use tapwire_proto::config::{valid_ifname, NetConfig, Outbound, Publish};
+use tapwire_proto::to_host::ToHost;
 
 pub mod control;
 pub mod docs;
@@ -158,6 +159,10 @@ pub(crate) struct NetOpts {
     /// Publish a guest port on the host: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)
     #[arg(short = 'p', long, value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]", value_parser = Publish::from_str, action = ArgAction::Append)]
     pub(crate) publish: Vec<Publish>,
+
+    /// Let the guest's own 127.0.0.1:GUEST_PORT and [::1]:GUEST_PORT reach the host's 127.0.0.1:HOST_PORT, spliced in the kernel (no tap): [GUEST_PORT:]HOST_PORT[/tcp], or `auto` for every port listening on the host's loopback at start-up (repeatable; TCP only)
+    #[arg(long, value_name = "[GUEST_PORT:]HOST_PORT|auto", value_parser = ToHost::from_str, action = ArgAction::Append, conflicts_with = "disable_host_loopback")]
+    pub(crate) forward_to_host: Vec<ToHost>,
 
     /// Write every frame crossing the tap device (both ways) to FILE in pcap format (created or truncated, mode 0600; opened before the sandbox)
     #[arg(long, value_name = "FILE", value_parser = clap::builder::PathBufValueParser::new().try_map(parse_pcap_path))]

@@ -29,6 +29,8 @@ pub struct RunArgs {
     pub publish: Vec<Publish>,
     /// `--pcap FILE`: capture every frame crossing the TAP.
     pub pcap: Option<std::path::PathBuf>,
+    /// `--forward-to-host`, in order (`auto` is resolved at start-up).
+    pub forward_to_host: Vec<tapwire_proto::to_host::ToHost>,
     /// Empty: the user's $SHELL (or /bin/sh).
     pub command: Vec<OsString>,
     /// `--map-auto`: map more ids than root ([`crate::netns::idmap`]).
@@ -98,6 +100,7 @@ impl RunCli {
             tapname: self.tapname,
             publish: self.net.publish.clone(),
             pcap: self.net.pcap.clone(),
+            forward_to_host: self.net.forward_to_host.clone(),
             net: self.net.into_config(),
             command: self.command,
             map_auto: self.map_auto,

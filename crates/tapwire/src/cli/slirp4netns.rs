@@ -51,6 +51,8 @@ pub struct DaemonArgs {
     pub publish: Vec<Publish>,
     /// `--pcap FILE`: capture every frame crossing the TAP.
     pub pcap: Option<std::path::PathBuf>,
+    /// `--forward-to-host`, in order (`auto` is resolved at start-up).
+    pub forward_to_host: Vec<tapwire_proto::to_host::ToHost>,
     /// `--seccomp-listener`: bypass for OCI runtimes, whose seccomp listeners arrive here.
     pub seccomp_listener: Option<PathBuf>,
     /// `--ignore` (with `--seccomp-listener`): destinations never bypassed.
@@ -198,6 +200,7 @@ impl DaemonCli {
             enable_seccomp: self.enable_seccomp,
             publish: self.net.publish.clone(),
             pcap: self.net.pcap.clone(),
+            forward_to_host: self.net.forward_to_host.clone(),
             net: self.net.into_config(),
             seccomp_listener: self.seccomp_listener,
             ignore: self.ignore,
@@ -257,6 +260,7 @@ mod tests {
                 net: NetConfig::default(),
                 publish: vec![],
                 pcap: None,
+                forward_to_host: vec![],
                 seccomp_listener: None,
                 ignore: vec![],
             }

@@ -199,7 +199,7 @@ pub const DAEMON: &[Entry] = &[
     any(
         libc::SYS_accept4,
         "accept4",
-        "port forwards and the API socket: new clients",
+        "port forwards, --forward-to-host listeners and the API socket: new clients",
     ),
     any(
         libc::SYS_setsockopt,
@@ -261,14 +261,27 @@ pub const DAEMON: &[Entry] = &[
     only(
         libc::SYS_fcntl,
         "fcntl",
-        "std/mio/socket2: status and fd flags (O_NONBLOCK, FD_CLOEXEC), dup with CLOEXEC",
+        "std/mio/socket2: status and fd flags (O_NONBLOCK, FD_CLOEXEC), dup with CLOEXEC; \
+         sys::splice: pipe size",
         &[
             &[c(1, Op::Eq(libc::F_GETFL as u64))],
             &[c(1, Op::Eq(libc::F_SETFL as u64))],
             &[c(1, Op::Eq(libc::F_GETFD as u64))],
             &[c(1, Op::Eq(libc::F_SETFD as u64))],
             &[c(1, Op::Eq(libc::F_DUPFD_CLOEXEC as u64))],
+            &[c(1, Op::Eq(libc::F_SETPIPE_SZ as u64))],
+            &[c(1, Op::Eq(libc::F_GETPIPE_SZ as u64))],
         ],
+    ),
+    any(
+        libc::SYS_pipe2,
+        "pipe2",
+        "--forward-to-host: a pipe per direction of a spliced connection (sys::splice)",
+    ),
+    any(
+        libc::SYS_splice,
+        "splice",
+        "--forward-to-host: socket -> pipe -> socket without a copy (sys::splice)",
     ),
     // ---- files (inside the sandbox: resolv.conf and the API socket only) ----
     only(

@@ -2,7 +2,8 @@
 //! scheme that routes its events, and where a guest destination leads on the host.
 //!
 //! # Theory of operation
-//! All host sockets (TCP streams, UDP and ICMP bindings, forward listeners, API clients) are
+//! All host sockets (TCP streams, UDP and ICMP bindings, forward listeners, API clients,
+//! `--forward-to-host` listeners and their spliced connections) are
 //! registered edge-triggered in one `mio` registry. A token carries the socket's kind in its
 //! low [`KIND_BITS`] bits and its slab index above, so the loop dispatches an event to its flow
 //! without a lookup; kind [`KIND_SPECIAL`] holds the fixed tokens (TAP, signalfd, exit fd, API
@@ -31,6 +32,8 @@ pub(super) const KIND_UDP: usize = 2;
 pub(super) const KIND_ICMP: usize = 3;
 pub(super) const KIND_FWD: usize = 4;
 pub(super) const KIND_API: usize = 5;
+pub(super) const KIND_SPLICE_LISTEN: usize = 6;
+pub(super) const KIND_SPLICE: usize = 7;
 pub(super) const TOKEN_TAP: Token = Token(0);
 pub(super) const TOKEN_SIGNAL: Token = Token(1 << KIND_BITS);
 pub(super) const TOKEN_EXIT_FD: Token = Token(2 << KIND_BITS);

@@ -9,8 +9,9 @@
 //!    dirty;
 //! 2. dispatch host-socket events by their token (see `host`): TCP readiness and connect
 //!    completion (`tcp`), UDP and ICMP replies drained into frames for the guest (`udp`,
-//!    `icmp`), port forward listeners (`forward`), API clients (`control`), signals and the
-//!    exit fd (`lifecycle`);
+//!    `icmp`), port forward listeners (`forward`), API clients (`control`), spliced
+//!    `--forward-to-host` connections (`splice`, no frames involved), signals and the exit fd
+//!    (`lifecycle`);
 //! 3. read up to [`RX_BUDGET`] frames from the TAP into one buffer and dispatch each as
 //!    `wire::classify` says: TCP (creating a flow on a fresh SYN) and ARP/ping go to smoltcp,
 //!    UDP and echo requests to their proxies, DHCP and router solicitations to `ndp_dhcp`,
@@ -51,8 +52,8 @@ use crate::link::tap::Tap;
 use forward::Forwarding;
 use guest::GuestLink;
 use host::{
-    Host, KIND_API, KIND_BITS, KIND_FWD, KIND_ICMP, KIND_MASK, KIND_SPECIAL, KIND_TCP, KIND_UDP,
-    TOKEN_API, TOKEN_EXIT_FD, TOKEN_SIGNAL, TOKEN_TAP,
+    Host, KIND_API, KIND_BITS, KIND_FWD, KIND_ICMP, KIND_MASK, KIND_SPECIAL, KIND_SPLICE,
+    KIND_SPLICE_LISTEN, KIND_TCP, KIND_UDP, TOKEN_API, TOKEN_EXIT_FD, TOKEN_SIGNAL, TOKEN_TAP,
 };
 use icmp::IcmpTable;
 use lifecycle::Exit;
@@ -68,6 +69,7 @@ mod host;
 pub mod icmp;
 mod lifecycle;
 mod ndp_dhcp;
+pub mod splice;
 pub mod tcp;
 pub mod udp;
 mod udp_batch;
@@ -138,6 +140,8 @@ pub struct Engine {
     udp_batch: udp_batch::UdpBatch,
     icmp: IcmpTable,
     fwd: Forwarding,
+    /// `--forward-to-host`: spliced guest loopback connections (see `splice`).
+    splice: splice::Spliced,
     /// DHCP and router advertisements.
     link_config: LinkConfig,
     control: Option<Control>,
@@ -192,6 +196,7 @@ impl Engine {
             udp: FlowTable::new(udp::MAX_FLOWS),
             icmp: FlowTable::new(icmp::MAX_FLOWS),
             fwd: Forwarding::default(),
+            splice: splice::Spliced::default(),
             link_config: LinkConfig::new(&net),
             control: None,
             confined: false,
@@ -234,6 +239,8 @@ impl Engine {
                     KIND_ICMP => self.icmp_readable(idx),
                     KIND_FWD => self.fwd_readable(idx),
                     KIND_API => self.api_event(idx, ev),
+                    KIND_SPLICE_LISTEN => self.splice_accept(idx),
+                    KIND_SPLICE => self.splice_event(idx),
                     KIND_SPECIAL if t == TOKEN_API => self.api_accept(),
                     KIND_SPECIAL if t == TOKEN_TAP => self.link.readable = true,
                     KIND_SPECIAL if t == TOKEN_SIGNAL => self.exit.read_signals(),

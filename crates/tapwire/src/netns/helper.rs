@@ -5,7 +5,9 @@
 //! The user namespace is skipped when it is already ours (same st_dev and st_ino as
 //! `/proc/self/ns/user`), because `setns()` into one's own user namespace fails. The forked
 //! helper joins the user namespace, then the network namespace, opens the TAP, configures it
-//! (`-c`), sends the fd back over the [`super::channel`] and exits; the parent waits for it.
+//! (`-c`), sends the fd back over the [`super::channel`] (then, with `--forward-to-host`, the
+//! listeners on the namespace's loopback: [`super::loopback`]) and exits; the parent waits
+//! for it.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,10 +21,17 @@ use super::channel::{
     describe, die_with_parent, exit_now, recv_reply, send_error, send_fd, seqpacket_pair,
     wait_child, Reply,
 };
+use super::loopback::{open_listeners, recv_listeners, send_listeners};
 use super::{errno, NetnsError, Target};
 use crate::link::netlink;
 use crate::link::tap::{self, Tap};
 use tapwire_proto::config::IfConfig;
+
+/// The namespaces the helper joins.
+struct Namespaces<'a> {
+    user: Option<&'a NsFile>,
+    net: &'a NsFile,
+}
 
 /// A namespace file opened by the parent, with its path for error messages.
 struct NsFile {
@@ -71,6 +80,19 @@ pub fn open_tap(
     tapname: &str,
     cfg: Option<&IfConfig>,
 ) -> Result<OwnedFd, NetnsError> {
+    open_tap_listening(target, userns_path, tapname, cfg, &[]).map(|(tap, _)| tap)
+}
+
+/// [`open_tap`], and with `--forward-to-host` the helper also opens listeners on the guest
+/// ports `to_host` on the namespace's 127.0.0.1 and ::1 ([`super::loopback`]), returned
+/// with the TAP.
+pub fn open_tap_listening(
+    target: &Target,
+    userns_path: Option<&Path>,
+    tapname: &str,
+    cfg: Option<&IfConfig>,
+    to_host: &[u16],
+) -> Result<(OwnedFd, Vec<OwnedFd>), NetnsError> {
     tap::check_name(tapname)?;
     let (net_path, user_path) = match target {
         Target::Pid(pid) => {
@@ -107,14 +129,25 @@ pub fn open_tap(
         Err(e) => Err(NetnsError::Fork(errno(e))),
         Ok(ForkResult::Child) => {
             drop(parent_sock);
-            helper_main(&child_sock, parent_pid, user.as_ref(), &net, tapname, cfg)
+            let ns = Namespaces {
+                user: user.as_ref(),
+                net: &net,
+            };
+            helper_main(&child_sock, parent_pid, ns, tapname, cfg, to_host)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(child_sock);
             let reply = recv_reply(&parent_sock, child);
+            let listeners = match &reply {
+                Ok(Reply::Fd(_)) if !to_host.is_empty() => {
+                    recv_listeners(parent_sock.as_fd(), child, to_host.len() * 2)
+                }
+                _ => Ok(Vec::new()),
+            };
+            drop(parent_sock);
             let status = wait_child(child);
             match reply? {
-                Reply::Fd(fd) => Ok(fd),
+                Reply::Fd(fd) => Ok((fd, listeners?)),
                 Reply::Error(message) => Err(NetnsError::Child {
                     pid: child,
                     message,
@@ -132,11 +165,12 @@ pub fn open_tap(
 fn helper_main(
     sock: &OwnedFd,
     parent: Pid,
-    user: Option<&NsFile>,
-    net: &NsFile,
+    ns: Namespaces<'_>,
     tapname: &str,
     cfg: Option<&IfConfig>,
+    to_host: &[u16],
 ) -> ! {
+    let Namespaces { user, net } = ns;
     let result = catch_unwind(AssertUnwindSafe(|| -> Result<Tap, NetnsError> {
         die_with_parent(parent)?;
         if let Some(ns) = user {
@@ -159,7 +193,15 @@ fn helper_main(
     }));
     let code = match result {
         Ok(Ok(tap)) => match send_fd(sock.as_fd(), tap.as_fd()) {
-            Ok(()) => 0,
+            Ok(()) if to_host.is_empty() => 0,
+            Ok(()) => match catch_unwind(|| open_listeners(to_host)) {
+                Ok(Ok(fds)) => i32::from(send_listeners(sock.as_fd(), &fds).is_err()),
+                Ok(Err(e)) => {
+                    send_error(sock.as_fd(), &e);
+                    1
+                }
+                Err(_) => 1,
+            },
             Err(_) => 1,
         },
         Ok(Err(e)) => {

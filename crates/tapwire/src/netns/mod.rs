@@ -14,7 +14,9 @@
 //! - [`run`]: run mode, [`spawn_run`]/[`spawn_run_filtered`]: the child that makes new
 //!   user+net+mount namespaces, waits for [`RunChild::start`] and execs the command;
 //! - [`resolv`]: the run child's `/etc/resolv.conf` naming the DNS forwarder;
-//! - [`idmap`]: `--map-auto`, the wider id maps the parent writes for the run child.
+//! - [`idmap`]: `--map-auto`, the wider id maps the parent writes for the run child;
+//! - [`loopback`]: `--forward-to-host`'s listeners on the guest's 127.0.0.1 and ::1, opened by
+//!   either child and sent after the TAP.
 //!
 //! This file holds what they share: the daemon's [`Target`] and [`NetnsError`].
 //!
@@ -47,10 +49,11 @@ use crate::link::tap::TapError;
 pub mod channel;
 pub mod helper;
 pub mod idmap;
+pub mod loopback;
 pub mod resolv;
 pub mod run;
 
-pub use helper::open_tap;
+pub use helper::{open_tap, open_tap_listening};
 pub use run::{spawn_run, spawn_run_filtered, RunChild, Supervised};
 
 /// Which network namespace the daemon attaches to (its positional argument).

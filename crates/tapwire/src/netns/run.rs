@@ -4,7 +4,8 @@
 //! before forking. The child unshares user+net+mount namespaces, maps root to the caller's
 //! euid/egid, makes `/` recursively private, opens and configures the TAP, mounts a
 //! resolv.conf naming the DNS forwarder over `/etc/resolv.conf` ([`super::resolv`]), and sends
-//! the TAP fd. It then blocks on the socketpair until [`RunChild::start`] writes one byte
+//! the TAP fd (then, with `--forward-to-host`, the loopback listeners: [`super::loopback`]).
+//! It then blocks on the socketpair until [`RunChild::start`] writes one byte
 //! (EOF = the parent died or dropped the [`RunChild`] -> `_exit(1)`) and finally `execvp`s the
 //! command. The child has `PR_SET_PDEATHSIG(SIGKILL)`, which survives the exec, so the command
 //! dies with tapwire (note: "parent" is the forking *thread*).
@@ -38,6 +39,7 @@ use super::channel::{
     describe, die_with_parent, exit_now, recv_reply, send_error, send_fd, seqpacket_pair,
     wait_child, Reply, MAX_REPLY, TAG_ERR, TAG_LISTENER,
 };
+use super::loopback::{open_listeners, recv_listeners, send_listeners};
 use super::resolv::override_resolv_conf;
 use super::{errno, setup_err, NetnsError};
 use crate::link::netlink;
@@ -54,6 +56,8 @@ pub struct RunChild {
     pub pid: Pid,
     /// The TAP fd inside the child's network namespace, configured with the `IfConfig`.
     pub tap: OwnedFd,
+    /// `--forward-to-host`: listeners on the child's 127.0.0.1 and ::1 (see [`super::loopback`]).
+    pub listeners: Vec<OwnedFd>,
     /// Our end of the socketpair; writing one byte lets the child exec.
     go: Option<OwnedFd>,
 }
@@ -176,6 +180,8 @@ struct RunPrep<'a> {
     filter: Option<&'a crate::bypass::rules::Program>,
     /// `--map-auto`: the parent writes the id maps ([`super::idmap`]).
     map_auto: bool,
+    /// `--forward-to-host`: guest ports to listen on.
+    to_host: &'a [u16],
 }
 
 /// Run mode (`tapwire run -- CMD`): fork a child in new user, network and mount namespaces
@@ -188,10 +194,11 @@ pub fn spawn_run(
     cfg: &IfConfig,
     dns: Ipv4Addr,
 ) -> Result<RunChild, NetnsError> {
-    spawn_run_filtered(command, tapname, cfg, dns, None, false)
+    spawn_run_filtered(command, tapname, cfg, dns, None, false, &[])
 }
 
-/// [`spawn_run`] for bypass mode: with `filter`, the child sets no_new_privs and installs the
+/// [`spawn_run`] with `--forward-to-host` listeners on the guest ports `to_host` (in
+/// [`RunChild::listeners`], see [`super::loopback`]) and for bypass mode: with `filter`, the child sets no_new_privs and installs the
 /// seccomp filter after everything else and right before `execvp`, and hands the listener to
 /// [`RunChild::start_with_listener`] before it makes any trapped call: it writes the
 /// listener's fd number (a plain `send` without an address, which the filter lets through),
@@ -204,6 +211,7 @@ pub fn spawn_run_filtered(
     dns: Ipv4Addr,
     filter: Option<&crate::bypass::rules::Program>,
     map_auto: bool,
+    to_host: &[u16],
 ) -> Result<RunChild, NetnsError> {
     tap::check_name(tapname)?;
     let shell;
@@ -236,6 +244,7 @@ pub fn spawn_run_filtered(
         cfg,
         filter,
         map_auto,
+        to_host,
     };
 
     let (parent_sock, child_sock) = seqpacket_pair()?;
@@ -260,12 +269,30 @@ pub fn spawn_run_filtered(
                 }
             }
             let reply = match recv_reply(&parent_sock, child) {
-                Ok(Reply::Fd(tap)) => {
+                Ok(Reply::Fd(tap)) if to_host.is_empty() => {
                     return Ok(RunChild {
                         pid: child,
                         tap,
+                        listeners: Vec::new(),
                         go: Some(parent_sock),
                     })
+                }
+                Ok(Reply::Fd(tap)) => {
+                    match recv_listeners(parent_sock.as_fd(), child, to_host.len() * 2) {
+                        Ok(listeners) => {
+                            return Ok(RunChild {
+                                pid: child,
+                                tap,
+                                listeners,
+                                go: Some(parent_sock),
+                            })
+                        }
+                        Err(e) => {
+                            drop(parent_sock);
+                            let _ = wait_child(child);
+                            return Err(e);
+                        }
+                    }
                 }
                 other => other,
             };
@@ -300,6 +327,18 @@ fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
         exit_now(1);
     }
     drop(tap);
+    if !prep.to_host.is_empty() {
+        let sent = match open_listeners(prep.to_host) {
+            Ok(fds) => send_listeners(sock.as_fd(), &fds),
+            Err(e) => {
+                send_error(sock.as_fd(), &e);
+                exit_now(1)
+            }
+        };
+        if sent.is_err() {
+            exit_now(1);
+        }
+    }
     // Block until the parent says go (one byte) or goes away (EOF/error).
     let mut go = [0u8; 1];
     loop {

@@ -17,6 +17,7 @@
 //! - [`unix_listener`]: the daemon's listening UNIX sockets (mode 0600, no symlinks), peer
 //!   credentials.
 //! - [`mmsg`]: batched datagram I/O (`recvmmsg`, `sendmmsg`).
+//! - [`splice`]: `splice(2)` through a pipe (`--forward-to-host`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -28,6 +29,7 @@ pub mod mount;
 pub mod pidfd;
 pub mod scm;
 pub mod socket;
+pub mod splice;
 pub mod unix_listener;
 
 /// A syscall's result as an owned fd: `-1` is `errno`, anything else a new descriptor.
