@@ -38,6 +38,12 @@ use super::udp::UdpHost;
 use super::Engine;
 use crate::sys::mmsg::{self, Span};
 
+/// The host refused a `UDP_SEGMENT` train as such: its datagrams exceed the path MTU
+/// (`EMSGSIZE` since Linux 6.x, `EINVAL` before) or some other GSO rule.
+fn train_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE))
+}
+
 /// Send the train `span` of `arena` cut into its datagrams, in order, a `sendmmsg` per
 /// [`mmsg::MAX_BATCH`]; returns how many were lost.
 fn send_cut(fd: BorrowedFd<'_>, arena: &[u8], span: Span) -> u64 {
@@ -188,7 +194,7 @@ impl Engine {
                 Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && spans[sent].seg != 0 => {
+                Err(e) if spans[sent].seg != 0 && train_refused(&e) => {
                     // The host takes no train of this size: cut it here, in its place.
                     self.stats.uso_cut += 1;
                     for _ in 0..send_cut(sock.as_fd(), arena, spans[sent]) {

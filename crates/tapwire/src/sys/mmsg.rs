@@ -120,7 +120,8 @@ pub struct Span {
 /// Send each span of `arena` as one datagram (or one `UDP_SEGMENT` train) on the connected
 /// socket `fd`, at most [`MAX_BATCH`] of them. Returns how many were sent; spans outside
 /// `arena` are an `InvalidInput` error before anything is sent. The kernel refuses a train
-/// whose datagrams do not fit the path MTU with `EINVAL` (reported for that span).
+/// whose datagrams do not fit the path MTU with `EMSGSIZE` (`EINVAL` before Linux 6.x),
+/// reported for that span.
 pub fn send_batch(fd: BorrowedFd<'_>, arena: &[u8], spans: &[Span]) -> io::Result<usize> {
     let n = spans.len().min(MAX_BATCH);
     if n == 0 {
