@@ -13,10 +13,10 @@
 //!   A datagram the host socket refuses (full buffer, pending ICMP error) is dropped and
 //!   counted, as the unbatched path did. A guest USO frame (a train of datagrams of one
 //!   size, see `vnet`) is queued whole and goes as one message with `UDP_SEGMENT`; if the
-//!   host refuses the train (`EINVAL`: its datagrams exceed the path MTU) it is cut here and
-//!   its datagrams sent one by one, in place, so the order holds. Nothing queued outlives the turn, and the queue is
-//!   flushed before any binding is removed (eviction), so a queued span can never reach a
-//!   reused slab index.
+//!   host refuses the train (`EMSGSIZE`/`EINVAL`: its datagrams exceed the path MTU) it is
+//!   cut here and its datagrams sent one by one, in place, so the order holds. Nothing
+//!   queued outlives the turn, and the queue is flushed before any binding is removed
+//!   (eviction), so a queued span can never reach a reused slab index.
 //! - **Host → guest.** A readable binding is drained with `recvmmsg` into [`RX_BATCH`]
 //!   buffers the size of the link's frame buffer, each received at the UDP payload offset.
 //!   To write one to the guest the engine swaps it with the link's frame buffer (`out`, where
@@ -57,6 +57,8 @@ fn send_cut(fd: BorrowedFd<'_>, arena: &[u8], span: Span) -> u64 {
                 Ok(0) => break,
                 Ok(k) => sent += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The socket buffer is full: the rest would fail the same way.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => sent += 1,
             }
         }
