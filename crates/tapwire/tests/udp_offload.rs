@@ -6,18 +6,19 @@
 //! checked; the `uso` counters of `get_stats` prove the offload path ran. Sizes sit at the
 //! MTU boundary (a datagram + headers == 1500, and one byte more); the fallbacks deliver the
 //! same bytes: a host path that refuses the train's size (cut in the daemon), a guest TAP
-//! without USO (`--disable-udp-offload`), and `--disable-offload`.
+//! without USO (`--disable-udp-offload`), and `--disable-offload`; IPv6 trains both ways.
 //!
 //! Needs root; see tests/common for the skip policy.
 
 mod common;
 
-use std::net::UdpSocket;
+use std::net::{Ipv6Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::api::{stats, u, World};
+use common::ipv6::{guest_udp6_to, sa, World6, GW6};
 use common::tap_mode::*;
 use common::*;
 
@@ -173,9 +174,18 @@ fn uso(sock: &Path) -> (bool, u64, u64, u64) {
 /// Two guest flows send `streams` with `UDP_SEGMENT` (one `send` per train) to a host sink
 /// on loopback; the sink checks every datagram of each flow in order and the sha256.
 fn guest_to_host(w: &World, port: u16, streams: &[Stream; 2]) {
-    let sink = w.host.udp(port);
-    big_rcvbuf(&sink);
     let socks = [w.guest.udp_to(gw(port)), w.guest.udp_to(gw(port))];
+    guest_to_host_on(w.host.udp(port), socks, streams, Duration::from_millis(1));
+}
+
+/// [`guest_to_host`] between given sockets, `pause` after each pair of trains.
+fn guest_to_host_on(
+    sink: UdpSocket,
+    socks: [UdpSocket; 2],
+    streams: &[Stream; 2],
+    pause: Duration,
+) {
+    big_rcvbuf(&sink);
     for (s, st) in socks.iter().zip(streams) {
         set_segment(s, st.seg);
     }
@@ -207,7 +217,7 @@ fn guest_to_host(w: &World, port: u16, streams: &[Stream; 2]) {
                 }
             }
             // The TAP queue must not overflow (a full one drops silently, as a NIC would).
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(pause);
         }
         rx.join().expect("sink thread")
     });
@@ -219,8 +229,11 @@ fn guest_to_host(w: &World, port: u16, streams: &[Stream; 2]) {
 /// A host peer sends `stream` to a guest socket in trains with `UDP_SEGMENT` (the daemon's
 /// socket receives them coalesced); the guest checks every datagram in order and the sha256.
 fn host_to_guest(w: &World, port: u16, stream: &Stream) {
-    let server = w.host.udp(port);
-    let guest = w.guest.udp_to(gw(port));
+    host_to_guest_on(w.host.udp(port), w.guest.udp_to(gw(port)), stream);
+}
+
+/// [`host_to_guest`] between given sockets.
+fn host_to_guest_on(server: UdpSocket, guest: UdpSocket, stream: &Stream) {
     big_rcvbuf(&guest);
     guest
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -362,6 +375,46 @@ fn trains_the_host_refuses_are_cut_in_order() {
         cut >= 20,
         "only {cut} trains cut (1472 B datagrams over lo at 1400)"
     );
+}
+
+/// IPv6 (`-6`): trains at the IPv6 MTU boundary (40 + 8 + 1452 == 1500) both ways, from
+/// the guest to host [::1] and back.
+#[test]
+fn ipv6_trains_both_ways() {
+    if !preflight(&[]) || !tapwire_only("UDP segmentation offload") {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("tapwire-uso6-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let w = World6::new(&["--mtu", "1500", "--api-socket", sock.to_str().unwrap()]);
+    if !uso(&sock).0 {
+        skip("the kernel refused TUN_F_USO4/6 (Linux < 6.2): no USO to test");
+        return;
+    }
+    let host6 = |port| {
+        w.host
+            .in_ns(|| UdpSocket::bind((Ipv6Addr::LOCALHOST, port)))
+            .unwrap_or_else(|e| panic!("host udp [::1]:{port}: {e}"))
+    };
+    let streams = [Stream::new(0, 1452, 40, 30), Stream::new(1, 1000, 50, 30)];
+    let to = sa(GW6, 20560);
+    let socks = [guest_udp6_to(&w.guest, to), guest_udp6_to(&w.guest, to)];
+    guest_to_host_on(host6(20560), socks, &streams, Duration::from_millis(1));
+    let guest = guest_udp6_to(&w.guest, sa(GW6, 20561));
+    host_to_guest_on(host6(20561), guest, &Stream::new(2, 1452, 40, 30));
+    let (_, frames_in, frames_out, cut) = uso(&sock);
+    eprintln!("IPv6: {frames_in} USO frames in, {frames_out} out, {cut} cut");
+    assert!(
+        frames_in >= 40,
+        "only {frames_in} USO frames from the guest"
+    );
+    assert!(
+        frames_out >= 20,
+        "only {frames_out} USO frames to the guest"
+    );
+    assert_eq!(cut, 0, "loopback takes every train whole");
+    drop(w);
+    let _ = std::fs::remove_file(&sock);
 }
 
 /// The same streams both ways with a guest TAP that has no USO, and with no offload at all.
