@@ -105,6 +105,9 @@ pub struct NetConfig {
     pub outbound6: Option<Outbound<Ipv6Addr>>,
     /// Checksum and TCP segmentation offload on the TAP (`--disable-offload` turns it off).
     pub offload: bool,
+    /// UDP segmentation offload (USO) on top of `offload`, where the kernel has it
+    /// (`--disable-udp-offload` turns it off alone).
+    pub uso: bool,
     /// `--max-buffer-memory`: the TCP ring budget in bytes (`None`: a fraction of the RAM;
     /// see `budget`).
     pub max_buffer_memory: Option<u64>,
@@ -124,6 +127,7 @@ impl Default for NetConfig {
             outbound4: None,
             outbound6: None,
             offload: true,
+            uso: true,
             max_buffer_memory: None,
         }
     }

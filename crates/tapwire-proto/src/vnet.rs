@@ -24,8 +24,27 @@
 //! The result: one system call and one trip through smoltcp per 64 KiB instead of per 1.5 KiB,
 //! and no checksum over the payload anywhere on our side.
 //!
-//! Limits: UDP segmentation offload is not enabled (the guest segments UDP itself); frames with
-//! a GSO type we did not enable are dropped and counted. A guest on a big-endian host would need
+//! **UDP segmentation offload (USO).** Where the kernel has it (Linux >= 6.2) the TAP is also
+//! given `TUN_F_USO4 | TUN_F_USO6`, and UDP crosses in super-datagrams both ways:
+//!
+//! - **Guest to us.** A guest app that sends with `UDP_SEGMENT` (QUIC stacks, WireGuard-go)
+//!   hands the TAP one frame of `gso_type` [`GSO_UDP_L4`]: one IP and UDP header (its length
+//!   fields cover the whole train), then up to 64 KiB of payload that stands for datagrams of
+//!   `gso_size` bytes each, the last possibly shorter, checksum partial (`NEEDS_CSUM`).
+//!   [`udp_gso_from_guest`] checks the header against the payload (a hostile guest writes any
+//!   header) and gives the segment size; the daemon sends the train with one `sendmsg` and a
+//!   `UDP_SEGMENT` control message, and the host's kernel (or NIC) cuts it. When the host
+//!   refuses that (a segment bigger than the path MTU), [`udp_segments`] cuts it here.
+//! - **Us to the guest.** Host sockets set `UDP_GRO`, so the host kernel hands us trains of
+//!   datagrams of one size from one peer with the size in a control message.
+//!   [`offload_udp`] turns such a train, once finished as one UDP frame, into a
+//!   [`GSO_UDP_L4`] frame (partial checksum, `gso_size` = the datagram size); the guest's
+//!   kernel cuts it back into the peer's datagrams or hands it whole to a `UDP_GRO` socket.
+//!   When that is not allowed (no USO on the TAP, a datagram plus headers over the guest's
+//!   MTU, too many segments) the daemon writes the datagrams one by one.
+//!
+//! Limits: UFO (`GSO_UDP`, type 3) is never enabled; frames with a GSO type we did not enable
+//! are dropped and counted. A guest on a big-endian host would need
 //! `TUNSETVNETLE`; we only build for little-endian.
 #![forbid(unsafe_code)]
 
@@ -39,6 +58,16 @@ pub const F_NEEDS_CSUM: u8 = 1;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_TCPV6: u8 = 4;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation (USO), `gso_size` bytes of payload a datagram.
+pub const GSO_UDP_L4: u8 = 5;
+/// Most datagrams in one USO frame we write to the guest (`UDP_MAX_SEGMENTS` of Linux 6.2 to
+/// 6.12; later kernels take 128, older ones' GRO makes at most 64).
+pub const UDP_MAX_SEGMENTS: usize = 64;
+/// Most datagrams one guest USO frame may stand for (the largest `UDP_MAX_SEGMENTS` of any
+/// kernel); a frame claiming more is dropped rather than cut into thousands of datagrams.
+pub const UDP_MAX_SEGMENTS_IN: usize = 128;
+/// Length of a UDP header.
+const UDP_HDR: usize = 8;
 /// The MSS we tell smoltcp the guest has, so that it fills 64 KiB frames.
 pub const BIG_MSS: u16 = 65_495;
 /// The largest frame either side may send with offloads on: a 64 KiB IP packet + Ethernet.
@@ -47,6 +76,7 @@ pub const MAX_FRAME: usize = ETH_LEN + 65_535;
 const ETH_IPV4: [u8; 2] = [0x08, 0x00];
 const ETH_IPV6: [u8; 2] = [0x86, 0xdd];
 const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
 
 /// `struct virtio_net_hdr`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,16 +124,105 @@ impl VnetHdr {
     pub fn gso_ok(&self) -> bool {
         matches!(self.gso_type & 0x7f, GSO_NONE | GSO_TCPV4 | GSO_TCPV6)
     }
+
+    /// [`gso_ok`](Self::gso_ok), or UDP segmentation when `uso` (the TAP was given USO).
+    pub fn gso_ok_with(&self, uso: bool) -> bool {
+        self.gso_ok() || (uso && self.is_udp_gso())
+    }
+
+    /// The frame is a UDP super-datagram ([`GSO_UDP_L4`]).
+    pub fn is_udp_gso(&self) -> bool {
+        self.gso_type == GSO_UDP_L4
+    }
 }
 
-/// Where a TCP segment sits in an Ethernet frame.
+/// Why a guest USO frame is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpGsoError {
+    /// `gso_size` is zero.
+    ZeroSize,
+    /// The payload stands for more than [`UDP_MAX_SEGMENTS_IN`] datagrams.
+    TooManySegments,
+    /// No `NEEDS_CSUM`: the kernel never sends USO with a full checksum.
+    NoPartialChecksum,
+}
+
+/// The datagram size of a guest frame with header `hdr` and a UDP payload of `len` bytes:
+/// `Ok(None)` for one plain datagram (no USO, or a payload that fits one segment),
+/// `Ok(Some(size))` for a train of `size`-byte datagrams (the last may be shorter).
+pub fn udp_gso_from_guest(hdr: &VnetHdr, len: usize) -> Result<Option<u16>, UdpGsoError> {
+    if !hdr.is_udp_gso() {
+        return Ok(None);
+    }
+    if !hdr.needs_csum() {
+        return Err(UdpGsoError::NoPartialChecksum);
+    }
+    let size = usize::from(hdr.gso_size);
+    if size == 0 {
+        return Err(UdpGsoError::ZeroSize);
+    }
+    if len <= size {
+        return Ok(None);
+    }
+    if len.div_ceil(size) > UDP_MAX_SEGMENTS_IN {
+        return Err(UdpGsoError::TooManySegments);
+    }
+    Ok(Some(hdr.gso_size))
+}
+
+/// The datagrams a train of `len` payload bytes cut at `size` stands for, as (offset, length)
+/// in the payload: full ones, then the rest. Nothing for `size` 0; one empty datagram for an
+/// empty payload.
+pub fn udp_segments(len: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = match (len, size) {
+        (_, 0) => 0,
+        (0, _) => 1,
+        _ => len.div_ceil(size),
+    };
+    (0..count).map(move |i| (i * size, size.min(len - i * size)))
+}
+
+/// Turn a finished UDP frame (`frame`, one IP packet whose UDP payload is a train of
+/// `size`-byte datagrams from one peer) into a USO frame for a guest of MTU `mtu`: put the
+/// pseudo-header sum in the checksum field and return the header asking the guest's kernel to
+/// cut it. `None` (frame untouched) when the guest cannot take it so: not UDP over IPv4/IPv6
+/// without extension headers, one datagram only, a datagram plus headers over `mtu`, or more
+/// than [`UDP_MAX_SEGMENTS`] datagrams; the caller then sends the datagrams one by one.
+pub fn offload_udp(frame: &mut [u8], mtu: usize, size: u16) -> Option<VnetHdr> {
+    let l = l4_layout(frame, PROTO_UDP)?;
+    let seg = usize::from(size);
+    let payload = l.l4_len - UDP_HDR;
+    if seg == 0
+        || payload <= seg
+        || l.ip_len + UDP_HDR + seg > mtu
+        || payload.div_ceil(seg) > UDP_MAX_SEGMENTS
+    {
+        return None;
+    }
+    let udp_len = u16::from_be_bytes([frame[l.l4 + 4], frame[l.l4 + 5]]);
+    if usize::from(udp_len) != l.l4_len {
+        return None;
+    }
+    let sum = fold(l.pseudo + u32::from(udp_len));
+    frame[l.l4 + 6..l.l4 + 8].copy_from_slice(&sum.to_be_bytes());
+    Some(VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_UDP_L4,
+        hdr_len: (l.l4 + UDP_HDR) as u16,
+        gso_size: size,
+        csum_start: l.l4 as u16,
+        csum_offset: 6,
+    })
+}
+
+/// Where a TCP segment or UDP datagram sits in an Ethernet frame.
 struct Layout {
-    /// Offset of the TCP header in the frame.
+    /// Offset of the TCP/UDP header in the frame.
     l4: usize,
     /// IP header length.
     ip_len: usize,
-    /// TCP header + data length, from the IP header.
-    tcp_len: usize,
+    /// TCP/UDP header + data length, from the IP header.
+    l4_len: usize,
     /// Pseudo-header sum without the length (unfolded).
     pseudo: u32,
     v6: bool,
@@ -112,6 +231,11 @@ struct Layout {
 /// The layout of a TCP segment in `frame`, or `None` if the frame is not TCP over IPv4/IPv6
 /// without extension headers, or its lengths do not fit the frame.
 fn tcp_layout(frame: &[u8]) -> Option<Layout> {
+    l4_layout(frame, PROTO_TCP)
+}
+
+/// [`tcp_layout`] for transport `proto` (TCP or UDP).
+fn l4_layout(frame: &[u8], proto: u8) -> Option<Layout> {
     let ip = frame.get(ETH_LEN..)?;
     let words = |b: &[u8]| -> u32 {
         b.chunks_exact(2)
@@ -121,33 +245,36 @@ fn tcp_layout(frame: &[u8]) -> Option<Layout> {
     match frame.get(12..14)? {
         e if e == ETH_IPV4 => {
             let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            if ip.len() < ihl || ihl < 20 || ip[9] != PROTO_TCP {
+            if ip.len() < ihl || ihl < 20 || ip[9] != proto {
                 return None;
             }
             let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             Some(Layout {
                 l4: ETH_LEN + ihl,
                 ip_len: ihl,
-                tcp_len: tot.checked_sub(ihl)?,
-                pseudo: words(&ip[12..20]) + u32::from(PROTO_TCP),
+                l4_len: tot.checked_sub(ihl)?,
+                pseudo: words(&ip[12..20]) + u32::from(proto),
                 v6: false,
             })
         }
         e if e == ETH_IPV6 => {
-            if ip.len() < 40 || ip[6] != PROTO_TCP {
+            if ip.len() < 40 || ip[6] != proto {
                 return None;
             }
             Some(Layout {
                 l4: ETH_LEN + 40,
                 ip_len: 40,
-                tcp_len: usize::from(u16::from_be_bytes([ip[4], ip[5]])),
-                pseudo: words(&ip[8..40]) + u32::from(PROTO_TCP),
+                l4_len: usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+                pseudo: words(&ip[8..40]) + u32::from(proto),
                 v6: true,
             })
         }
         _ => None,
     }
-    .filter(|l| l.tcp_len >= 20 && l.l4 + l.tcp_len <= frame.len())
+    .filter(|l| {
+        let min = if proto == PROTO_TCP { 20 } else { UDP_HDR };
+        l.l4_len >= min && l.l4 + l.l4_len <= frame.len()
+    })
 }
 
 fn fold(mut sum: u32) -> u16 {
@@ -165,7 +292,7 @@ pub fn offload_tcp(frame: &mut [u8], mtu: usize, mss: u16) -> VnetHdr {
     let Some(Layout {
         l4,
         ip_len,
-        tcp_len,
+        l4_len: tcp_len,
         pseudo,
         v6,
     }) = tcp_layout(frame)
@@ -199,7 +326,7 @@ pub fn offload_tcp(frame: &mut [u8], mtu: usize, mss: u16) -> VnetHdr {
 /// check it with offloads on (the frame was validated before).
 pub fn raise_syn_mss(frame: &mut [u8]) -> Option<u16> {
     let l = tcp_layout(frame)?;
-    let tcp = frame.get_mut(l.l4..l.l4 + l.tcp_len)?;
+    let tcp = frame.get_mut(l.l4..l.l4 + l.l4_len)?;
     if tcp.len() < 20 || tcp[13] & 0x02 == 0 {
         return None;
     }
@@ -441,5 +568,210 @@ mod tests {
         let mut f = tcp4(10, false, &[]);
         f[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(offload_tcp(&mut f, 1500, 1460), VnetHdr::default());
+    }
+
+    /// An IPv4 UDP frame with `payload` bytes after the UDP header, checksum complete.
+    fn udp4(payload: usize) -> Vec<u8> {
+        let mut f = vec![0u8; ETH_LEN + 20 + 8 + payload];
+        f[12..14].copy_from_slice(&ETH_IPV4);
+        let ip = &mut f[ETH_LEN..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = PROTO_UDP;
+        ip[12..16].copy_from_slice(&[10, 0, 2, 2]);
+        ip[16..20].copy_from_slice(&[10, 0, 2, 100]);
+        let udp = &mut ip[20..];
+        udp[0..2].copy_from_slice(&4433u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&50000u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        for (i, b) in udp[8..].iter_mut().enumerate() {
+            *b = (i * 13 + 5) as u8;
+        }
+        f
+    }
+
+    fn udp4_verifies(f: &[u8]) -> bool {
+        smoltcp::wire::UdpPacket::new_checked(&f[34..])
+            .unwrap()
+            .verify_checksum(
+                &smoltcp::wire::IpAddress::v4(10, 0, 2, 2),
+                &smoltcp::wire::IpAddress::v4(10, 0, 2, 100),
+            )
+    }
+
+    const USO: VnetHdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_UDP_L4,
+        hdr_len: 42,
+        gso_size: 1200,
+        csum_start: 34,
+        csum_offset: 6,
+    };
+
+    #[test]
+    fn uso_header_is_accepted_only_when_enabled() {
+        let b = USO.encode();
+        assert_eq!(b, [1, 5, 42, 0, 0xb0, 4, 34, 0, 6, 0]);
+        assert_eq!(VnetHdr::parse(&b), Some(USO));
+        assert!(USO.is_udp_gso());
+        assert!(!USO.gso_ok() && !USO.gso_ok_with(false) && USO.gso_ok_with(true));
+        // UFO (type 3) never; TCP with or without USO.
+        assert!(!VnetHdr { gso_type: 3, ..USO }.gso_ok_with(true));
+        assert!(VnetHdr {
+            gso_type: GSO_TCPV4,
+            ..USO
+        }
+        .gso_ok_with(false));
+        // The ECN bit makes no sense on UDP: refused.
+        assert!(!VnetHdr {
+            gso_type: 0x85,
+            ..USO
+        }
+        .gso_ok_with(true));
+    }
+
+    #[test]
+    fn guest_uso_frames_are_checked_against_their_payload() {
+        assert_eq!(udp_gso_from_guest(&USO, 12_000), Ok(Some(1200)));
+        assert_eq!(udp_gso_from_guest(&USO, 12_001), Ok(Some(1200)));
+        // One segment or less: a plain datagram.
+        assert_eq!(udp_gso_from_guest(&USO, 1200), Ok(None));
+        assert_eq!(udp_gso_from_guest(&USO, 0), Ok(None));
+        assert_eq!(udp_gso_from_guest(&VnetHdr::default(), 60_000), Ok(None));
+        let h = VnetHdr { gso_size: 0, ..USO };
+        assert_eq!(udp_gso_from_guest(&h, 10), Err(UdpGsoError::ZeroSize));
+        let h = VnetHdr { flags: 0, ..USO };
+        assert_eq!(
+            udp_gso_from_guest(&h, 12_000),
+            Err(UdpGsoError::NoPartialChecksum)
+        );
+        // 128 datagrams at most; 1-byte datagrams of a 60 KB payload are refused.
+        let h = VnetHdr {
+            gso_size: 100,
+            ..USO
+        };
+        assert_eq!(udp_gso_from_guest(&h, 12_800), Ok(Some(100)));
+        assert_eq!(
+            udp_gso_from_guest(&h, 12_801),
+            Err(UdpGsoError::TooManySegments)
+        );
+        let h = VnetHdr { gso_size: 1, ..USO };
+        assert_eq!(
+            udp_gso_from_guest(&h, 60_000),
+            Err(UdpGsoError::TooManySegments)
+        );
+    }
+
+    #[test]
+    fn segments_cover_the_payload_in_order() {
+        let v: Vec<_> = udp_segments(3000, 1000).collect();
+        assert_eq!(v, [(0, 1000), (1000, 1000), (2000, 1000)]);
+        let v: Vec<_> = udp_segments(2501, 1000).collect();
+        assert_eq!(v, [(0, 1000), (1000, 1000), (2000, 501)]);
+        assert_eq!(udp_segments(999, 1000).collect::<Vec<_>>(), [(0, 999)]);
+        assert_eq!(udp_segments(0, 1000).collect::<Vec<_>>(), [(0, 0)]);
+        assert_eq!(udp_segments(10, 0).count(), 0);
+        for (len, size) in [(65_507, 1472), (64_000, 1000), (7, 1), (1473, 1472)] {
+            let mut at = 0;
+            for (off, l) in udp_segments(len, size) {
+                assert_eq!(off, at);
+                assert!(l > 0 && l <= size);
+                at += l;
+            }
+            assert_eq!(at, len, "{len}/{size}");
+        }
+    }
+
+    #[test]
+    fn train_becomes_a_uso_frame_whose_partial_checksum_completes() {
+        let mut f = udp4(10 * 1200 + 17);
+        let h = offload_udp(&mut f, 1500, 1200).unwrap();
+        assert_eq!(
+            h,
+            VnetHdr {
+                gso_size: 1200,
+                ..USO
+            }
+        );
+        assert!(
+            !udp4_verifies(&f),
+            "the field holds only the pseudo-header sum"
+        );
+        complete(&mut f, &h);
+        assert!(udp4_verifies(&f));
+    }
+
+    /// What the guest's kernel does with each segment (`__udp_gso_segment`): swap the train's
+    /// UDP length for the segment's in the partial sum, then complete over the segment.
+    #[test]
+    fn each_segment_the_kernel_cuts_checksums_right() {
+        let mut f = udp4(3 * 1000 + 10);
+        let h = offload_udp(&mut f, 1500, 1000).unwrap();
+        let partial = u16::from_be_bytes([f[40], f[41]]);
+        for (off, len) in udp_segments(3010, 1000) {
+            let mut seg = udp4(len);
+            seg[42..].copy_from_slice(&f[42 + off..42 + off + len]);
+            let new_len = (8 + len) as u16;
+            // csum16_add(csum16_sub(check, old_len), new_len)
+            let sub = u32::from(partial) + u32::from(!3018u16);
+            let adjusted = fold(fold(sub) as u32 + u32::from(new_len));
+            seg[40..42].copy_from_slice(&adjusted.to_be_bytes());
+            complete(&mut seg, &h);
+            assert!(udp4_verifies(&seg), "segment at {off}");
+        }
+    }
+
+    #[test]
+    fn uso_frames_respect_the_mtu_and_segment_limits() {
+        // 1472 + 8 + 20 == 1500: the largest datagram of an MTU-1500 guest.
+        let mut f = udp4(4 * 1472);
+        assert_eq!(
+            offload_udp(&mut f, 1500, 1472).map(|h| h.gso_size),
+            Some(1472)
+        );
+        // One byte more would make 1501-byte packets: refused, the frame left alone.
+        let mut f = udp4(4 * 1473);
+        let before = f.clone();
+        assert_eq!(offload_udp(&mut f, 1500, 1473), None);
+        assert_eq!(f, before);
+        // 64 datagrams at most.
+        assert!(offload_udp(&mut udp4(64 * 1000), 1500, 1000).is_some());
+        assert_eq!(offload_udp(&mut udp4(64 * 1000 + 1), 1500, 1000), None);
+        // One datagram, size 0, a UDP length that disagrees with IP, TCP: no USO.
+        assert_eq!(offload_udp(&mut udp4(1000), 1500, 1000), None);
+        assert_eq!(offload_udp(&mut udp4(3000), 1500, 0), None);
+        let mut f = udp4(3000);
+        f[38..40].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(offload_udp(&mut f, 1500, 1000), None);
+        assert_eq!(offload_udp(&mut tcp4(3000, false, &[]), 1500, 1000), None);
+        for len in 0..50 {
+            let mut g = udp4(3000);
+            g.truncate(len);
+            assert_eq!(offload_udp(&mut g, 1500, 1000), None);
+        }
+    }
+
+    #[test]
+    fn ipv6_uso_frame() {
+        let payload = 5 * 1000;
+        let mut f = vec![0u8; ETH_LEN + 40 + 8 + payload];
+        f[12..14].copy_from_slice(&ETH_IPV6);
+        f[ETH_LEN] = 0x60;
+        f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f[ETH_LEN + 6] = PROTO_UDP;
+        f[ETH_LEN + 8] = 0xfd;
+        f[ETH_LEN + 24] = 0xfd;
+        f[ETH_LEN + 40 + 4..ETH_LEN + 40 + 6]
+            .copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f[ETH_LEN + 48] = 0x77;
+        let h = offload_udp(&mut f, 1500, 1000).unwrap();
+        assert_eq!((h.csum_start, h.hdr_len, h.csum_offset), (54, 62, 6));
+        // 40 + 8 + 1452 == 1500 is the IPv6 boundary.
+        assert!(offload_udp(&mut f.clone(), 1500, 1453).is_none());
+        complete(&mut f, &h);
+        let udp = smoltcp::wire::UdpPacket::new_checked(&f[54..]).unwrap();
+        let a = |b: &[u8]| smoltcp::wire::IpAddress::Ipv6(<[u8; 16]>::try_from(b).unwrap().into());
+        assert!(udp.verify_checksum(&a(&f[22..38]), &a(&f[38..54])));
     }
 }

@@ -53,8 +53,8 @@ pub use checksum::checksum;
 pub use classify::{classify, classify_offloaded};
 pub use frag::{fragment, fragment6};
 pub use reply::{
-    finish_dhcp, finish_echo_reply, finish_udp, icmp6_error, icmp_error, multicast_mac,
-    router_advert, tcp_rst,
+    finish_dhcp, finish_echo_reply, finish_udp, finish_udp_unsummed, icmp6_error, icmp_error,
+    multicast_mac, router_advert, tcp_rst,
 };
 
 /// Ethernet header length.

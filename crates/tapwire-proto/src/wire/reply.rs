@@ -114,6 +114,31 @@ pub fn finish_udp(
     len: usize,
     ident: u16,
 ) -> Option<usize> {
+    finish_udp_with(frame, l2, src, dst, len, ident, true)
+}
+
+/// [`finish_udp`] without summing the payload (the checksum field is left 0), for a frame
+/// whose checksum an offload fills in (`vnet::offload_udp`).
+pub fn finish_udp_unsummed(
+    frame: &mut [u8],
+    l2: &L2,
+    src: SocketAddr,
+    dst: SocketAddr,
+    len: usize,
+    ident: u16,
+) -> Option<usize> {
+    finish_udp_with(frame, l2, src, dst, len, ident, false)
+}
+
+fn finish_udp_with(
+    frame: &mut [u8],
+    l2: &L2,
+    src: SocketAddr,
+    dst: SocketAddr,
+    len: usize,
+    ident: u16,
+    sum: bool,
+) -> Option<usize> {
     let v6 = src.is_ipv6();
     let (l4, payload) = (l4_offset(v6), udp_payload_offset(v6));
     let udp_len = 8 + len;
@@ -125,12 +150,14 @@ pub fn finish_udp(
     udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
     udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
     udp[6..8].copy_from_slice(&[0, 0]);
-    let pseudo = pseudo_header_sum(src.ip(), dst.ip(), 17, udp_len);
-    let mut c = checksum(udp, pseudo);
-    if c == 0 {
-        c = 0xffff;
+    if sum {
+        let pseudo = pseudo_header_sum(src.ip(), dst.ip(), 17, udp_len);
+        let mut c = checksum(udp, pseudo);
+        if c == 0 {
+            c = 0xffff;
+        }
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
     }
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
     finish_ip(frame, l2, src.ip(), dst.ip(), 17, udp_len, ident)
 }
 

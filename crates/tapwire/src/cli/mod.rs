@@ -146,6 +146,11 @@ pub(crate) struct NetOpts {
     #[arg(long)]
     disable_offload: bool,
 
+    /// Do not offer UDP segmentation offload (USO) to the guest while keeping checksum and
+    /// TCP offload: UDP then crosses the TAP one datagram per frame both ways
+    #[arg(long)]
+    disable_udp_offload: bool,
+
     /// Most memory the TCP flows' buffers may take together, e.g. 256M (K, M, G suffixes):
     /// full-size buffers for the first flows (a quarter of it, at most 16M), small ones for
     /// the others, and new flows refused when it is spent [default: 1/16 of the RAM, 64M..2G]
@@ -188,6 +193,7 @@ impl NetOpts {
             outbound4: self.outbound_addr,
             outbound6: self.outbound_addr6,
             offload: !self.disable_offload,
+            uso: !self.disable_offload && !self.disable_udp_offload,
             max_buffer_memory: self.max_buffer_memory,
         }
     }

@@ -204,7 +204,7 @@ pub const DAEMON: &[Entry] = &[
     any(
         libc::SYS_setsockopt,
         "setsockopt",
-        "TCP_NODELAY, SO_LINGER (RST), SO_REUSEADDR, SO_BINDTODEVICE",
+        "TCP_NODELAY, SO_LINGER (RST), SO_REUSEADDR, SO_BINDTODEVICE, UDP_GRO (USO)",
     ),
     any(
         libc::SYS_getsockopt,
@@ -240,12 +240,12 @@ pub const DAEMON: &[Entry] = &[
     any(
         libc::SYS_recvmmsg,
         "recvmmsg",
-        "udp proxy: a binding's datagrams in batches (sys::mmsg)",
+        "udp proxy: a binding's datagrams in batches, UDP_GRO trains (sys::mmsg)",
     ),
     any(
         libc::SYS_sendmmsg,
         "sendmmsg",
-        "udp proxy: a turn's datagrams per binding (sys::mmsg)",
+        "udp proxy: a turn's datagrams per binding, UDP_SEGMENT trains (sys::mmsg)",
     ),
     any(
         libc::SYS_shutdown,

@@ -237,6 +237,12 @@ impl Engine {
             "frames_out": s.device.frames_out,
             "bytes_out": s.device.bytes_out,
             "tap_write_errors": s.device.write_errors,
+            "uso": {
+                "enabled": self.link.uso,
+                "frames_in": s.uso_in,
+                "frames_out": s.device.uso_out,
+                "cut": s.uso_cut,
+            },
             "drops": drops,
             "drops_total": s.drops.total(),
             "flows": {

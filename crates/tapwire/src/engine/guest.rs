@@ -61,6 +61,8 @@ pub(super) struct GuestLink {
     pub mtu: usize,
     /// The TAP does checksum and TCP segmentation offload (see `vnet`).
     pub offload: bool,
+    /// ... and UDP segmentation offload (USO) both ways.
+    pub uso: bool,
     /// Our addresses, for `wire::classify`.
     pub info: LinkInfo,
     /// Our MAC and the guest's (learnt from its frames) for the frames we build.
@@ -82,11 +84,11 @@ impl GuestLink {
     /// Set up the link over `tap`: offloads as configured (if the TAP accepts them), buffers,
     /// the smoltcp interface.
     pub fn new(net: &NetConfig, tap: Tap, stats: &mut DeviceStats) -> GuestLink {
-        let offload = match tap.set_offload(net.offload) {
-            Ok(()) => net.offload,
+        let (offload, uso) = match tap.set_offload(net.offload, net.uso) {
+            Ok(uso) => (net.offload, uso),
             Err(e) => {
                 tracing::warn!("TUNSETOFFLOAD: {e}; running without TSO/checksum offload");
-                false
+                (false, false)
             }
         };
         let mtu = net.mtu as usize;
@@ -119,6 +121,7 @@ impl GuestLink {
             scratch: vec![0u8; frame_len],
             mtu,
             offload,
+            uso,
             info,
             l2: L2 {
                 src: net.host_mac(),
@@ -227,6 +230,47 @@ impl GuestLink {
         let ident = self.next_ident();
         if let Some(n) = wire::finish_udp(&mut self.out, &self.l2, src, dst, len, ident) {
             self.send_out(n, stats);
+        }
+    }
+
+    /// Send a train of `seg`-byte datagrams that the host kernel coalesced (`UDP_GRO`), `len`
+    /// bytes at `buf[udp_payload_offset..]`, to the guest: as one USO frame when the TAP has
+    /// USO and the guest can take it (`vnet::offload_udp`: each datagram within the MTU, at
+    /// most 64 of them), else datagram by datagram. `buf` and `out` may be swapped.
+    pub fn send_udp_train(
+        &mut self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        buf: &mut Vec<u8>,
+        len: usize,
+        seg: u16,
+        stats: &mut DeviceStats,
+    ) {
+        std::mem::swap(&mut self.out, buf);
+        if self.uso {
+            let ident = self.next_ident();
+            let count = len.div_ceil(usize::from(seg).max(1));
+            // The guest numbers the datagrams it cuts from `ident` on.
+            self.ip_ident = self.ip_ident.wrapping_add(count.saturating_sub(1) as u16);
+            if let Some(n) =
+                wire::finish_udp_unsummed(&mut self.out, &self.l2, src, dst, len, ident)
+            {
+                if let Some(hdr) = vnet::offload_udp(&mut self.out[..n], self.mtu, seg) {
+                    device::write_frame_with(&self.tap, &hdr, &self.out[..n], stats);
+                    stats.uso_out += 1;
+                    return;
+                }
+            }
+        }
+        // One by one: each datagram copied from the train (now in `buf`) into `out`.
+        std::mem::swap(&mut self.out, buf);
+        let at = wire::udp_payload_offset(src.is_ipv6());
+        for (off, l) in vnet::udp_segments(len, usize::from(seg)) {
+            let Some(d) = buf.get(at + off..at + off + l) else {
+                break;
+            };
+            self.out[at..at + l].copy_from_slice(d);
+            self.send_udp(src, dst, l, stats);
         }
     }
 

@@ -44,6 +44,7 @@ use smoltcp::time::Instant;
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::flow::FlowTable;
 use tapwire_proto::reassembly::Reassembled;
+use tapwire_proto::vnet::VnetHdr;
 use tapwire_proto::wire::{self, Class, DropCounters, DropReason};
 
 use crate::control::server::Control;
@@ -91,6 +92,10 @@ pub struct Stats {
     pub udp_flows: u64,
     /// UDP bindings removed to make room in a full table.
     pub udp_evicted: u64,
+    /// Guest UDP super-datagrams (USO frames) received.
+    pub uso_in: u64,
+    /// Guest super-datagrams the host refused to take whole (`UDP_SEGMENT`), cut here.
+    pub uso_cut: u64,
     pub icmp_flows: u64,
     pub device: DeviceStats,
 }
@@ -279,8 +284,8 @@ impl Engine {
             match self.link.tap.read(&mut rx) {
                 Ok((hdr, n)) => {
                     device::capture(&mut self.stats.device, &rx[..n]);
-                    if hdr.gso_ok() {
-                        self.handle_frame(&rx[..n], hdr.needs_csum())
+                    if hdr.gso_ok_with(self.link.uso) {
+                        self.handle_frame(&rx[..n], &hdr)
                     } else {
                         self.stats.drops.bump(DropReason::Gso)
                     }
@@ -308,8 +313,10 @@ impl Engine {
         }
     }
 
-    /// One frame from the guest; `partial`: its TCP/UDP checksum was left to offload.
-    fn handle_frame(&mut self, frame: &[u8], partial: bool) {
+    /// One frame from the guest with its virtio-net header (`NEEDS_CSUM`: its TCP/UDP
+    /// checksum was left to offload; `GSO_UDP_L4`: a UDP super-datagram).
+    fn handle_frame(&mut self, frame: &[u8], hdr: &VnetHdr) {
+        let partial = hdr.needs_csum();
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
         if !self.guard_neighbours(frame) {
@@ -324,6 +331,9 @@ impl Engine {
         match class {
             Class::Drop(DropReason::Fragment) => self.fragment_from_guest(frame),
             Class::Drop(reason) => self.stats.drops.bump(reason),
+            Class::Udp(u) => self.udp_from_guest(&u, frame, hdr),
+            // USO claimed for something that is not UDP.
+            _ if hdr.is_udp_gso() => self.stats.drops.bump(DropReason::Gso),
             Class::Stack => {
                 self.ingress(frame, None);
                 if frame.get(12..14) != Some(&[0x08, 0x00]) {
@@ -334,7 +344,6 @@ impl Engine {
                 }
             }
             Class::Tcp(info) => self.tcp_from_guest(&info, frame),
-            Class::Udp(u) => self.udp_from_guest(&u, frame),
             Class::Echo(e) => self.echo_from_guest(&e),
             Class::Dhcp(msg) => self.dhcp_from_guest(msg),
             Class::RouterSolicit(_) => self.send_router_advert(),
@@ -350,7 +359,7 @@ impl Engine {
         match reasm.feed(frame, now_ms) {
             Reassembled::Complete(whole) => {
                 // Counted once more as a frame; that is the packet the guest meant to send.
-                self.handle_frame(whole, false);
+                self.handle_frame(whole, &VnetHdr::default());
             }
             Reassembled::Pending => {}
             Reassembled::Invalid => self.stats.drops.bump(DropReason::Fragment),

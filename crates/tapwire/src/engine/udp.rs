@@ -28,18 +28,21 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 
 use mio::Interest;
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::flow::FlowTable;
 use tapwire_proto::nat::Verdict;
 use tapwire_proto::udp_lifetime::{self, Traffic};
+use tapwire_proto::vnet::{self, VnetHdr};
 use tapwire_proto::wire::{self, DropReason, UdpInfo, Unreachable, L2};
 
 use super::dns;
 use super::forward::{FwdEntry, FwdSocket};
 use super::host::{token, KIND_UDP};
 use super::Engine;
+use crate::sys::mmsg;
 
 pub use crate::sys::socket::{bind_outbound, host_socket};
 
@@ -101,8 +104,15 @@ impl UdpFlow {
         dst: SocketAddr,
         target: SocketAddr,
         idle_ms: u64,
+        gro: bool,
     ) -> io::Result<UdpFlow> {
         let sock = host_socket(net, target, socket2::Type::DGRAM, None)?;
+        if gro {
+            // Trains of the peer's datagrams go to the guest as USO frames (see `udp_batch`).
+            if let Err(e) = mmsg::set_udp_gro(sock.as_fd()) {
+                tracing::debug!(%target, "UDP_GRO: {e}");
+            }
+        }
         match sock.connect(&target.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -122,7 +132,15 @@ impl UdpFlow {
 }
 
 impl Engine {
-    pub(super) fn udp_from_guest(&mut self, u: &UdpInfo<'_>, frame: &[u8]) {
+    pub(super) fn udp_from_guest(&mut self, u: &UdpInfo<'_>, frame: &[u8], hdr: &VnetHdr) {
+        // A USO frame is a train of `seg`-byte datagrams (see `vnet`).
+        let seg = match vnet::udp_gso_from_guest(hdr, u.payload.len()) {
+            Ok(seg) => seg,
+            Err(_) => return self.stats.drops.bump(DropReason::Gso),
+        };
+        if seg.is_some() {
+            self.stats.uso_in += 1;
+        }
         let key = (u.src, u.dst);
         let now_ms = self.clock.now_ms();
         let idx = match self.udp.find(&key) {
@@ -145,7 +163,8 @@ impl Engine {
                     self.stats.drops.bump(DropReason::Policy);
                     return;
                 }
-                let flow = match UdpFlow::open(&self.net, u.src, u.dst, target, idle) {
+                let gro = self.link.uso;
+                let flow = match UdpFlow::open(&self.net, u.src, u.dst, target, idle, gro) {
                     Ok(f) => UdpFlow {
                         last_query: is_dns.then(Vec::new),
                         ..f
@@ -167,30 +186,35 @@ impl Engine {
             return;
         };
         if matches!(flow.host, UdpHost::Connected(_)) && flow.last_query.is_none() {
-            return self.queue_udp(idx, u.payload);
+            return self.queue_udp(idx, u.payload, seg.unwrap_or(0));
         }
-        let sent = match &flow.host {
-            UdpHost::Connected(sock) => sock.send(u.payload),
-            UdpHost::Forwarded { fwd, id, client } => match self.fwd.socks.get(*fwd) {
-                Some(FwdEntry {
-                    id: fid,
-                    sock: FwdSocket::Udp(sock),
-                    ..
-                }) if fid == id => sock.send_to(u.payload, *client),
-                _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
-            },
-        };
-        match sent {
-            Ok(_) => flow.datagrams_out += 1,
-            Err(e) => {
-                tracing::debug!(dst = %flow.dst, "udp send: {e}");
-                self.stats.drops.bump(DropReason::Policy);
+        // DNS and port forwards: at once, a train datagram by datagram.
+        let size = seg.map_or(u.payload.len().max(1), usize::from);
+        for (off, len) in vnet::udp_segments(u.payload.len(), size) {
+            let d = &u.payload[off..off + len];
+            let sent = match &flow.host {
+                UdpHost::Connected(sock) => sock.send(d),
+                UdpHost::Forwarded { fwd, id, client } => match self.fwd.socks.get(*fwd) {
+                    Some(FwdEntry {
+                        id: fid,
+                        sock: FwdSocket::Udp(sock),
+                        ..
+                    }) if fid == id => sock.send_to(d, *client),
+                    _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
+                },
+            };
+            match sent {
+                Ok(_) => flow.datagrams_out += 1,
+                Err(e) => {
+                    tracing::debug!(dst = %flow.dst, "udp send: {e}");
+                    self.stats.drops.bump(DropReason::Policy);
+                }
             }
-        }
-        if let Some(q) = &mut flow.last_query {
-            q.clear();
-            q.extend_from_slice(u.payload);
-            self.host.resolver.pending.sent(key, now_ms);
+            if let Some(q) = &mut flow.last_query {
+                q.clear();
+                q.extend_from_slice(d);
+                self.host.resolver.pending.sent(key, now_ms);
+            }
         }
     }
 

@@ -11,26 +11,74 @@
 //!   each binding's datagrams in their order with one `sendmmsg` per [`mmsg::MAX_BATCH`]
 //!   (a stream of datagrams to one peer costs one syscall per batch instead of one each).
 //!   A datagram the host socket refuses (full buffer, pending ICMP error) is dropped and
-//!   counted, as the unbatched path did. Nothing queued outlives the turn, and the queue is
-//!   flushed before any binding is removed (eviction), so a queued span can never reach a
-//!   reused slab index.
+//!   counted, as the unbatched path did. A guest USO frame (a train of datagrams of one
+//!   size, see `vnet`) is queued whole and goes as one message with `UDP_SEGMENT`; if the
+//!   host refuses the train (`EMSGSIZE`/`EINVAL`: its datagrams exceed the path MTU) it is
+//!   cut here and its datagrams sent one by one, in place, so the order holds. Nothing
+//!   queued outlives the turn, and the queue is flushed before any binding is removed
+//!   (eviction), so a queued span can never reach a reused slab index.
 //! - **Host → guest.** A readable binding is drained with `recvmmsg` into [`RX_BATCH`]
 //!   buffers the size of the link's frame buffer, each received at the UDP payload offset.
 //!   To write one to the guest the engine swaps it with the link's frame buffer (`out`, where
 //!   the headers are built and fragmentation reads from), so no datagram is copied; the
-//!   buffers just rotate.
+//!   buffers just rotate. With USO the sockets have `UDP_GRO`: a buffer may hold a train of
+//!   the peer's datagrams, which goes to the guest as one USO frame
+//!   (`GuestLink::send_udp_train`), or datagram by datagram when the guest cannot take it.
 //!
 //! The TAP itself has no batched read or write: every frame is still one `read`/`write`.
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
+use tapwire_proto::vnet;
 use tapwire_proto::wire::{self, DropReason};
 
 use super::udp::UdpHost;
 use super::Engine;
-use crate::sys::mmsg;
+use crate::sys::mmsg::{self, Span};
+
+/// The host refused a `UDP_SEGMENT` train as such: its datagrams exceed the path MTU
+/// (`EMSGSIZE` since Linux 6.x, `EINVAL` before) or some other GSO rule.
+fn train_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE))
+}
+
+/// Send the train `span` of `arena` cut into its datagrams, in order, a `sendmmsg` per
+/// [`mmsg::MAX_BATCH`]; returns how many were lost.
+fn send_cut(fd: BorrowedFd<'_>, arena: &[u8], span: Span) -> u64 {
+    let mut batch = [Span::default(); mmsg::MAX_BATCH];
+    let mut n = 0;
+    let mut lost = 0;
+    let mut flush = |batch: &[Span]| {
+        let mut sent = 0;
+        while sent < batch.len() {
+            match mmsg::send_batch(fd, arena, &batch[sent..]) {
+                Ok(0) => break,
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The socket buffer is full: the rest would fail the same way.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => sent += 1,
+            }
+        }
+        lost += (batch.len() - sent.min(batch.len())) as u64;
+    };
+    for (off, len) in vnet::udp_segments(span.len, usize::from(span.seg)) {
+        batch[n] = Span {
+            start: span.start + off,
+            len,
+            seg: 0,
+        };
+        n += 1;
+        if n == batch.len() {
+            flush(&batch);
+            n = 0;
+        }
+    }
+    flush(&batch[..n]);
+    lost
+}
 
 /// Datagrams received per `recvmmsg`.
 pub const RX_BATCH: usize = 32;
@@ -44,12 +92,14 @@ pub(super) struct UdpBatch {
     /// Receive buffers, each as long as the link's frame buffer.
     rx: Vec<Vec<u8>>,
     rx_lens: [usize; RX_BATCH],
+    /// The `UDP_GRO` segment size of each received buffer (0: one datagram).
+    rx_segs: [u16; RX_BATCH],
     /// Queued guest payloads.
     arena: Vec<u8>,
-    /// (binding index, start in `arena`, length, already sent).
-    queue: Vec<(usize, usize, usize, bool)>,
+    /// (binding index, the payload in `arena` and its USO segment size, already sent).
+    queue: Vec<(usize, Span, bool)>,
     /// Scratch spans for one binding's `sendmmsg`.
-    spans: Vec<(usize, usize)>,
+    spans: Vec<Span>,
 }
 
 impl UdpBatch {
@@ -57,6 +107,7 @@ impl UdpBatch {
         UdpBatch {
             rx: (0..RX_BATCH).map(|_| vec![0u8; frame_buffer_len]).collect(),
             rx_lens: [0; RX_BATCH],
+            rx_segs: [0; RX_BATCH],
             arena: vec![0u8; TX_ARENA],
             queue: Vec::with_capacity(TX_QUEUE),
             spans: Vec::with_capacity(mmsg::MAX_BATCH),
@@ -64,7 +115,7 @@ impl UdpBatch {
     }
 
     fn arena_used(&self) -> usize {
-        self.queue.last().map_or(0, |&(_, s, l, _)| s + l)
+        self.queue.last().map_or(0, |(_, s, _)| s.start + s.len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -73,8 +124,9 @@ impl UdpBatch {
 }
 
 impl Engine {
-    /// Queue `payload` for connected binding `idx` (sent by [`flush_udp`](Self::flush_udp)).
-    pub(super) fn queue_udp(&mut self, idx: usize, payload: &[u8]) {
+    /// Queue `payload` for connected binding `idx` (sent by [`flush_udp`](Self::flush_udp)),
+    /// a train of `seg`-byte datagrams unless `seg` is 0.
+    pub(super) fn queue_udp(&mut self, idx: usize, payload: &[u8], seg: u16) {
         if payload.len() > TX_ARENA {
             // Cannot happen (a datagram is at most 64 KiB) but never index past the arena.
             self.stats.drops.bump(DropReason::Policy);
@@ -87,7 +139,12 @@ impl Engine {
         let b = &mut self.udp_batch;
         let start = b.arena_used();
         b.arena[start..start + payload.len()].copy_from_slice(payload);
-        b.queue.push((idx, start, payload.len(), false));
+        let span = Span {
+            start,
+            len: payload.len(),
+            seg,
+        };
+        b.queue.push((idx, span, false));
     }
 
     /// Send every queued guest datagram, binding by binding, in order within each binding.
@@ -95,7 +152,7 @@ impl Engine {
         let mut queue = std::mem::take(&mut self.udp_batch.queue);
         let mut spans = std::mem::take(&mut self.udp_batch.spans);
         for i in 0..queue.len() {
-            let (idx, _, _, done) = queue[i];
+            let (idx, _, done) = queue[i];
             if done {
                 continue;
             }
@@ -104,10 +161,10 @@ impl Engine {
             while j < queue.len() {
                 spans.clear();
                 while j < queue.len() && spans.len() < mmsg::MAX_BATCH {
-                    let (k, start, len, done) = queue[j];
+                    let (k, span, done) = queue[j];
                     if k == idx && !done {
-                        spans.push((start, len));
-                        queue[j].3 = true;
+                        spans.push(span);
+                        queue[j].2 = true;
                     }
                     j += 1;
                 }
@@ -120,7 +177,7 @@ impl Engine {
     }
 
     /// `sendmmsg` `spans` of the arena on binding `idx`; what does not go is dropped, counted.
-    fn send_spans(&mut self, idx: usize, spans: &[(usize, usize)]) {
+    fn send_spans(&mut self, idx: usize, spans: &[Span]) {
         if spans.is_empty() {
             return;
         }
@@ -139,6 +196,14 @@ impl Engine {
                 Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if spans[sent].seg != 0 && train_refused(&e) => {
+                    // The host takes no train of this size: cut it here, in its place.
+                    self.stats.uso_cut += 1;
+                    for _ in 0..send_cut(sock.as_fd(), arena, spans[sent]) {
+                        self.stats.drops.bump(DropReason::Policy);
+                    }
+                    sent += 1;
+                }
                 Err(e) => {
                     tracing::debug!(dst = %flow.dst, "udp send: {e}");
                     // Skip the datagram the error belongs to; the rest may still go.
@@ -176,12 +241,14 @@ impl Engine {
             };
             let at = wire::udp_payload_offset(flow.guest.is_ipv6());
             let b = &mut self.udp_batch;
-            let n = match mmsg::recv_batch(sock.as_fd(), &mut b.rx, at, &mut b.rx_lens) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
+            let n =
+                match mmsg::recv_batch(sock.as_fd(), &mut b.rx, at, &mut b.rx_lens, &mut b.rx_segs)
+                {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
             flow.datagrams_in += n as u64;
             if flow.last_query.is_some() {
                 self.host.resolver.pending.answered((flow.guest, flow.dst));
@@ -189,9 +256,15 @@ impl Engine {
             let (src, dst) = (flow.dst, flow.guest);
             self.udp.touch(idx, now_ms);
             for i in 0..n {
-                let len = self.udp_batch.rx_lens[i];
-                std::mem::swap(&mut self.link.out, &mut self.udp_batch.rx[i]);
-                self.link.send_udp(src, dst, len, &mut self.stats.device);
+                let (len, seg) = (self.udp_batch.rx_lens[i], self.udp_batch.rx_segs[i]);
+                let stats = &mut self.stats.device;
+                if seg != 0 && len > usize::from(seg) {
+                    let buf = &mut self.udp_batch.rx[i];
+                    self.link.send_udp_train(src, dst, buf, len, seg, stats);
+                } else {
+                    std::mem::swap(&mut self.link.out, &mut self.udp_batch.rx[i]);
+                    self.link.send_udp(src, dst, len, stats);
+                }
             }
             // Edge-triggered readiness: go round until the socket would block.
         }

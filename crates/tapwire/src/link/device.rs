@@ -37,6 +37,8 @@ pub struct DeviceStats {
     pub bytes_out: u64,
     /// Writes the TAP refused (queue full or namespace gone).
     pub write_errors: u64,
+    /// UDP super-datagrams (USO frames) written, each standing for several datagrams.
+    pub uso_out: u64,
     /// The packet capture (`--pcap`, `start_capture`); `None` costs one test per frame.
     pub capture: Option<Box<Capture>>,
 }
@@ -48,6 +50,7 @@ impl Clone for DeviceStats {
             frames_out: self.frames_out,
             bytes_out: self.bytes_out,
             write_errors: self.write_errors,
+            uso_out: self.uso_out,
             capture: None,
         }
     }

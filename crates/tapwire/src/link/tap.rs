@@ -15,7 +15,8 @@
 //!   built them. A buffer shorter than the frame truncates it (the kernel drops the tail), so
 //!   callers size buffers for the largest frame ([`tapwire_proto::vnet::MAX_FRAME`] with offloads).
 //! - [`Tap::set_offload`] (`TUNSETOFFLOAD`) lets the guest's kernel send and accept TSO
-//!   super-segments and partial checksums; without it the header is all zeros both ways.
+//!   super-segments and partial checksums, and where the kernel has it UDP super-datagrams
+//!   (USO); without it the header is all zeros both ways.
 //! - The fd is blocking until [`Tap::set_nonblocking`] is called; the event loop turns it
 //!   non-blocking and gets `WouldBlock` when the queue is empty.
 //! - Names follow the kernel's `dev_valid_name()`: 1..=15 bytes, not `.` or `..`, no `/`, `:`,
@@ -170,14 +171,26 @@ impl Tap {
     }
 
     /// Enable (or, with `on` false, disable) checksum and TCP segmentation offload
-    /// (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`): the guest may then send and must accept what
-    /// [`tapwire_proto::vnet`] describes. The setting belongs to the device, not to this fd.
-    pub fn set_offload(&self, on: bool) -> io::Result<()> {
-        let flags = if on {
-            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
-        } else {
-            0
-        };
+    /// (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`), with `uso` also UDP segmentation offload
+    /// (`TUN_F_USO4 | TUN_F_USO6`, Linux >= 6.2; an older kernel's `EINVAL` falls back to TCP
+    /// offload alone): the guest may then send and must accept what [`tapwire_proto::vnet`]
+    /// describes. Returns whether USO is on. The setting belongs to the device, not to this fd.
+    pub fn set_offload(&self, on: bool, uso: bool) -> io::Result<bool> {
+        let tcp = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        if on && uso {
+            match self.offload_flags(tcp | libc::TUN_F_USO4 | libc::TUN_F_USO6) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!("TUNSETOFFLOAD refused USO (kernel < 6.2?): UDP unsegmented");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.offload_flags(if on { tcp } else { 0 })?;
+        Ok(false)
+    }
+
+    fn offload_flags(&self, flags: libc::c_uint) -> io::Result<()> {
         // SAFETY: the fd is an open TAP owned by `self`; TUNSETOFFLOAD takes an unsigned int
         // argument by value.
         let rc = unsafe {
