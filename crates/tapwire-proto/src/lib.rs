@@ -16,9 +16,12 @@
 //! - [`schedule`]: the engine's dirty list and timer heap.
 //! - [`bypass`]: bypass mode's decision (routes, published binds, the peer table);
 //!   [`sockaddr`]: raw `struct sockaddr` decoding and encoding (re-exported by `bypass`).
+//! - [`autopublish`]: which guest listeners `-p auto` publishes; [`sock_diag`]: the netlink
+//!   messages that list them.
 //! - [`linux`]: the Linux ABI numbers (errno, address families) the logic speaks in.
 #![forbid(unsafe_code)]
 
+pub mod autopublish;
 pub mod budget;
 pub mod bypass;
 pub mod config;
@@ -33,6 +36,7 @@ pub mod neighbour;
 pub mod reassembly;
 pub mod refused;
 pub mod schedule;
+pub mod sock_diag;
 pub mod sockaddr;
 pub mod udp_lifetime;
 pub mod vnet;
