@@ -7,7 +7,8 @@
 //! 1. logging (no threads), RLIMIT_NOFILE raised;
 //! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
 //!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
-//! 3. the engine (blocks signals, builds the smoltcp interface), the control socket, `-p` forwards;
+//! 3. the engine (blocks signals, builds the smoltcp interface), the control socket, `-p`
+//!    forwards, `-p auto` (with the sock_diag socket opened next to the TAP);
 //! 4. confinement, in slirp4netns's order: the fds inherited at start (noted before anything
 //!    was opened) are closed, then the sandbox (`--enable-sandbox`; always in run mode,
 //!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
@@ -106,11 +107,12 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         );
     }
     let ifcfg = args.configure.then(|| IfConfig::from_net(&args.net));
-    let tap_fd = netns::open_tap(
+    let (tap_fd, diag) = netns::open_tap(
         &args.target,
         args.userns_path.as_deref(),
         &args.tapname,
         ifcfg.as_ref(),
+        !args.auto_publish.is_empty(),
     )?;
     // The engine's exit fd also fires when the guest's process exits (see `lifeline`).
     let guest_pid = match &args.target {
@@ -149,6 +151,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     }
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
+    auto_publish(&mut engine, &args.auto_publish, diag)?;
     start_pcap(&mut engine, args.pcap.as_deref())?;
     if args.enable_sandbox || args.enable_seccomp {
         inherited.close();
@@ -215,6 +218,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         &ifcfg,
         args.net.dns(),
         filter.as_ref(),
+        !args.auto_publish.is_empty(),
     )?;
     let bypass = match &args.bypass {
         Some(b) => {
@@ -235,6 +239,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     let mut engine = Engine::new(args.net.clone(), tap, life)?;
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
+    auto_publish(&mut engine, &args.auto_publish, child.diag.take())?;
     start_pcap(&mut engine, args.pcap.as_deref())?;
     // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
     let lowest = args.publish.iter().map(|p| p.host_port).min();
@@ -271,6 +276,20 @@ fn start_pcap(engine: &mut Engine, path: Option<&std::path::Path>) -> Result<(),
                 rotate: 0,
             })
             .map_err(|e| format!("--pcap: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `-p auto`: hand the guest's sock_diag socket (opened with the TAP) to the engine.
+fn auto_publish(
+    engine: &mut Engine,
+    rules: &[tapwire_proto::autopublish::AutoRule],
+    diag: Option<OwnedFd>,
+) -> Result<(), AnyError> {
+    if let (false, Some(sock)) = (rules.is_empty(), diag) {
+        engine
+            .enable_auto_publish(rules.to_vec(), sock)
+            .map_err(|e| format!("-p auto: {e}"))?;
     }
     Ok(())
 }

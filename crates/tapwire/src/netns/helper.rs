@@ -5,7 +5,8 @@
 //! The user namespace is skipped when it is already ours (same st_dev and st_ino as
 //! `/proc/self/ns/user`), because `setns()` into one's own user namespace fails. The forked
 //! helper joins the user namespace, then the network namespace, opens the TAP, configures it
-//! (`-c`), sends the fd back over the [`super::channel`] and exits; the parent waits for it.
+//! (`-c`), for `-p auto` opens the guest's sock_diag socket (`link::sock_diag`), sends the
+//! fd(s) back over the [`super::channel`] and exits; the parent waits for it.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,8 +20,8 @@ use super::channel::{
     describe, die_with_parent, exit_now, recv_reply, send_error, send_fd, seqpacket_pair,
     wait_child, Reply,
 };
-use super::{errno, NetnsError, Target};
-use crate::link::netlink;
+use super::{errno, setup_err, NetnsError, Target};
+use crate::link::{netlink, sock_diag};
 use crate::link::tap::{self, Tap};
 use tapwire_proto::config::IfConfig;
 
@@ -57,7 +58,8 @@ fn is_own_ns(ns: &NsFile, own: &str) -> Result<bool, NetnsError> {
 
 /// Forks a helper (the caller must still be single-threaded) that joins the target's user
 /// namespace, then its network namespace, opens TAP `tapname`, runs
-/// [`netlink::configure`] when `cfg` is `Some`, and passes the fd back.
+/// [`netlink::configure`] when `cfg` is `Some`, opens a sock_diag socket there when `diag`
+/// (`-p auto`), and passes the fd(s) back.
 ///
 /// User namespace: `userns_path` if `Some`; otherwise, for [`Target::Pid`],
 /// `/proc/PID/ns/user`; for [`Target::Path`], none. It is skipped when it is the caller's own.
@@ -70,7 +72,8 @@ pub fn open_tap(
     userns_path: Option<&Path>,
     tapname: &str,
     cfg: Option<&IfConfig>,
-) -> Result<OwnedFd, NetnsError> {
+    diag: bool,
+) -> Result<(OwnedFd, Option<OwnedFd>), NetnsError> {
     tap::check_name(tapname)?;
     let (net_path, user_path) = match target {
         Target::Pid(pid) => {
@@ -107,14 +110,18 @@ pub fn open_tap(
         Err(e) => Err(NetnsError::Fork(errno(e))),
         Ok(ForkResult::Child) => {
             drop(parent_sock);
-            helper_main(&child_sock, parent_pid, user.as_ref(), &net, tapname, cfg)
+            helper_main(&child_sock, parent_pid, user.as_ref(), &net, tapname, cfg, diag)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(child_sock);
             let reply = recv_reply(&parent_sock, child);
             let status = wait_child(child);
             match reply? {
-                Reply::Fd(fd) => Ok(fd),
+                Reply::Fd(fd, d) if d.is_some() == diag => Ok((fd, d)),
+                Reply::Fd(..) => Err(NetnsError::BadReply {
+                    pid: child,
+                    reason: "wrong number of file descriptors",
+                }),
                 Reply::Error(message) => Err(NetnsError::Child {
                     pid: child,
                     message,
@@ -136,8 +143,9 @@ fn helper_main(
     net: &NsFile,
     tapname: &str,
     cfg: Option<&IfConfig>,
+    diag: bool,
 ) -> ! {
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Tap, NetnsError> {
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<_, NetnsError> {
         die_with_parent(parent)?;
         if let Some(ns) = user {
             setns(&ns.fd, CloneFlags::CLONE_NEWUSER).map_err(|e| NetnsError::Setns {
@@ -155,10 +163,14 @@ fn helper_main(
         if let Some(cfg) = cfg {
             netlink::configure(tapname, cfg)?;
         }
-        Ok(tap)
+        let diag = match diag {
+            true => Some(sock_diag::open().map_err(|e| setup_err("sock_diag socket (-p auto)", e))?.0),
+            false => None,
+        };
+        Ok((tap, diag))
     }));
     let code = match result {
-        Ok(Ok(tap)) => match send_fd(sock.as_fd(), tap.as_fd()) {
+        Ok(Ok((tap, diag))) => match send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd())) {
             Ok(()) => 0,
             Err(_) => 1,
         },
@@ -177,14 +189,14 @@ mod tests {
 
     #[test]
     fn bad_pid_is_rejected_before_forking() {
-        let err = open_tap(&Target::Pid(0), None, "tap0", None).unwrap_err();
+        let err = open_tap(&Target::Pid(0), None, "tap0", None, false).unwrap_err();
         assert!(matches!(err, NetnsError::InvalidPid(0)));
         assert!(err.to_string().contains("positive integer"));
     }
 
     #[test]
     fn missing_namespace_names_the_path() {
-        let err = open_tap(&Target::Pid(999_999_999), None, "tap0", None).unwrap_err();
+        let err = open_tap(&Target::Pid(999_999_999), None, "tap0", None, false).unwrap_err();
         let s = err.to_string();
         assert!(s.contains("/proc/999999999/ns/"), "{s}");
         assert!(s.contains("No such file or directory"), "{s}");
@@ -193,6 +205,7 @@ mod tests {
             None,
             "tap0",
             None,
+            false,
         )
         .unwrap_err();
         assert_eq!(

@@ -4,7 +4,7 @@
 //! before forking. The child unshares user+net+mount namespaces, maps root to the caller's
 //! euid/egid, makes `/` recursively private, opens and configures the TAP, mounts a
 //! resolv.conf naming the DNS forwarder over `/etc/resolv.conf` ([`super::resolv`]), and sends
-//! the TAP fd. It then blocks on the socketpair until [`RunChild::start`] writes one byte
+//! the TAP fd (with `-p auto`, also a sock_diag socket of the new namespace, `link::sock_diag`). It then blocks on the socketpair until [`RunChild::start`] writes one byte
 //! (EOF = the parent died or dropped the [`RunChild`] -> `_exit(1)`) and finally `execvp`s the
 //! command. The child has `PR_SET_PDEATHSIG(SIGKILL)`, which survives the exec, so the command
 //! dies with tapwire (note: "parent" is the forking *thread*).
@@ -50,6 +50,8 @@ pub struct RunChild {
     pub pid: Pid,
     /// The TAP fd inside the child's network namespace, configured with the `IfConfig`.
     pub tap: OwnedFd,
+    /// `-p auto`: the sock_diag socket of the child's network namespace.
+    pub diag: Option<OwnedFd>,
     /// Our end of the socketpair; writing one byte lets the child exec.
     go: Option<OwnedFd>,
 }
@@ -147,6 +149,8 @@ struct RunPrep<'a> {
     cfg: &'a IfConfig,
     /// Bypass mode: the seccomp filter to install right before exec.
     filter: Option<&'a crate::bypass::rules::Program>,
+    /// `-p auto`: send a sock_diag socket with the TAP.
+    diag: bool,
 }
 
 /// Run mode (`tapwire run -- CMD`): fork a child in new user, network and mount namespaces
@@ -159,7 +163,7 @@ pub fn spawn_run(
     cfg: &IfConfig,
     dns: Ipv4Addr,
 ) -> Result<RunChild, NetnsError> {
-    spawn_run_filtered(command, tapname, cfg, dns, None)
+    spawn_run_filtered(command, tapname, cfg, dns, None, false)
 }
 
 /// [`spawn_run`] for bypass mode: with `filter`, the child sets no_new_privs and installs the
@@ -167,13 +171,15 @@ pub fn spawn_run(
 /// [`RunChild::start_with_listener`] before it makes any trapped call: it writes the
 /// listener's fd number (a plain `send` without an address, which the filter lets through),
 /// the parent takes the fd with `pidfd_getfd` and acknowledges with one byte, and the child
-/// closes its copy and execs.
+/// closes its copy and execs. `diag`: also open a sock_diag socket in the new network
+/// namespace ([`RunChild::diag`], for `-p auto`).
 pub fn spawn_run_filtered(
     command: &[OsString],
     tapname: &str,
     cfg: &IfConfig,
     dns: Ipv4Addr,
     filter: Option<&crate::bypass::rules::Program>,
+    diag: bool,
 ) -> Result<RunChild, NetnsError> {
     tap::check_name(tapname)?;
     let shell;
@@ -205,6 +211,7 @@ pub fn spawn_run_filtered(
         tapname,
         cfg,
         filter,
+        diag,
     };
 
     let (parent_sock, child_sock) = seqpacket_pair()?;
@@ -222,10 +229,11 @@ pub fn spawn_run_filtered(
         Ok(ForkResult::Parent { child }) => {
             drop(child_sock);
             let reply = match recv_reply(&parent_sock, child) {
-                Ok(Reply::Fd(tap)) => {
+                Ok(Reply::Fd(tap, d)) if d.is_some() == diag => {
                     return Ok(RunChild {
                         pid: child,
                         tap,
+                        diag: d,
                         go: Some(parent_sock),
                     })
                 }
@@ -239,7 +247,7 @@ pub fn spawn_run_filtered(
                     pid: child,
                     message,
                 }),
-                Reply::Eof | Reply::Fd(_) => Err(NetnsError::ChildDied {
+                Reply::Eof | Reply::Fd(..) => Err(NetnsError::ChildDied {
                     pid: child,
                     how: describe(status?),
                 }),
@@ -250,18 +258,31 @@ pub fn spawn_run_filtered(
 
 /// Body of the run child. Never returns.
 fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
-    let tap = match catch_unwind(AssertUnwindSafe(|| run_setup(parent, prep))) {
-        Ok(Ok(tap)) => tap,
+    let setup = || -> Result<_, NetnsError> {
+        let tap = run_setup(parent, prep)?;
+        let diag = match prep.diag {
+            true => Some(
+                crate::link::sock_diag::open()
+                    .map_err(|e| setup_err("sock_diag socket (-p auto)", e))?
+                    .0,
+            ),
+            false => None,
+        };
+        Ok((tap, diag))
+    };
+    let (tap, diag) = match catch_unwind(AssertUnwindSafe(setup)) {
+        Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             send_error(sock.as_fd(), &e);
             exit_now(1)
         }
         Err(_) => exit_now(1),
     };
-    if send_fd(sock.as_fd(), tap.as_fd()).is_err() {
+    if send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd())).is_err() {
         exit_now(1);
     }
     drop(tap);
+    drop(diag);
     // Block until the parent says go (one byte) or goes away (EOF/error).
     let mut go = [0u8; 1];
     loop {
