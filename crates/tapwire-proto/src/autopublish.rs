@@ -101,7 +101,9 @@ impl FromStr for AutoRule {
             None => (port(range)?, port(range)?),
         };
         if first > last {
-            return Err(format!("empty port range '{range}' (FIRST-LAST, FIRST <= LAST)"));
+            return Err(format!(
+                "empty port range '{range}' (FIRST-LAST, FIRST <= LAST)"
+            ));
         }
         (rule.first, rule.last) = (first, last);
         Ok(rule)
@@ -293,10 +295,16 @@ mod tests {
     #[test]
     fn rule_errors() {
         let err = |s: &str| s.parse::<AutoRule>().unwrap_err();
-        assert_eq!(err("autox"), "expected auto or auto:[HOST_ADDR:]RANGE[/tcp|/udp]");
+        assert_eq!(
+            err("autox"),
+            "expected auto or auto:[HOST_ADDR:]RANGE[/tcp|/udp]"
+        );
         assert_eq!(err("auto:"), "invalid port '' (1-65535)");
         assert_eq!(err("auto:0-10"), "invalid port '0' (1-65535)");
-        assert_eq!(err("auto:9-8"), "empty port range '9-8' (FIRST-LAST, FIRST <= LAST)");
+        assert_eq!(
+            err("auto:9-8"),
+            "empty port range '9-8' (FIRST-LAST, FIRST <= LAST)"
+        );
         assert_eq!(err("auto:1-70000"), "invalid port '70000' (1-65535)");
         assert_eq!(err("auto:80/sctp"), "unknown protocol 'sctp' (tcp or udp)");
         assert_eq!(err("auto:x:80"), "invalid host address 'x'");
@@ -316,7 +324,10 @@ mod tests {
         let dhcp: IpAddr = "10.0.2.15".parse().unwrap();
         assert_eq!(t(l(Proto::Udp, "10.0.2.15", 80, false), &net), Some(dhcp));
         assert_eq!(t(l(Proto::Udp, "192.168.1.1", 80, false), &net), None);
-        assert_eq!(t(l(Proto::Udp, "::ffff:10.0.2.15", 80, false), &net), Some(dhcp));
+        assert_eq!(
+            t(l(Proto::Udp, "::ffff:10.0.2.15", 80, false), &net),
+            Some(dhcp)
+        );
         assert_eq!(t(l(Proto::Tcp, "fd00::1234", 80, true), &net), None);
         net.enable_ipv6 = true;
         let v6: IpAddr = "fd00::1234".parse().unwrap();
@@ -409,8 +420,10 @@ mod tests {
 
     #[test]
     fn v4_target_wins_and_a_changed_target_reopens() {
-        let mut net = NetConfig::default();
-        net.enable_ipv6 = true;
+        let net = NetConfig {
+            enable_ipv6: true,
+            ..NetConfig::default()
+        };
         let mut a = AutoPublish::new(vec!["auto".parse().unwrap()]);
         let v6 = l(Proto::Tcp, "fd00::5", 80, true);
         let v4 = l(Proto::Tcp, "0.0.0.0", 80, false);

@@ -115,7 +115,10 @@ pub fn parse(buf: &[u8], seq: u32, proto: Proto, out: &mut Vec<Listener>) -> Par
             break;
         };
         let len = len as usize;
-        let Some(msg) = buf.get(at..at.saturating_add(len)).filter(|_| len >= NLMSG_HDR) else {
+        let Some(msg) = buf
+            .get(at..at.saturating_add(len))
+            .filter(|_| len >= NLMSG_HDR)
+        else {
             p.malformed = true;
             break;
         };
@@ -269,7 +272,13 @@ mod tests {
     #[test]
     fn real_dumps() {
         let (p, out) = run(TCP4, Proto::Tcp);
-        assert_eq!(p, Parsed { done: true, ..Parsed::default() });
+        assert_eq!(
+            p,
+            Parsed {
+                done: true,
+                ..Parsed::default()
+            }
+        );
         assert_eq!(out, [l(Proto::Tcp, "0.0.0.0", 8080, false)]);
         let (p, out) = run(TCP6, Proto::Tcp);
         assert!(p.done && !p.malformed);

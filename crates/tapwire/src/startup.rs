@@ -107,7 +107,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         );
     }
     let ifcfg = args.configure.then(|| IfConfig::from_net(&args.net));
-    let (tap_fd, diag) = netns::open_tap(
+    let (tap_fd, diag) = netns::open_tap_diag(
         &args.target,
         args.userns_path.as_deref(),
         &args.tapname,

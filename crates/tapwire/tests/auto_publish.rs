@@ -43,10 +43,14 @@ fn auto_entry(w: &World, proto: &str, port: u16) -> Option<Value> {
 fn wait_published(w: &World, proto: &str, port: u16) -> Value {
     let start = Instant::now();
     let mut found = None;
-    wait_until(PUBLISH_DEADLINE, &format!("{proto} {port} published"), || {
-        found = auto_entry(w, proto, port).filter(|e| e.get("error").is_none());
-        found.is_some()
-    });
+    wait_until(
+        PUBLISH_DEADLINE,
+        &format!("{proto} {port} published"),
+        || {
+            found = auto_entry(w, proto, port).filter(|e| e.get("error").is_none());
+            found.is_some()
+        },
+    );
     eprintln!(
         "{proto} {port} published after {:.0} ms",
         start.elapsed().as_secs_f64() * 1000.0
@@ -167,7 +171,10 @@ fn udp_sockets_are_published_and_removed() {
         (want.len() as u64, sha256_hex(&want)),
         "datagrams echoed through the automatic UDP forward"
     );
-    assert!(auto_entry(&w, "tcp", 7201).is_none(), "TCP is not in the rule");
+    assert!(
+        auto_entry(&w, "tcp", 7201).is_none(),
+        "TCP is not in the rule"
+    );
     c.send(b"stop").unwrap();
     server.join(TRANSFER_TIMEOUT);
     drop(g);
@@ -193,7 +200,9 @@ fn a_taken_host_port_is_reported_and_published_once_free() {
     let _l1 = w.guest_listen(any_guest(7301));
     wait_published(&w, "tcp", 7301);
     let e = auto_entry(&w, "tcp", 7300).expect("the conflicting port is listed");
-    let err = e["error"].as_str().unwrap_or_else(|| panic!("no error: {e}"));
+    let err = e["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {e}"));
     assert!(err.contains("Address already in use"), "{e}");
     // Later dumps retry it without logging again, and the daemon keeps serving.
     let _l2 = w.guest_listen(any_guest(7302));
@@ -323,18 +332,31 @@ fn run_mode_publishes_automatically() {
     let host = HostNs::new();
     let mut child = host
         .cmd(bin())
-        .args(["run", "-p", "auto:7700/tcp", "--", "python3", "-c", RUN_SERVER, "7700"])
+        .args([
+            "run",
+            "-p",
+            "auto:7700/tcp",
+            "--",
+            "python3",
+            "-c",
+            RUN_SERVER,
+            "7700",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn tapwire run");
     let mut conn = None;
     let start = Instant::now();
-    wait_until(SETUP_TIMEOUT + PUBLISH_DEADLINE, "run mode publishes 7700", || {
-        conn = host
-            .in_ns(|| TcpStream::connect((Ipv4Addr::LOCALHOST, 7700)))
-            .ok();
-        conn.is_some()
-    });
+    wait_until(
+        SETUP_TIMEOUT + PUBLISH_DEADLINE,
+        "run mode publishes 7700",
+        || {
+            conn = host
+                .in_ns(|| TcpStream::connect((Ipv4Addr::LOCALHOST, 7700)))
+                .ok();
+            conn.is_some()
+        },
+    );
     eprintln!("reachable after {:.2} s", start.elapsed().as_secs_f64());
     let mut c = conn.unwrap();
     set_timeouts(&c);

@@ -558,7 +558,8 @@ mod tests {
         };
         assert_eq!((d.publish.len(), d.auto_publish.len()), (1, 2));
         assert_eq!(d.auto_publish[1].first, 8000);
-        let Command::Run(r) = parse(["tapwire", "run", "-p", "auto:[::]:80/udp", "--", "true"]).unwrap()
+        let Command::Run(r) =
+            parse(["tapwire", "run", "-p", "auto:[::]:80/udp", "--", "true"]).unwrap()
         else {
             panic!("not run")
         };

@@ -111,7 +111,10 @@ impl Engine {
             );
         }
         if !d.complete {
-            tracing::debug!(malformed = d.malformed, "automatic publishing: incomplete dump");
+            tracing::debug!(
+                malformed = d.malformed,
+                "automatic publishing: incomplete dump"
+            );
             return;
         }
         let explicit = self.fwd.list.explicit();

@@ -21,8 +21,8 @@ use super::channel::{
     wait_child, Reply,
 };
 use super::{errno, setup_err, NetnsError, Target};
-use crate::link::{netlink, sock_diag};
 use crate::link::tap::{self, Tap};
+use crate::link::{netlink, sock_diag};
 use tapwire_proto::config::IfConfig;
 
 /// A namespace file opened by the parent, with its path for error messages.
@@ -72,6 +72,17 @@ pub fn open_tap(
     userns_path: Option<&Path>,
     tapname: &str,
     cfg: Option<&IfConfig>,
+) -> Result<OwnedFd, NetnsError> {
+    open_tap_diag(target, userns_path, tapname, cfg, false).map(|(tap, _)| tap)
+}
+
+/// [`open_tap`], and with `diag` (`-p auto`) also a sock_diag socket of the target's network
+/// namespace (`link::sock_diag::open`), made by the same helper.
+pub fn open_tap_diag(
+    target: &Target,
+    userns_path: Option<&Path>,
+    tapname: &str,
+    cfg: Option<&IfConfig>,
     diag: bool,
 ) -> Result<(OwnedFd, Option<OwnedFd>), NetnsError> {
     tap::check_name(tapname)?;
@@ -110,7 +121,15 @@ pub fn open_tap(
         Err(e) => Err(NetnsError::Fork(errno(e))),
         Ok(ForkResult::Child) => {
             drop(parent_sock);
-            helper_main(&child_sock, parent_pid, user.as_ref(), &net, tapname, cfg, diag)
+            helper_main(
+                &child_sock,
+                parent_pid,
+                user.as_ref(),
+                &net,
+                tapname,
+                cfg,
+                diag,
+            )
         }
         Ok(ForkResult::Parent { child }) => {
             drop(child_sock);
@@ -164,16 +183,22 @@ fn helper_main(
             netlink::configure(tapname, cfg)?;
         }
         let diag = match diag {
-            true => Some(sock_diag::open().map_err(|e| setup_err("sock_diag socket (-p auto)", e))?.0),
+            true => Some(
+                sock_diag::open()
+                    .map_err(|e| setup_err("sock_diag socket (-p auto)", e))?
+                    .0,
+            ),
             false => None,
         };
         Ok((tap, diag))
     }));
     let code = match result {
-        Ok(Ok((tap, diag))) => match send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd())) {
-            Ok(()) => 0,
-            Err(_) => 1,
-        },
+        Ok(Ok((tap, diag))) => {
+            match send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd())) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        }
         Ok(Err(e)) => {
             send_error(sock.as_fd(), &e);
             1
@@ -189,14 +214,14 @@ mod tests {
 
     #[test]
     fn bad_pid_is_rejected_before_forking() {
-        let err = open_tap(&Target::Pid(0), None, "tap0", None, false).unwrap_err();
+        let err = open_tap(&Target::Pid(0), None, "tap0", None).unwrap_err();
         assert!(matches!(err, NetnsError::InvalidPid(0)));
         assert!(err.to_string().contains("positive integer"));
     }
 
     #[test]
     fn missing_namespace_names_the_path() {
-        let err = open_tap(&Target::Pid(999_999_999), None, "tap0", None, false).unwrap_err();
+        let err = open_tap(&Target::Pid(999_999_999), None, "tap0", None).unwrap_err();
         let s = err.to_string();
         assert!(s.contains("/proc/999999999/ns/"), "{s}");
         assert!(s.contains("No such file or directory"), "{s}");
@@ -205,7 +230,6 @@ mod tests {
             None,
             "tap0",
             None,
-            false,
         )
         .unwrap_err();
         assert_eq!(

@@ -48,7 +48,7 @@ pub mod helper;
 pub mod resolv;
 pub mod run;
 
-pub use helper::open_tap;
+pub use helper::{open_tap, open_tap_diag};
 pub use run::{spawn_run, spawn_run_filtered, RunChild};
 
 /// Which network namespace the daemon attaches to (its positional argument).
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn bad_tap_name_is_rejected_before_forking() {
-        let err = open_tap(&Target::Pid(1), None, "much-too-long-name", None, false).unwrap_err();
+        let err = open_tap(&Target::Pid(1), None, "much-too-long-name", None).unwrap_err();
         assert!(matches!(err, NetnsError::Tap(TapError::InvalidName { .. })));
         let cfg = IfConfig::from_net(&tapwire_proto::config::NetConfig::default());
         let err = spawn_run(&[], "", &cfg, Ipv4Addr::new(10, 0, 2, 3)).unwrap_err();
