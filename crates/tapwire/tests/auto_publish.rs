@@ -60,9 +60,14 @@ fn wait_published(w: &World, proto: &str, port: u16) -> Value {
 
 #[track_caller]
 fn wait_unpublished(w: &World, proto: &str, port: u16) {
+    let start = Instant::now();
     wait_until(PUBLISH_DEADLINE, &format!("{proto} {port} removed"), || {
         auto_entry(w, proto, port).is_none()
     });
+    eprintln!(
+        "{proto} {port} removed after {:.0} ms",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 /// A connect to host loopback `port` is refused (nothing listens on the host).

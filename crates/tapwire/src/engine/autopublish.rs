@@ -7,10 +7,11 @@
 //! the guest's listening TCP and bound UDP sockets every [`INTERVAL_MS`] over the sock_diag
 //! socket the namespace helper made inside the guest (`link::sock_diag`). A dump of a few
 //! sockets is four small netlink round trips in the kernel, microseconds; the loop already
-//! wakes once a second for its housekeeping, so `-p auto` adds one wake-up a second and no
-//! measurable CPU at idle (`tests/auto_publish.rs` measures the daemon's CPU time over
-//! seconds of idleness). A port is published at most [`INTERVAL_MS`] after the guest's
-//! `listen()`.
+//! wakes once a second for its housekeeping, so `-p auto` adds one wake-up a second (the dump
+//! deadline caps the loop's sleep) and no measurable CPU at idle (`tests/auto_publish.rs`
+//! measures the daemon's CPU time over seconds of idleness; the README has a 60 s figure).
+//! A port is published at most [`INTERVAL_MS`] after the guest's `listen()`. Polling is only
+//! on while `-p auto` is: without it there is no socket and no deadline.
 //!
 //! Removal is prompt where the kernel can say so: the socket is subscribed to the destroy
 //! groups, so a closed listener (or any closed socket of the guest) makes it readable; the
@@ -32,6 +33,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use mio::unix::SourceFd;
 use mio::Interest;
 use tapwire_proto::autopublish::{Action, AutoPublish, AutoRule};
+use tapwire_proto::config::Proto;
 use tapwire_proto::sock_diag::Listener;
 
 use super::forward::open_forward;
@@ -56,6 +58,9 @@ pub(super) struct AutoPublisher {
     last_ms: u64,
     buf: Vec<u8>,
     listeners: Vec<Listener>,
+    /// Some rule covers TCP / UDP (the others are not dumped).
+    tcp: bool,
+    udp: bool,
     /// A refused dump was logged.
     warned: bool,
 }
@@ -69,6 +74,8 @@ impl Engine {
             Interest::READABLE,
         )?;
         tracing::info!(rules = rules.len(), "automatic publishing on");
+        let covers = |p: Proto| rules.iter().any(|r| r.proto.is_none_or(|q| q == p));
+        let (tcp, udp) = (covers(Proto::Tcp), covers(Proto::Udp));
         self.auto = Some(Box::new(AutoPublisher {
             sock,
             state: AutoPublish::new(rules),
@@ -77,6 +84,8 @@ impl Engine {
             last_ms: 0,
             buf: vec![0; BUF],
             listeners: Vec::new(),
+            tcp,
+            udp,
             warned: false,
         }));
         Ok(())
@@ -102,7 +111,9 @@ impl Engine {
         }
         a.last_ms = now_ms;
         a.next_ms = now_ms + INTERVAL_MS;
-        let d = sock_diag::dump(&a.sock, &mut a.seq, &mut a.buf, &mut a.listeners);
+        let (tcp, udp) = (a.tcp, a.udp);
+        let protos = |p: Proto| if p == Proto::Tcp { tcp } else { udp };
+        let d = sock_diag::dump(&a.sock, protos, &mut a.seq, &mut a.buf, &mut a.listeners);
         if let (Some(errno), false) = (d.refused, a.warned) {
             a.warned = true;
             tracing::warn!(

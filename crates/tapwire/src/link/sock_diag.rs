@@ -80,9 +80,16 @@ pub fn drain_events(fd: &OwnedFd, buf: &mut [u8]) -> u32 {
     }
 }
 
-/// List the guest's listeners into `out` (cleared first); `seq` is the caller's running
-/// sequence number (never 0).
-pub fn dump(fd: &OwnedFd, seq: &mut u32, buf: &mut [u8], out: &mut Vec<Listener>) -> Dump {
+/// List the guest's listeners of the protocols `protos` says into `out` (cleared first);
+/// `seq` is the caller's running sequence number (never 0). A UDP dump costs more than a
+/// TCP one (the kernel walks its whole UDP hash table; listening TCP sockets have their own).
+pub fn dump(
+    fd: &OwnedFd,
+    protos: impl Fn(Proto) -> bool,
+    seq: &mut u32,
+    buf: &mut [u8],
+    out: &mut Vec<Listener>,
+) -> Dump {
     out.clear();
     let mut d = Dump::default();
     for (v6, proto) in [
@@ -91,6 +98,9 @@ pub fn dump(fd: &OwnedFd, seq: &mut u32, buf: &mut [u8], out: &mut Vec<Listener>
         (false, Proto::Udp),
         (true, Proto::Udp),
     ] {
+        if !protos(proto) {
+            continue;
+        }
         *seq = seq.wrapping_add(1).max(1);
         let req = sock_diag::dump_request(v6, proto, *seq);
         loop {
