@@ -24,6 +24,10 @@
 //! in the log and in `list_hostfwd`) and is retried on every plan; when the guest closes the
 //! socket the forward is closed (open connections finish, as with `remove_hostfwd`).
 //!
+//! At most [`MAX_AUTO`] automatic forwards exist at once (the guest is hostile: one that
+//! listens on every port must not spend the daemon's file descriptors); listeners beyond it
+//! wait until others close.
+//!
 //! Without a protocol suffix a rule covers TCP and UDP; for UDP, "listening" means bound and
 //! not connected, which includes a client's socket that sent from an ephemeral port with
 //! `sendto` (give a RANGE to keep those out).
@@ -138,7 +142,13 @@ pub struct AutoPublish {
     rules: Vec<AutoRule>,
     entries: BTreeMap<Key, Entry>,
     pinned: BTreeSet<Key>,
+    /// The last plan left listeners out because of [`MAX_AUTO`].
+    capped: bool,
 }
+
+/// Most automatic forwards at once: each holds a host socket, and a hostile guest could
+/// otherwise listen on every port and spend the daemon's file descriptors.
+pub const MAX_AUTO: usize = 1024;
 
 impl AutoPublish {
     pub fn new(rules: Vec<AutoRule>) -> Self {
@@ -207,11 +217,17 @@ impl AutoPublish {
             }
             keep
         });
+        let mut count = self.entries.len();
+        self.capped = false;
         for (k, f) in want {
             match self.entries.get(&k) {
                 Some(e) if !e.open => actions.push(Action::Retry(e.id, f)),
                 Some(_) => {}
-                None => actions.push(Action::Open(k, f)),
+                None if count >= MAX_AUTO => self.capped = true,
+                None => {
+                    count += 1;
+                    actions.push(Action::Open(k, f));
+                }
             }
         }
         actions
@@ -227,6 +243,11 @@ impl AutoPublish {
         if let Some(e) = self.entries.values_mut().find(|e| e.id == id) {
             e.open = open;
         }
+    }
+
+    /// Whether the last plan left listeners unpublished because [`MAX_AUTO`] forwards exist.
+    pub fn capped(&self) -> bool {
+        self.capped
     }
 
     /// Whether `id` is an automatic forward.
@@ -399,6 +420,30 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_guest_listening_everywhere_gets_max_auto_forwards() {
+        let net = NetConfig::default();
+        let mut a = AutoPublish::new(vec!["auto".parse().unwrap()]);
+        let ls: Vec<Listener> = (1..=2000)
+            .map(|p| l(Proto::Tcp, "0.0.0.0", p, false))
+            .collect();
+        let acts = a.plan(&ls, &net, &[]);
+        assert_eq!(acts.len(), MAX_AUTO);
+        assert!(a.capped());
+        for (i, act) in acts.into_iter().enumerate() {
+            let Action::Open(k, f) = act else {
+                panic!("{act:?}")
+            };
+            a.record(k, f, i as u64 + 1, true);
+        }
+        assert!(a.plan(&ls, &net, &[]).is_empty() && a.capped());
+        // One closes: the next listener gets its place.
+        let acts = a.plan(&ls[1..], &net, &[]);
+        assert_eq!(acts.len(), 2, "{acts:?}");
+        assert_eq!(acts[0], Action::Close(1));
+        assert!(matches!(acts[1], Action::Open((Proto::Tcp, 1025), _)));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub(super) struct AutoPublisher {
     udp: bool,
     /// A refused dump was logged.
     warned: bool,
+    /// The cap was logged (again once it is reached anew).
+    warned_cap: bool,
 }
 
 impl Engine {
@@ -87,6 +89,7 @@ impl Engine {
             tcp,
             udp,
             warned: false,
+            warned_cap: false,
         }));
         Ok(())
     }
@@ -130,6 +133,13 @@ impl Engine {
         }
         let explicit = self.fwd.list.explicit();
         let actions = a.state.plan(&a.listeners, &self.net, &explicit);
+        if a.state.capped() && !a.warned_cap {
+            tracing::warn!(
+                "automatic publishing: the guest listens on more ports than the {} automatic forwards allowed; the rest wait",
+                tapwire_proto::autopublish::MAX_AUTO
+            );
+        }
+        a.warned_cap = a.state.capped();
         for action in actions {
             self.auto_apply(action);
         }
