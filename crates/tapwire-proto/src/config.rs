@@ -74,7 +74,7 @@ pub fn valid_ifname(s: &str) -> bool {
 }
 
 /// Only ASCII digits (no sign, no whitespace) parsed as `N`, else `None`.
-fn parse_digits<N: FromStr>(s: &str) -> Option<N> {
+pub(crate) fn parse_digits<N: FromStr>(s: &str) -> Option<N> {
     (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
         .then(|| s.parse().ok())
         .flatten()
@@ -189,7 +189,7 @@ impl NetConfig {
 }
 
 /// Transport protocol of a port forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Proto {
     Tcp,
     Udp,

@@ -20,7 +20,9 @@
 //! | `stop_capture` | - | `{"path":...,"frames":N,"bytes":N}` |
 //!
 //! `host_addr` may be IPv6 (`::`, `::1`) even for an IPv4 guest: slirp4netns refuses it, users
-//! publish on `[::]`. [`Forwards`] assigns ids from 1, increasing, never reused.
+//! publish on `[::]`. [`Forwards`] assigns ids from 1, increasing, never reused; automatic
+//! forwards (`-p auto`) are entries with `"auto":true` and, while their host port cannot be
+//! opened, `"error"`.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -234,11 +236,21 @@ pub fn forward_entry(id: u64, f: &Forward) -> Value {
     })
 }
 
-/// The registry of forwards: ids from 1, increasing, never reused.
+/// The registry of forwards: ids from 1, increasing, never reused. Automatic forwards
+/// (`-p auto`) are listed with `"auto":true` and, when their host port could not be opened,
+/// `"error"`; explicit ones keep slirp4netns's exact entry.
 #[derive(Debug)]
 pub struct Forwards {
     next_id: u64,
-    entries: BTreeMap<u64, Forward>,
+    entries: BTreeMap<u64, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    fwd: Forward,
+    auto: bool,
+    /// Why the host socket is not open (automatic forwards only).
+    error: Option<String>,
 }
 
 impl Default for Forwards {
@@ -251,34 +263,74 @@ impl Default for Forwards {
 }
 
 impl Forwards {
-    /// Whether a forward already uses this host endpoint and protocol.
+    /// Whether an open forward already uses this host endpoint and protocol.
     pub fn conflicts(&self, f: &Forward) -> bool {
+        self.holder(f).is_some()
+    }
+
+    /// The open forward that uses this host endpoint and protocol, and whether it is automatic.
+    pub fn holder(&self, f: &Forward) -> Option<(u64, bool)> {
         self.entries
-            .values()
-            .any(|e| e.proto == f.proto && e.host == f.host)
+            .iter()
+            .find(|(_, e)| e.error.is_none() && e.fwd.proto == f.proto && e.fwd.host == f.host)
+            .map(|(id, e)| (*id, e.auto))
     }
 
     /// Record a forward whose host socket is already open; returns its id.
     pub fn add(&mut self, f: Forward) -> u64 {
+        self.insert(f, false, None)
+    }
+
+    /// Record an automatic forward; `error`: why its host socket could not be opened.
+    pub fn add_auto(&mut self, f: Forward, error: Option<String>) -> u64 {
+        self.insert(f, true, error)
+    }
+
+    fn insert(&mut self, fwd: Forward, auto: bool, error: Option<String>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.entries.insert(id, f);
+        self.entries.insert(id, Entry { fwd, auto, error });
         id
     }
 
+    /// Set or clear the error of forward `id`.
+    pub fn set_error(&mut self, id: u64, error: Option<String>) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.error = error;
+        }
+    }
+
     pub fn remove(&mut self, id: u64) -> Option<Forward> {
-        self.entries.remove(&id)
+        self.entries.remove(&id).map(|e| e.fwd)
     }
 
     pub fn get(&self, id: u64) -> Option<&Forward> {
-        self.entries.get(&id)
+        self.entries.get(&id).map(|e| &e.fwd)
+    }
+
+    /// The forwards that are not automatic.
+    pub fn explicit(&self) -> Vec<Forward> {
+        self.entries
+            .values()
+            .filter(|e| !e.auto)
+            .map(|e| e.fwd)
+            .collect()
     }
 
     pub fn list(&self) -> Value {
         let entries: Vec<Value> = self
             .entries
             .iter()
-            .map(|(id, f)| forward_entry(*id, f))
+            .map(|(id, e)| {
+                let mut v = forward_entry(*id, &e.fwd);
+                if let (true, Value::Object(m)) = (e.auto, &mut v) {
+                    m.insert("auto".into(), Value::Bool(true));
+                    if let Some(err) = &e.error {
+                        m.insert("error".into(), Value::String(err.clone()));
+                    }
+                }
+                v
+            })
             .collect();
         json!({ "entries": entries })
     }
@@ -546,5 +598,30 @@ mod tests {
         );
         assert_eq!(f.remove(id), Some(fwd));
         assert!(f.is_empty() && !f.conflicts(&fwd));
+    }
+
+    #[test]
+    fn automatic_entries() {
+        let mut f = Forwards::default();
+        let fwd = Forward {
+            proto: Proto::Tcp,
+            host: "0.0.0.0:8080".parse().unwrap(),
+            guest: "10.0.2.100:8080".parse().unwrap(),
+        };
+        let explicit = f.add(Forward {
+            host: "0.0.0.0:22".parse().unwrap(),
+            ..fwd
+        });
+        let id = f.add_auto(fwd, Some("Address already in use (os error 98)".into()));
+        // A failed forward holds nothing.
+        assert!(!f.conflicts(&fwd));
+        assert_eq!(
+            f.list().to_string(),
+            r#"{"entries":[{"id":1,"proto":"tcp","host_addr":"0.0.0.0","host_port":22,"guest_addr":"10.0.2.100","guest_port":8080},{"id":2,"proto":"tcp","host_addr":"0.0.0.0","host_port":8080,"guest_addr":"10.0.2.100","guest_port":8080,"auto":true,"error":"Address already in use (os error 98)"}]}"#
+        );
+        f.set_error(id, None);
+        assert_eq!(f.holder(&fwd), Some((id, true)));
+        assert_eq!(f.explicit().len(), 1);
+        assert_eq!(f.get(explicit).map(|g| g.host.port()), Some(22));
     }
 }

@@ -19,9 +19,12 @@
 //!   [`sockaddr`]: raw `struct sockaddr` decoding and encoding (re-exported by `bypass`).
 //! - [`route`]: `RTM_GETROUTE` bytes, so bypass asks the namespace's kernel where a
 //!   destination goes.
+//! - [`autopublish`]: which guest listeners `-p auto` publishes; [`sock_diag`]: the netlink
+//!   messages that list them.
 //! - [`linux`]: the Linux ABI numbers (errno, address families) the logic speaks in.
 #![forbid(unsafe_code)]
 
+pub mod autopublish;
 pub mod budget;
 pub mod bypass;
 pub mod config;
@@ -37,6 +40,7 @@ pub mod reassembly;
 pub mod refused;
 pub mod route;
 pub mod schedule;
+pub mod sock_diag;
 pub mod sockaddr;
 pub mod to_host;
 pub mod udp_lifetime;

@@ -8,9 +8,10 @@
 //! 2. the TAP: daemon mode forks the namespace helper (`netns::open_tap`); run mode forks the
 //!    command's child, which makes its own namespaces and sends the TAP back (`netns::spawn_run`);
 //!    with `--forward-to-host` (`auto` read from `/proc/net/tcp{,6}` first) either child also
-//!    sends its listeners on the guest's loopback (`netns::loopback`);
+//!    sends its listeners on the guest's loopback (`netns::loopback`), and with `-p auto` a
+//!    sock_diag socket of the namespace next to the TAP;
 //! 3. the engine (blocks signals, builds the smoltcp interface), the `--forward-to-host`
-//!    listeners, the control socket, `-p` forwards;
+//!    listeners, the control socket, `-p` forwards, `-p auto`;
 //! 4. confinement, in slirp4netns's order: the fds inherited at start (noted before anything
 //!    was opened) are closed, then the sandbox (`--enable-sandbox`; always in run mode,
 //!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
@@ -112,12 +113,13 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     let ifcfg = args.configure.then(|| IfConfig::from_net(&args.net));
     let to_host = to_host_ports(&args.forward_to_host)?;
     let guest_ports: Vec<u16> = to_host.iter().map(|p| p.guest_port).collect();
-    let (tap_fd, to_host_listeners) = netns::open_tap_listening(
+    let (tap_fd, to_host_listeners, diag) = netns::open_tap_with(
         &args.target,
         args.userns_path.as_deref(),
         &args.tapname,
         ifcfg.as_ref(),
         &guest_ports,
+        !args.auto_publish.is_empty(),
     )?;
     // The engine's exit fd also fires when the guest's process exits (see `lifeline`).
     let guest_pid = match &args.target {
@@ -157,6 +159,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     }
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
+    auto_publish(&mut engine, &args.auto_publish, diag)?;
     start_pcap(&mut engine, args.pcap.as_deref())?;
     if args.enable_sandbox || args.enable_seccomp {
         inherited.close();
@@ -227,6 +230,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         filter.as_ref(),
         args.map_auto,
         &guest_ports,
+        !args.auto_publish.is_empty(),
     )?;
     let bypass = match &args.bypass {
         Some(b) => {
@@ -248,6 +252,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     forward_to_host(&mut engine, std::mem::take(&mut child.listeners), &to_host)?;
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
+    auto_publish(&mut engine, &args.auto_publish, child.diag.take())?;
     start_pcap(&mut engine, args.pcap.as_deref())?;
     // Run mode is sandboxed by default; where that is impossible it still runs, with a warning.
     let lowest = args.publish.iter().map(|p| p.host_port).min();
@@ -284,6 +289,20 @@ fn start_pcap(engine: &mut Engine, path: Option<&std::path::Path>) -> Result<(),
                 rotate: 0,
             })
             .map_err(|e| format!("--pcap: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `-p auto`: hand the guest's sock_diag socket (opened with the TAP) to the engine.
+fn auto_publish(
+    engine: &mut Engine,
+    rules: &[tapwire_proto::autopublish::AutoRule],
+    diag: Option<OwnedFd>,
+) -> Result<(), AnyError> {
+    if let (false, Some(sock)) = (rules.is_empty(), diag) {
+        engine
+            .enable_auto_publish(rules.to_vec(), sock)
+            .map_err(|e| format!("-p auto: {e}"))?;
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ use std::str::FromStr as _;
 use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches};
 
+use tapwire_proto::autopublish::AutoRule;
 use tapwire_proto::config::{valid_ifname, NetConfig, Outbound, Publish};
 use tapwire_proto::to_host::ToHost;
 
@@ -161,9 +162,11 @@ pub(crate) struct NetOpts {
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub(crate) macaddress: Option<[u8; 6]>,
 
-    /// Publish a guest port on the host: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)
-    #[arg(short = 'p', long, value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]", value_parser = Publish::from_str, action = ArgAction::Append)]
-    pub(crate) publish: Vec<Publish>,
+    /// Publish a guest port on the host: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]
+    /// (repeatable); `auto` or auto:[HOST_ADDR:]RANGE[/tcp|/udp] publishes every port (in
+    /// RANGE) the guest listens on, on the same host port, while it listens
+    #[arg(short = 'p', long, value_name = "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]|auto[:[HOST_ADDR:]RANGE[/PROTO]]", value_parser = parse_publish, action = ArgAction::Append)]
+    publish: Vec<PublishArg>,
 
     /// Let the guest's own 127.0.0.1:GUEST_PORT and [::1]:GUEST_PORT reach the host's 127.0.0.1:HOST_PORT, spliced in the kernel (no tap): [GUEST_PORT:]HOST_PORT[/tcp], or `auto` for every port listening on the host's loopback at start-up (repeatable; TCP only)
     #[arg(long, value_name = "[GUEST_PORT:]HOST_PORT|auto", value_parser = ToHost::from_str, action = ArgAction::Append, conflicts_with = "disable_host_loopback")]
@@ -174,7 +177,44 @@ pub(crate) struct NetOpts {
     pub(crate) pcap: Option<PathBuf>,
 }
 
+/// One `-p` value: a static forward or an automatic rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PublishArg {
+    Static(Publish),
+    Auto(AutoRule),
+}
+
+fn parse_publish(s: &str) -> Result<PublishArg, String> {
+    if s.starts_with("auto") {
+        s.parse().map(PublishArg::Auto)
+    } else {
+        s.parse().map(PublishArg::Static)
+    }
+}
+
 impl NetOpts {
+    /// The static `-p` forwards, in order.
+    pub(crate) fn publishes(&self) -> Vec<Publish> {
+        self.publish
+            .iter()
+            .filter_map(|p| match p {
+                PublishArg::Static(p) => Some(*p),
+                PublishArg::Auto(_) => None,
+            })
+            .collect()
+    }
+
+    /// The `-p auto...` rules, in order.
+    pub(crate) fn auto_rules(&self) -> Vec<AutoRule> {
+        self.publish
+            .iter()
+            .filter_map(|p| match p {
+                PublishArg::Auto(r) => Some(*r),
+                PublishArg::Static(_) => None,
+            })
+            .collect()
+    }
+
     pub(crate) fn into_config(self) -> NetConfig {
         let default = NetConfig::default();
         let Cidr { network, prefix } = self.cidr.unwrap_or(Cidr {
@@ -511,6 +551,34 @@ mod tests {
         };
         assert_eq!(r.publish.len(), 1);
         assert!(parse(["tapwire", "-p", "bogus", "42"]).is_err());
+    }
+
+    #[test]
+    fn publish_auto_in_both_commands() {
+        let Command::Daemon(d) = parse([
+            "tapwire",
+            "-p",
+            "auto",
+            "-p",
+            "8080:80",
+            "--publish=auto:127.0.0.1:8000-8999/tcp",
+            "42",
+        ])
+        .unwrap() else {
+            panic!("not daemon")
+        };
+        assert_eq!((d.publish.len(), d.auto_publish.len()), (1, 2));
+        assert_eq!(d.auto_publish[1].first, 8000);
+        let Command::Run(r) =
+            parse(["tapwire", "run", "-p", "auto:[::]:80/udp", "--", "true"]).unwrap()
+        else {
+            panic!("not run")
+        };
+        assert_eq!((r.publish.len(), r.auto_publish.len()), (0, 1));
+        for bad in ["auto:", "auto:9-1", "autox", "auto:1-2/sctp"] {
+            let err = parse(["tapwire", "-p", bad, "42"]).unwrap_err().to_string();
+            assert!(err.contains("--publish"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct RunArgs {
     pub net: NetConfig,
     /// `-p/--publish`, in order.
     pub publish: Vec<Publish>,
+    /// `-p auto...`: automatic publishing rules, in order.
+    pub auto_publish: Vec<tapwire_proto::autopublish::AutoRule>,
     /// `--pcap FILE`: capture every frame crossing the TAP.
     pub pcap: Option<std::path::PathBuf>,
     /// `--forward-to-host`, in order (`auto` is resolved at start-up).
@@ -98,7 +100,8 @@ impl RunCli {
     pub(super) fn into_args(self) -> RunArgs {
         RunArgs {
             tapname: self.tapname,
-            publish: self.net.publish.clone(),
+            publish: self.net.publishes(),
+            auto_publish: self.net.auto_rules(),
             pcap: self.net.pcap.clone(),
             forward_to_host: self.net.forward_to_host.clone(),
             net: self.net.into_config(),

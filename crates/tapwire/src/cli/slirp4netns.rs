@@ -49,6 +49,8 @@ pub struct DaemonArgs {
     pub net: NetConfig,
     /// `-p/--publish`, in order.
     pub publish: Vec<Publish>,
+    /// `-p auto...`: automatic publishing rules, in order.
+    pub auto_publish: Vec<tapwire_proto::autopublish::AutoRule>,
     /// `--pcap FILE`: capture every frame crossing the TAP.
     pub pcap: Option<std::path::PathBuf>,
     /// `--forward-to-host`, in order (`auto` is resolved at start-up).
@@ -198,7 +200,8 @@ impl DaemonCli {
             control_socket: self.api_socket,
             enable_sandbox: self.enable_sandbox,
             enable_seccomp: self.enable_seccomp,
-            publish: self.net.publish.clone(),
+            publish: self.net.publishes(),
+            auto_publish: self.net.auto_rules(),
             pcap: self.net.pcap.clone(),
             forward_to_host: self.net.forward_to_host.clone(),
             net: self.net.into_config(),
@@ -259,6 +262,7 @@ mod tests {
                 enable_seccomp: false,
                 net: NetConfig::default(),
                 publish: vec![],
+                auto_publish: vec![],
                 pcap: None,
                 forward_to_host: vec![],
                 seccomp_listener: None,

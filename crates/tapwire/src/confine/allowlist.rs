@@ -224,12 +224,12 @@ pub const DAEMON: &[Entry] = &[
     any(
         libc::SYS_recvfrom,
         "recvfrom",
-        "udp/icmp proxies, TCP host sockets (std's recv)",
+        "udp/icmp proxies, TCP host sockets (std's recv); -p auto: sock_diag dumps and events",
     ),
     any(
         libc::SYS_sendto,
         "sendto",
-        "udp/icmp proxies, TCP host sockets (std's send)",
+        "udp/icmp proxies, TCP host sockets (std's send); -p auto: sock_diag dump requests",
     ),
     any(
         libc::SYS_recvmsg,

@@ -113,6 +113,9 @@ impl Engine {
             }
             Request::ListHostfwd => reply_ok(self.fwd.list.list()),
             Request::RemoveHostfwd { id } => {
+                if self.auto_pin(id) {
+                    tracing::info!(id, "automatic forward removed over the API; its port stays off while the guest listens");
+                }
                 if self.remove_forward(id) {
                     reply_ok(serde_json::json!({}))
                 } else {

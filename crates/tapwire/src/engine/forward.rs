@@ -126,6 +126,12 @@ impl Engine {
             return Err("bad request: add_hostfwd: bad arguments.guest_addr".into());
         }
         const FAILED: &str = "bad request: add_hostfwd: slirp_add_hostfwd failed";
+        // An explicit forward takes the host endpoint of an automatic one over.
+        if let Some((old, true)) = self.fwd.list.holder(&fwd) {
+            tracing::info!(id = old, "automatic forward replaced by an explicit one");
+            self.remove_forward(old);
+            self.auto_forget(old);
+        }
         if self.fwd.list.conflicts(&fwd) {
             return Err(FAILED.into());
         }
@@ -137,6 +143,22 @@ impl Engine {
             }
         };
         let id = self.fwd.list.add(fwd);
+        if let Err(e) = self.install_forward(id, guest, sock) {
+            tracing::warn!("registering forward: {e}");
+            self.fwd.list.remove(id);
+            return Err(FAILED.into());
+        }
+        tracing::info!(id, proto = fwd.proto.as_str(), host = %fwd.host, guest = %fwd.guest, "forward added");
+        Ok(id)
+    }
+
+    /// Serve an open forward socket as forward `id` (to `guest`).
+    pub(super) fn install_forward(
+        &mut self,
+        id: u64,
+        guest: SocketAddr,
+        sock: FwdSocket,
+    ) -> io::Result<()> {
         let idx = self.fwd.socks.insert(FwdEntry { id, guest, sock });
         let entry = &mut self.fwd.socks[idx];
         let registered = match &mut entry.sock {
@@ -151,14 +173,10 @@ impl Engine {
                     .register(u, token(KIND_FWD, idx), Interest::READABLE)
             }
         };
-        if let Err(e) = registered {
-            tracing::warn!("registering forward: {e}");
+        if registered.is_err() {
             self.fwd.socks.remove(idx);
-            self.fwd.list.remove(id);
-            return Err(FAILED.into());
         }
-        tracing::info!(id, proto = fwd.proto.as_str(), host = %fwd.host, guest = %fwd.guest, "forward added");
-        Ok(id)
+        registered
     }
 
     /// Stop a forward: no new connections; existing TCP flows finish on their own.
@@ -325,7 +343,7 @@ impl Engine {
 }
 
 /// Open the host socket of a forward: a listening TCP socket or a bound UDP socket.
-fn open_forward(fwd: &Forward) -> io::Result<FwdSocket> {
+pub(super) fn open_forward(fwd: &Forward) -> io::Result<FwdSocket> {
     let domain = socket2::Domain::for_address(fwd.host);
     match fwd.proto {
         Proto::Tcp => {

@@ -7,7 +7,7 @@
 //! registered edge-triggered in one `mio` registry. A token carries the socket's kind in its
 //! low [`KIND_BITS`] bits and its slab index above, so the loop dispatches an event to its flow
 //! without a lookup; kind [`KIND_SPECIAL`] holds the fixed tokens (TAP, signalfd, exit fd, API
-//! listener).
+//! listener, the sock_diag socket of `-p auto`).
 //!
 //! [`Host::translate`] turns a destination the guest chose into the address a host socket
 //! connects to: the NAT's verdict, with the DNS forwarder's address mapped to the current
@@ -38,6 +38,8 @@ pub(super) const TOKEN_TAP: Token = Token(0);
 pub(super) const TOKEN_SIGNAL: Token = Token(1 << KIND_BITS);
 pub(super) const TOKEN_EXIT_FD: Token = Token(2 << KIND_BITS);
 pub(super) const TOKEN_API: Token = Token(3 << KIND_BITS);
+/// The guest's sock_diag socket (`-p auto`; destroy events).
+pub(super) const TOKEN_AUTO: Token = Token(4 << KIND_BITS);
 
 /// The token of socket `idx` of `kind`.
 #[inline]

@@ -5,7 +5,7 @@
 //! Each turn of [`Engine::run`]:
 //!
 //! 1. wait for readiness (`mio`, edge-triggered) with a timeout from smoltcp's timers, capped
-//!    at one second for housekeeping, or zero while the TAP still has frames or a TCP flow is
+//!    at one second for housekeeping (and by the next `-p auto` dump), or zero while the TAP still has frames or a TCP flow is
 //!    dirty;
 //! 2. dispatch host-socket events by their token (see `host`): TCP readiness and connect
 //!    completion (`tcp`), UDP and ICMP replies drained into frames for the guest (`udp`,
@@ -21,7 +21,9 @@
 //!    or due (a smoltcp timer): no step scans every flow, so the cost per packet does not grow
 //!    with the number of open connections (see `tcp`);
 //! 5. let the interface do its own housekeeping;
-//! 6. once a second, expire idle UDP and ICMP bindings, send the periodic router
+//! 6. with `-p auto`, when due, dump the guest's listeners and update the automatic forwards
+//!    (`autopublish`);
+//! 7. once a second, expire idle UDP and ICMP bindings, send the periodic router
 //!    advertisement, time out idle API clients.
 //!
 //! The state is grouped by who uses it, so each step borrows only its part: the guest's link
@@ -54,7 +56,8 @@ use forward::Forwarding;
 use guest::GuestLink;
 use host::{
     Host, KIND_API, KIND_BITS, KIND_FWD, KIND_ICMP, KIND_MASK, KIND_SPECIAL, KIND_SPLICE,
-    KIND_SPLICE_LISTEN, KIND_TCP, KIND_UDP, TOKEN_API, TOKEN_EXIT_FD, TOKEN_SIGNAL, TOKEN_TAP,
+    KIND_SPLICE_LISTEN, KIND_TCP, KIND_UDP, TOKEN_API, TOKEN_AUTO, TOKEN_EXIT_FD, TOKEN_SIGNAL,
+    TOKEN_TAP,
 };
 use icmp::IcmpTable;
 use lifecycle::Exit;
@@ -62,6 +65,7 @@ use ndp_dhcp::LinkConfig;
 use tcp::TcpTable;
 use udp::UdpTable;
 
+pub mod autopublish;
 mod control;
 pub mod dns;
 mod forward;
@@ -150,6 +154,8 @@ pub struct Engine {
     /// DHCP and router advertisements.
     link_config: LinkConfig,
     control: Option<Control>,
+    /// `-p auto` (see `autopublish`).
+    auto: Option<Box<autopublish::AutoPublisher>>,
     /// The sandbox is applied: no path outside it can be opened (`start_capture` is refused).
     confined: bool,
     exit: Exit,
@@ -204,6 +210,7 @@ impl Engine {
             splice: splice::Spliced::default(),
             link_config: LinkConfig::new(&net),
             control: None,
+            auto: None,
             confined: false,
             exit,
             stats,
@@ -249,6 +256,7 @@ impl Engine {
                     KIND_SPECIAL if t == TOKEN_API => self.api_accept(),
                     KIND_SPECIAL if t == TOKEN_TAP => self.link.readable = true,
                     KIND_SPECIAL if t == TOKEN_SIGNAL => self.exit.read_signals(),
+                    KIND_SPECIAL if t == TOKEN_AUTO => self.auto_readable(),
                     KIND_SPECIAL if t == TOKEN_EXIT_FD => {
                         tracing::info!("exit fd closed; exiting");
                         self.exit.code = Some(0);
@@ -263,6 +271,7 @@ impl Engine {
             let now = self.clock.now();
             self.link.maintenance(now, &mut self.stats.device);
             let now_ms = self.clock.now_ms();
+            self.auto_tick(now_ms);
             if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
                 self.last_sweep_ms = now_ms;
                 self.sweep(now_ms);
@@ -376,6 +385,10 @@ impl Engine {
         }
         if let Some(d) = self.link.iface.poll_delay(now, &self.link.no_sockets) {
             micros = micros.min(d.total_micros() as i64);
+        }
+        if let Some(a) = &self.auto {
+            let due = a.next_ms.saturating_sub(self.clock.now_ms());
+            micros = micros.min(due.saturating_mul(1000).min(1_000_000) as i64);
         }
         StdDuration::from_micros(micros.max(0) as u64)
     }

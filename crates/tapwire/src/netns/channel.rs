@@ -2,11 +2,12 @@
 //! plumbing.
 //!
 //! Theory of operation: one datagram from child to parent on an `AF_UNIX`/`SOCK_SEQPACKET`
-//! socketpair: `b'K'` with exactly one fd in `SCM_RIGHTS` (success, [`send_fd`]), or `b'E'`
+//! socketpair: `b'K'` with the TAP's fd in `SCM_RIGHTS` and, for `-p auto`, the guest's
+//! sock_diag socket after it (success, [`send_fd`]), or `b'E'`
 //! followed by the UTF-8 error text (failure, [`send_error`]; the parent returns it as
 //! [`NetnsError::Child`]). End of file without a datagram means the child died; the parent
 //! reaps it ([`wait_child`]) and reports how it ended ([`describe`]). [`recv_reply`] is the
-//! parent's side and rejects anything else (no fd, two fds, unknown tag, truncation). Run mode
+//! parent's side and rejects anything else (no fd, three fds, unknown tag, truncation). Run mode
 //! adds `b'L'` + a listener's fd number for bypass mode ([`TAG_LISTENER`]).
 //!
 //! Children call [`die_with_parent`] first (`PR_SET_PDEATHSIG(SIGKILL)`, then a `getppid`
@@ -59,9 +60,16 @@ pub(super) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), NetnsError> {
     .map_err(|e| NetnsError::SocketPair(errno(e)))
 }
 
-/// Child side: send `TAG_OK` with `fd` attached.
-pub(super) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
-    scm::send_with_fds(sock, &[TAG_OK], &[fd]).map(drop)
+/// Child side: send `TAG_OK` with `fd` (and `diag`, the sock_diag socket) attached.
+pub(super) fn send_fd(
+    sock: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    diag: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    match diag {
+        Some(d) => scm::send_with_fds(sock, &[TAG_OK], &[fd, d]).map(drop),
+        None => scm::send_with_fds(sock, &[TAG_OK], &[fd]).map(drop),
+    }
 }
 
 /// Child side: send `TAG_ERR` and the error text (best effort: if the parent is gone there is
@@ -86,7 +94,8 @@ pub(super) fn send_error(sock: BorrowedFd<'_>, err: &NetnsError) {
 
 /// What the child sent.
 pub(super) enum Reply {
-    Fd(OwnedFd),
+    /// The TAP, and the sock_diag socket when one was asked for.
+    Fd(OwnedFd, Option<OwnedFd>),
     Error(String),
     Eof,
 }
@@ -114,15 +123,15 @@ pub(super) fn recv_reply(sock: &OwnedFd, pid: Pid) -> Result<Reply, NetnsError> 
         None => Ok(Reply::Eof),
         Some((&TAG_OK, [])) if !truncated => {
             let mut fds = fds.into_iter();
-            match (fds.next(), fds.next()) {
-                (Some(fd), None) => Ok(Reply::Fd(fd)),
-                (None, _) => Err(NetnsError::BadReply {
+            match (fds.next(), fds.next(), fds.next()) {
+                (Some(fd), diag, None) => Ok(Reply::Fd(fd, diag)),
+                (None, _, _) => Err(NetnsError::BadReply {
                     pid,
                     reason: "success without a file descriptor",
                 }),
-                (Some(_), Some(_)) => Err(NetnsError::BadReply {
+                (Some(_), _, Some(_)) => Err(NetnsError::BadReply {
                     pid,
-                    reason: "more than one file descriptor",
+                    reason: "more than two file descriptors",
                 }),
             }
         }

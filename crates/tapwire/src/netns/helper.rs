@@ -5,9 +5,9 @@
 //! The user namespace is skipped when it is already ours (same st_dev and st_ino as
 //! `/proc/self/ns/user`), because `setns()` into one's own user namespace fails. The forked
 //! helper joins the user namespace, then the network namespace, opens the TAP, configures it
-//! (`-c`), sends the fd back over the [`super::channel`] (then, with `--forward-to-host`, the
-//! listeners on the namespace's loopback: [`super::loopback`]) and exits; the parent waits
-//! for it.
+//! (`-c`), for `-p auto` opens the guest's sock_diag socket (`link::sock_diag`), sends the
+//! fd(s) back over the [`super::channel`] (then, with `--forward-to-host`, the listeners on
+//! the namespace's loopback: [`super::loopback`]) and exits; the parent waits for it.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -22,9 +22,9 @@ use super::channel::{
     wait_child, Reply,
 };
 use super::loopback::{open_listeners, recv_listeners, send_listeners};
-use super::{errno, NetnsError, Target};
-use crate::link::netlink;
+use super::{errno, setup_err, NetnsError, Target};
 use crate::link::tap::{self, Tap};
+use crate::link::{netlink, sock_diag};
 use tapwire_proto::config::IfConfig;
 
 /// The namespaces the helper joins.
@@ -66,7 +66,8 @@ fn is_own_ns(ns: &NsFile, own: &str) -> Result<bool, NetnsError> {
 
 /// Forks a helper (the caller must still be single-threaded) that joins the target's user
 /// namespace, then its network namespace, opens TAP `tapname`, runs
-/// [`netlink::configure`] when `cfg` is `Some`, and passes the fd back.
+/// [`netlink::configure`] when `cfg` is `Some`, opens a sock_diag socket there when `diag`
+/// (`-p auto`), and passes the fd(s) back.
 ///
 /// User namespace: `userns_path` if `Some`; otherwise, for [`Target::Pid`],
 /// `/proc/PID/ns/user`; for [`Target::Path`], none. It is skipped when it is the caller's own.
@@ -80,19 +81,21 @@ pub fn open_tap(
     tapname: &str,
     cfg: Option<&IfConfig>,
 ) -> Result<OwnedFd, NetnsError> {
-    open_tap_listening(target, userns_path, tapname, cfg, &[]).map(|(tap, _)| tap)
+    open_tap_with(target, userns_path, tapname, cfg, &[], false).map(|(tap, _, _)| tap)
 }
 
 /// [`open_tap`], and with `--forward-to-host` the helper also opens listeners on the guest
 /// ports `to_host` on the namespace's 127.0.0.1 and ::1 ([`super::loopback`]), returned
-/// with the TAP.
-pub fn open_tap_listening(
+/// with the TAP; with `diag` (`-p auto`) also a sock_diag socket of the target's network
+/// namespace (`link::sock_diag::open`), made by the same helper.
+pub fn open_tap_with(
     target: &Target,
     userns_path: Option<&Path>,
     tapname: &str,
     cfg: Option<&IfConfig>,
     to_host: &[u16],
-) -> Result<(OwnedFd, Vec<OwnedFd>), NetnsError> {
+    diag: bool,
+) -> Result<(OwnedFd, Vec<OwnedFd>, Option<OwnedFd>), NetnsError> {
     tap::check_name(tapname)?;
     let (net_path, user_path) = match target {
         Target::Pid(pid) => {
@@ -133,13 +136,13 @@ pub fn open_tap_listening(
                 user: user.as_ref(),
                 net: &net,
             };
-            helper_main(&child_sock, parent_pid, ns, tapname, cfg, to_host)
+            helper_main(&child_sock, parent_pid, ns, tapname, cfg, to_host, diag)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(child_sock);
             let reply = recv_reply(&parent_sock, child);
             let listeners = match &reply {
-                Ok(Reply::Fd(_)) if !to_host.is_empty() => {
+                Ok(Reply::Fd(..)) if !to_host.is_empty() => {
                     recv_listeners(parent_sock.as_fd(), child, to_host.len() * 2)
                 }
                 _ => Ok(Vec::new()),
@@ -147,7 +150,11 @@ pub fn open_tap_listening(
             drop(parent_sock);
             let status = wait_child(child);
             match reply? {
-                Reply::Fd(fd) => Ok((fd, listeners?)),
+                Reply::Fd(fd, d) if d.is_some() == diag => Ok((fd, listeners?, d)),
+                Reply::Fd(..) => Err(NetnsError::BadReply {
+                    pid: child,
+                    reason: "wrong number of file descriptors",
+                }),
                 Reply::Error(message) => Err(NetnsError::Child {
                     pid: child,
                     message,
@@ -169,9 +176,10 @@ fn helper_main(
     tapname: &str,
     cfg: Option<&IfConfig>,
     to_host: &[u16],
+    diag: bool,
 ) -> ! {
     let Namespaces { user, net } = ns;
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Tap, NetnsError> {
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<_, NetnsError> {
         die_with_parent(parent)?;
         if let Some(ns) = user {
             setns(&ns.fd, CloneFlags::CLONE_NEWUSER).map_err(|e| NetnsError::Setns {
@@ -189,21 +197,31 @@ fn helper_main(
         if let Some(cfg) = cfg {
             netlink::configure(tapname, cfg)?;
         }
-        Ok(tap)
+        let diag = match diag {
+            true => Some(
+                sock_diag::open()
+                    .map_err(|e| setup_err("sock_diag socket (-p auto)", e))?
+                    .0,
+            ),
+            false => None,
+        };
+        Ok((tap, diag))
     }));
     let code = match result {
-        Ok(Ok(tap)) => match send_fd(sock.as_fd(), tap.as_fd()) {
-            Ok(()) if to_host.is_empty() => 0,
-            Ok(()) => match catch_unwind(|| open_listeners(to_host)) {
-                Ok(Ok(fds)) => i32::from(send_listeners(sock.as_fd(), &fds).is_err()),
-                Ok(Err(e)) => {
-                    send_error(sock.as_fd(), &e);
-                    1
-                }
+        Ok(Ok((tap, diag))) => {
+            match send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd())) {
+                Ok(()) if to_host.is_empty() => 0,
+                Ok(()) => match catch_unwind(|| open_listeners(to_host)) {
+                    Ok(Ok(fds)) => i32::from(send_listeners(sock.as_fd(), &fds).is_err()),
+                    Ok(Err(e)) => {
+                        send_error(sock.as_fd(), &e);
+                        1
+                    }
+                    Err(_) => 1,
+                },
                 Err(_) => 1,
-            },
-            Err(_) => 1,
-        },
+            }
+        }
         Ok(Err(e)) => {
             send_error(sock.as_fd(), &e);
             1

@@ -53,7 +53,7 @@ pub mod loopback;
 pub mod resolv;
 pub mod run;
 
-pub use helper::{open_tap, open_tap_listening};
+pub use helper::{open_tap, open_tap_with};
 pub use run::{spawn_run, spawn_run_filtered, RunChild, Supervised};
 
 /// Which network namespace the daemon attaches to (its positional argument).

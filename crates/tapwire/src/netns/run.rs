@@ -4,7 +4,8 @@
 //! before forking. The child unshares user+net+mount namespaces, maps root to the caller's
 //! euid/egid, makes `/` recursively private, opens and configures the TAP, mounts a
 //! resolv.conf naming the DNS forwarder over `/etc/resolv.conf` ([`super::resolv`]), and sends
-//! the TAP fd (then, with `--forward-to-host`, the loopback listeners: [`super::loopback`]).
+//! the TAP fd (with `-p auto`, also a sock_diag socket of the new namespace, `link::sock_diag`;
+//! then, with `--forward-to-host`, the loopback listeners: [`super::loopback`]).
 //! It then blocks on the socketpair until [`RunChild::start`] writes one byte
 //! (EOF = the parent died or dropped the [`RunChild`] -> `_exit(1)`) and finally `execvp`s the
 //! command. The child has `PR_SET_PDEATHSIG(SIGKILL)`, which survives the exec, so the command
@@ -58,6 +59,8 @@ pub struct RunChild {
     pub tap: OwnedFd,
     /// `--forward-to-host`: listeners on the child's 127.0.0.1 and ::1 (see [`super::loopback`]).
     pub listeners: Vec<OwnedFd>,
+    /// `-p auto`: the sock_diag socket of the child's network namespace.
+    pub diag: Option<OwnedFd>,
     /// Our end of the socketpair; writing one byte lets the child exec.
     go: Option<OwnedFd>,
 }
@@ -182,6 +185,8 @@ struct RunPrep<'a> {
     map_auto: bool,
     /// `--forward-to-host`: guest ports to listen on.
     to_host: &'a [u16],
+    /// `-p auto`: send a sock_diag socket with the TAP.
+    diag: bool,
 }
 
 /// Run mode (`tapwire run -- CMD`): fork a child in new user, network and mount namespaces
@@ -194,7 +199,7 @@ pub fn spawn_run(
     cfg: &IfConfig,
     dns: Ipv4Addr,
 ) -> Result<RunChild, NetnsError> {
-    spawn_run_filtered(command, tapname, cfg, dns, None, false, &[])
+    spawn_run_filtered(command, tapname, cfg, dns, None, false, &[], false)
 }
 
 /// [`spawn_run`] with `--forward-to-host` listeners on the guest ports `to_host` (in
@@ -203,7 +208,8 @@ pub fn spawn_run(
 /// [`RunChild::start_with_listener`] before it makes any trapped call: it writes the
 /// listener's fd number (a plain `send` without an address, which the filter lets through),
 /// the parent takes the fd with `pidfd_getfd` and acknowledges with one byte, and the child
-/// closes its copy and execs.
+/// closes its copy and execs. `diag`: also open a sock_diag socket in the new network
+/// namespace ([`RunChild::diag`], for `-p auto`).
 pub fn spawn_run_filtered(
     command: &[OsString],
     tapname: &str,
@@ -212,6 +218,7 @@ pub fn spawn_run_filtered(
     filter: Option<&crate::bypass::rules::Program>,
     map_auto: bool,
     to_host: &[u16],
+    diag: bool,
 ) -> Result<RunChild, NetnsError> {
     tap::check_name(tapname)?;
     let shell;
@@ -245,6 +252,7 @@ pub fn spawn_run_filtered(
         filter,
         map_auto,
         to_host,
+        diag,
     };
 
     let (parent_sock, child_sock) = seqpacket_pair()?;
@@ -269,20 +277,26 @@ pub fn spawn_run_filtered(
                 }
             }
             let reply = match recv_reply(&parent_sock, child) {
-                Ok(Reply::Fd(tap)) if to_host.is_empty() => {
+                Ok(Reply::Fd(_, ref d)) if d.is_some() != diag => Err(NetnsError::BadReply {
+                    pid: child,
+                    reason: "wrong number of file descriptors",
+                }),
+                Ok(Reply::Fd(tap, d)) if to_host.is_empty() => {
                     return Ok(RunChild {
                         pid: child,
                         tap,
+                        diag: d,
                         listeners: Vec::new(),
                         go: Some(parent_sock),
                     })
                 }
-                Ok(Reply::Fd(tap)) => {
+                Ok(Reply::Fd(tap, d)) => {
                     match recv_listeners(parent_sock.as_fd(), child, to_host.len() * 2) {
                         Ok(listeners) => {
                             return Ok(RunChild {
                                 pid: child,
                                 tap,
+                                diag: d,
                                 listeners,
                                 go: Some(parent_sock),
                             })
@@ -304,7 +318,7 @@ pub fn spawn_run_filtered(
                     pid: child,
                     message,
                 }),
-                Reply::Eof | Reply::Fd(_) => Err(NetnsError::ChildDied {
+                Reply::Eof | Reply::Fd(..) => Err(NetnsError::ChildDied {
                     pid: child,
                     how: describe(status?),
                 }),
@@ -315,18 +329,31 @@ pub fn spawn_run_filtered(
 
 /// Body of the run child. Never returns.
 fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
-    let tap = match catch_unwind(AssertUnwindSafe(|| run_setup(&sock, parent, prep))) {
-        Ok(Ok(tap)) => tap,
+    let setup = || -> Result<_, NetnsError> {
+        let tap = run_setup(&sock, parent, prep)?;
+        let diag = match prep.diag {
+            true => Some(
+                crate::link::sock_diag::open()
+                    .map_err(|e| setup_err("sock_diag socket (-p auto)", e))?
+                    .0,
+            ),
+            false => None,
+        };
+        Ok((tap, diag))
+    };
+    let (tap, diag) = match catch_unwind(AssertUnwindSafe(setup)) {
+        Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             send_error(sock.as_fd(), &e);
             exit_now(1)
         }
         Err(_) => exit_now(1),
     };
-    if send_fd(sock.as_fd(), tap.as_fd()).is_err() {
+    if send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd())).is_err() {
         exit_now(1);
     }
     drop(tap);
+    drop(diag);
     if !prep.to_host.is_empty() {
         let sent = match open_listeners(prep.to_host) {
             Ok(fds) => send_listeners(sock.as_fd(), &fds),
