@@ -227,10 +227,12 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         &args.tapname,
         &ifcfg,
         args.net.dns(),
-        filter.as_ref(),
-        args.map_auto,
-        &guest_ports,
-        !args.auto_publish.is_empty(),
+        netns::RunOptions {
+            filter: filter.as_ref(),
+            map_auto: args.map_auto,
+            to_host: &guest_ports,
+            diag: !args.auto_publish.is_empty(),
+        },
     )?;
     let bypass = match &args.bypass {
         Some(b) => {

@@ -54,7 +54,7 @@ pub mod resolv;
 pub mod run;
 
 pub use helper::{open_tap, open_tap_with};
-pub use run::{spawn_run, spawn_run_filtered, RunChild, Supervised};
+pub use run::{spawn_run, spawn_run_filtered, RunChild, RunOptions, Supervised};
 
 /// Which network namespace the daemon attaches to (its positional argument).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -166,6 +166,19 @@ pub struct Supervised {
     pub route: Option<(OwnedFd, u32)>,
 }
 
+/// What [`spawn_run_filtered`] adds to a plain [`spawn_run`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// Bypass mode: the seccomp filter the child installs right before exec.
+    pub filter: Option<&'a crate::bypass::rules::Program>,
+    /// `--map-auto` ([`super::idmap`]).
+    pub map_auto: bool,
+    /// `--forward-to-host`: guest ports to listen on ([`super::loopback`]).
+    pub to_host: &'a [u16],
+    /// `-p auto`: a sock_diag socket of the new namespace with the TAP.
+    pub diag: bool,
+}
+
 /// Everything the run child needs, prepared before `fork`.
 struct RunPrep<'a> {
     /// Owns the strings `argv_ptrs` points into.
@@ -199,7 +212,7 @@ pub fn spawn_run(
     cfg: &IfConfig,
     dns: Ipv4Addr,
 ) -> Result<RunChild, NetnsError> {
-    spawn_run_filtered(command, tapname, cfg, dns, None, false, &[], false)
+    spawn_run_filtered(command, tapname, cfg, dns, RunOptions::default())
 }
 
 /// [`spawn_run`] with `--forward-to-host` listeners on the guest ports `to_host` (in
@@ -215,11 +228,14 @@ pub fn spawn_run_filtered(
     tapname: &str,
     cfg: &IfConfig,
     dns: Ipv4Addr,
-    filter: Option<&crate::bypass::rules::Program>,
-    map_auto: bool,
-    to_host: &[u16],
-    diag: bool,
+    opts: RunOptions<'_>,
 ) -> Result<RunChild, NetnsError> {
+    let RunOptions {
+        filter,
+        map_auto,
+        to_host,
+        diag,
+    } = opts;
     tap::check_name(tapname)?;
     let shell;
     let command: &[OsString] = if command.is_empty() {
