@@ -315,7 +315,10 @@ fn floods_from_the_guest_leave_bulk_transfer_and_memory_alone() {
         return;
     }
     // Frames per second of each of the four flooders (the long run in scripts/soak.sh uses more).
-    let rate = env_count("TAPWIRE_FLOOD_RATE", 2500);
+    // 1200 each: at 2500 each the four injectors, the uploader and the daemon saturate this
+    // 2-core machine kind (kernel 6.18), and the transfer fell to 15-38% with main's binary
+    // too; with 1200 each the comparison is about the daemon again (63-74%).
+    let rate = env_count("TAPWIRE_FLOOD_RATE", 1200);
     let mb = env_count("TAPWIRE_FLOOD_MB", 100);
     let host = HostNs::new();
     let guest = host.guest();
