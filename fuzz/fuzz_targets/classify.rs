@@ -3,7 +3,9 @@
 //! IPv6 on (bit 0) and marks the transport checksum partial, as a virtio-net header with
 //! NEEDS_CSUM does (bit 1). The offload helpers (`vnet`) run on the same bytes: the SYN's MSS
 //! rewrite on what the engine would hand smoltcp, and the TSO finishing on anything; neither
-//! may panic, and a partial-checksum header must point inside the frame.
+//! may panic, and a partial-checksum header must point inside the frame. The UDP offloads
+//! (USO) too: the train finishing, and a guest's UDP GSO header checked and cut into
+//! datagrams.
 #![no_main]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -42,6 +44,30 @@ fuzz_target!(|data: &[u8]| {
     if h.needs_csum() {
         let at = usize::from(h.csum_start) + usize::from(h.csum_offset);
         assert!(at + 2 <= copy.len(), "checksum offset {at} outside {} bytes", copy.len());
+    }
+    // USO: a UDP train for the guest from the same bytes must point its checksum inside the
+    // frame; a guest's virtio-net header (the first 10 bytes) with any payload length must
+    // either be refused or cut into datagrams that cover the payload exactly, in bounds.
+    let mut copy = frame.to_vec();
+    let size = u16::from(cfg) * 7 + 1;
+    if let Some(h) = vnet::offload_udp(&mut copy, 65520, size) {
+        assert!(h.needs_csum(), "a USO frame for the guest carries a partial checksum");
+        let at = usize::from(h.csum_start) + usize::from(h.csum_offset);
+        assert!(at + 2 <= copy.len(), "UDP checksum offset {at} outside {} bytes", copy.len());
+    }
+    if let Some(h) = vnet::VnetHdr::parse(frame) {
+        let len = frame.len().saturating_sub(10);
+        if let Ok(Some(seg)) = vnet::udp_gso_from_guest(&h, len) {
+            let (mut next, mut count) = (0, 0);
+            for (off, n) in vnet::udp_segments(len, usize::from(seg)) {
+                assert_eq!(off, next, "segments are contiguous");
+                assert!(n > 0 && n <= usize::from(seg), "segment of {n} bytes at size {seg}");
+                next += n;
+                count += 1;
+            }
+            assert_eq!(next, len, "the segments cover the payload");
+            assert!(count > 1, "a train of one datagram is not a train");
+        }
     }
     match wire::classify_offloaded(frame, &link, cfg & 2 != 0) {
         Class::Tcp(info) => {
