@@ -10,7 +10,6 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::tap_mode::*;
@@ -47,22 +46,6 @@ fn stream_hash(flow: u32) -> String {
         h.update(&datagram(flow, seq));
     }
     h.hex()
-}
-
-/// A big receive buffer (SO_RCVBUFFORCE: the test runs as root), so only the daemon can lose.
-fn big_rcvbuf(s: &UdpSocket) {
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: a valid socket fd and a pointer to a c_int of the stated length.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
 /// Per-flow receive state: the next sequence number expected, and the hash so far.
@@ -125,7 +108,7 @@ fn udp_stream_guest_to_host_in_order_no_loss() {
     let _d = Daemon::with_args(&host, &guest, &[]);
     check_configured(&guest, "10.0.2.100/24", "10.0.2.2", 1500);
     let sink = host.udp(20180);
-    big_rcvbuf(&sink);
+    big_rcvbuf(&sink, 8 << 20);
     let rx = task("udp-sink", move || {
         sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut flows = [FlowRx::new(), FlowRx::new()];
@@ -194,7 +177,7 @@ fn udp_stream_host_to_guest_in_order_no_loss() {
         .enumerate()
         .map(|(i, s)| {
             task("guest-reader", move || {
-                big_rcvbuf(&s);
+                big_rcvbuf(&s, 8 << 20);
                 s.set_read_timeout(Some(Duration::from_millis(300)))
                     .unwrap();
                 let flow = i as u32;

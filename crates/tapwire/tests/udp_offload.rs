@@ -104,22 +104,6 @@ fn set_segment(s: &UdpSocket, seg: usize) {
     assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
 }
 
-/// A big receive buffer (SO_RCVBUFFORCE: the test runs as root), so only the daemon can lose.
-fn big_rcvbuf(s: &UdpSocket) {
-    let size: libc::c_int = 16 << 20;
-    // SAFETY: a valid socket fd and a pointer to a c_int of the stated length.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-}
-
 /// Receive side of one flow: every datagram must be the next one, intact.
 struct FlowRx<'a> {
     want: Vec<&'a [u8]>,
@@ -185,7 +169,7 @@ fn guest_to_host_on(
     streams: &[Stream; 2],
     pause: Duration,
 ) {
-    big_rcvbuf(&sink);
+    big_rcvbuf(&sink, 16 << 20);
     for (s, st) in socks.iter().zip(streams) {
         set_segment(s, st.seg);
     }
@@ -234,7 +218,7 @@ fn host_to_guest(w: &World, port: u16, stream: &Stream) {
 
 /// [`host_to_guest`] between given sockets.
 fn host_to_guest_on(server: UdpSocket, guest: UdpSocket, stream: &Stream) {
-    big_rcvbuf(&guest);
+    big_rcvbuf(&guest, 16 << 20);
     guest
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();

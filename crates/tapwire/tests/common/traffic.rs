@@ -248,6 +248,23 @@ pub fn check_udp_echo(guest: &Guest, target: SocketAddr, sizes: &[usize]) {
     }
 }
 
+/// A big receive buffer (`SO_RCVBUFFORCE`: the tests run as root), so only the daemon can lose
+/// datagrams.
+pub fn big_rcvbuf(s: &std::net::UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the stated length.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
 #[cfg(test)]
 mod selftest {
     use super::*;
