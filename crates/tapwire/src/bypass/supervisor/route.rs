@@ -24,7 +24,6 @@
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::errno::Errno;
 use nix::sys::socket::{recv, send, MsgFlags};
 use tapwire_proto::route::{parse_reply, request, Reply, REQUEST_MAX};
 
@@ -60,9 +59,8 @@ impl RouteProbe {
         self.seq = self.seq.wrapping_add(1);
         let mut req = [0u8; REQUEST_MAX];
         let len = request(self.seq, dst, &mut req);
-        if !retry_eintr(|| send(self.fd.as_raw_fd(), &req[..len], MsgFlags::MSG_DONTWAIT))
-            .is_ok_and(|n| n == len)
-        {
+        // Non-blocking calls: no EINTR to retry.
+        if !send(self.fd.as_raw_fd(), &req[..len], MsgFlags::MSG_DONTWAIT).is_ok_and(|n| n == len) {
             return Egress::Tap;
         }
         // A route reply is well under 1 KiB; 4 KiB holds any with room for attributes.
@@ -70,11 +68,10 @@ impl RouteProbe {
         // Bounded: stale replies (from a question whose answer we stopped waiting for) are
         // skipped, a few at most.
         for _ in 0..8 {
-            let n =
-                match retry_eintr(|| recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)) {
-                    Ok(n) => n,
-                    Err(_) => return Egress::Tap,
-                };
+            let n = match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(_) => return Egress::Tap,
+            };
             match parse_reply(self.seq, &buf[..n]) {
                 Reply::Oif(i) if i != self.tap_index => return Egress::Elsewhere,
                 Reply::Stale => continue,
@@ -82,14 +79,5 @@ impl RouteProbe {
             }
         }
         Egress::Tap
-    }
-}
-
-fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
-    loop {
-        match f() {
-            Err(Errno::EINTR) => continue,
-            r => return r,
-        }
     }
 }
