@@ -111,6 +111,9 @@ pub struct NetConfig {
     /// `--max-buffer-memory`: the TCP ring budget in bytes (`None`: a fraction of the RAM;
     /// see `budget`).
     pub max_buffer_memory: Option<u64>,
+    /// `--threads`: engine workers, each with its own TAP queue and flows (1: one thread,
+    /// a single-queue TAP).
+    pub threads: usize,
 }
 
 impl Default for NetConfig {
@@ -129,6 +132,7 @@ impl Default for NetConfig {
             offload: true,
             uso: true,
             max_buffer_memory: None,
+            threads: 1,
         }
     }
 }

@@ -16,9 +16,13 @@
 //!    was opened) are closed, then the sandbox (`--enable-sandbox`; always in run mode,
 //!    where a failure is only a warning), then the seccomp filter (`--enable-seccomp`). The
 //!    sandbox may join a user namespace, so no thread may exist before it;
+//!    With `--threads N` the other N-1 workers start after the sandbox and run once the
+//!    filter is on (`workers`);
 //! 5. readiness: `-r FD` gets "1" and is closed; run mode releases the command;
 //! 6. the event loop until an exit condition.
 #![allow(unsafe_code)]
+mod workers;
+
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
@@ -113,13 +117,20 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     let ifcfg = args.configure.then(|| IfConfig::from_net(&args.net));
     let to_host = to_host_ports(&args.forward_to_host)?;
     let guest_ports: Vec<u16> = to_host.iter().map(|p| p.guest_port).collect();
-    let (tap_fd, to_host_listeners, diag) = netns::open_tap_with(
+    check_threads(&args.net, args.pcap.as_deref())?;
+    let netns::TapFds {
+        tap: tap_fd,
+        queues,
+        listeners: to_host_listeners,
+        diag,
+    } = netns::open_tap_with(
         &args.target,
         args.userns_path.as_deref(),
         &args.tapname,
         ifcfg.as_ref(),
         &guest_ports,
         !args.auto_publish.is_empty(),
+        args.net.threads,
     )?;
     // The engine's exit fd also fires when the guest's process exits (see `lifeline`).
     let guest_pid = match &args.target {
@@ -150,6 +161,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         None => None,
     };
     let mut engine = Engine::new(args.net.clone(), Tap::from_fd(tap_fd), life)?;
+    let workers = workers(&mut engine, &args.net, queues)?;
     forward_to_host(&mut engine, to_host_listeners, &to_host)?;
     if let netns::Target::Path(p) = &args.target {
         engine.watch_netns(p)?;
@@ -191,9 +203,12 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     if let Some(prep) = bypass {
         prep.spawn_oci()?;
     }
+    // The workers too start after the sandbox; they wait for the filter before they run.
+    let go = workers.spawn()?;
     if args.enable_seccomp {
         filter::apply(bypassing, &pins)?;
     }
+    go.release();
     if let Some(ready) = ready {
         signal_ready(ready)?;
     }
@@ -215,6 +230,7 @@ fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
 fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     // Before anything is opened (the command inherits them; the daemon closes its copies).
     let inherited = inherited::snapshot(&[]);
+    check_threads(&args.net, args.pcap.as_deref())?;
     let ifcfg = IfConfig::from_net(&args.net);
     let filter = args
         .bypass
@@ -232,6 +248,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
             map_auto: args.map_auto,
             to_host: &guest_ports,
             diag: !args.auto_publish.is_empty(),
+            queues: args.net.threads,
         },
     )?;
     let bypass = match &args.bypass {
@@ -251,6 +268,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         child: Some(child.pid),
     };
     let mut engine = Engine::new(args.net.clone(), tap, life)?;
+    let workers = workers(&mut engine, &args.net, std::mem::take(&mut child.queues))?;
     forward_to_host(&mut engine, std::mem::take(&mut child.listeners), &to_host)?;
     let tap_publish = supervisor::tap_publishes(&args.publish, bypass.is_some());
     publish(&mut engine, &tap_publish, &args.net)?;
@@ -271,6 +289,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         }
         Err(e) => tracing::warn!("{e}; running without the sandbox"),
     }
+    workers.spawn()?.release();
     match bypass {
         Some((prep, udp)) => {
             let supervised = child.start_with_listener()?;
@@ -279,6 +298,40 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         None => child.start()?,
     }
     Ok(engine.run()?)
+}
+
+/// `--threads N` with `--pcap`: the capture records one worker's frames only, so it is refused.
+fn check_threads(net: &NetConfig, pcap: Option<&std::path::Path>) -> Result<(), AnyError> {
+    if net.threads > 1 && pcap.is_some() {
+        return Err("--pcap needs --threads 1 (the capture is not shared between threads)".into());
+    }
+    Ok(())
+}
+
+/// `--threads N`: the other N-1 workers, one per extra TAP queue, made now (before the
+/// sandbox) and started by [`Workers::spawn`].
+fn workers(
+    first: &mut Engine,
+    net: &NetConfig,
+    queues: Vec<OwnedFd>,
+) -> Result<workers::Workers, AnyError> {
+    if queues.is_empty() {
+        return Ok(workers::Workers::default());
+    }
+    let shared = crate::engine::queues::Shared::new(queues.len() + 1);
+    first
+        .attach_shard(shared.clone(), 0)
+        .map_err(|e| format!("--threads: worker 0: {e}"))?;
+    let mut all = Vec::new();
+    for (i, fd) in queues.into_iter().enumerate() {
+        let mut w = Engine::worker(net.clone(), Tap::from_fd(fd))
+            .map_err(|e| format!("--threads: worker {}: {e}", i + 1))?;
+        w.attach_shard(shared.clone(), i + 1)
+            .map_err(|e| format!("--threads: worker {}: {e}", i + 1))?;
+        all.push(w);
+    }
+    tracing::info!("{} engine threads, one per TAP queue", all.len() + 1);
+    Ok(workers::Workers::new(all))
 }
 
 /// `--pcap FILE`: opened before confinement (the sandbox leaves no file system to open it in).

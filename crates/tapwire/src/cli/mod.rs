@@ -158,6 +158,14 @@ pub(crate) struct NetOpts {
     #[arg(long, value_name = "SIZE", value_parser = tapwire_proto::budget::parse_size)]
     max_buffer_memory: Option<u64>,
 
+    /// Engine threads, each serving its own queue of a multi-queue tap device
+    /// (`IFF_MULTI_QUEUE`) and the flows the kernel steers to it; the control socket,
+    /// forwards and other services stay on the first. 1 (the default) is a single-queue device
+    /// as slirp4netns makes it; more helps when one core is the limit and the machine has
+    /// cores to spare besides the applications'
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    threads: u8,
+
     /// MAC address of the tap device (requires -c in daemon mode)
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub(crate) macaddress: Option<[u8; 6]>,
@@ -235,6 +243,7 @@ impl NetOpts {
             offload: !self.disable_offload,
             uso: !self.disable_offload && !self.disable_udp_offload,
             max_buffer_memory: self.max_buffer_memory,
+            threads: usize::from(self.threads),
         }
     }
 }

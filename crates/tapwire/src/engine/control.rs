@@ -122,8 +122,8 @@ impl Engine {
                     reply_error("bad request: remove_hostfwd: bad arguments.id")
                 }
             }
-            Request::ListConnections => reply_ok(self.connections_json()),
-            Request::GetStats => reply_ok(self.stats_json()),
+            Request::ListConnections => reply_ok(self.all_connections_json()),
+            Request::GetStats => reply_ok(self.all_stats_json()),
             Request::StartCapture(c) => self.api_start_capture(c),
             Request::StopCapture => match self.stop_capture() {
                 Some(c) => reply_ok(serde_json::json!({
@@ -141,6 +141,9 @@ impl Engine {
             return reply_error(
                 "start_capture: the daemon is sandboxed (--enable-sandbox) and cannot open files; start it with --pcap FILE instead",
             );
+        }
+        if !self.is_first() || self.shard.is_some() {
+            return reply_error("bad request: start_capture: the packet capture needs --threads 1");
         }
         if self.stats.device.capture.is_some() {
             return reply_error("bad request: start_capture: a capture is already running");
@@ -180,7 +183,7 @@ impl Engine {
         self.confined = true;
     }
 
-    fn connections_json(&self) -> serde_json::Value {
+    pub(super) fn connections_json(&self) -> serde_json::Value {
         use serde_json::json;
         let now_ms = self.clock.now_ms();
         let age = |born: Option<u64>| now_ms.saturating_sub(born.unwrap_or(now_ms)) as f64 / 1000.0;
@@ -226,7 +229,7 @@ impl Engine {
         json!({ "connections": out })
     }
 
-    fn stats_json(&self) -> serde_json::Value {
+    pub(super) fn stats_json(&self) -> serde_json::Value {
         use serde_json::json;
         let s = &self.stats;
         let drops: serde_json::Map<String, serde_json::Value> = s
@@ -260,6 +263,10 @@ impl Engine {
                 "icmp": s.icmp_flows,
             },
             "forwards": self.fwd.list.len(),
+            "handed": self.handed_counts().map(|(frames, inbox_full)| json!({
+                "frames": frames,
+                "inbox_full": inbox_full,
+            })),
             "capture": self.stats.device.capture.as_ref().map(|c| json!({
                 "path": c.path().display().to_string(),
                 "frames": c.frames,

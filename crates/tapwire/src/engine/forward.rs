@@ -277,6 +277,7 @@ impl Engine {
                 match self.insert_udp((guest, src), flow, now_ms) {
                     Some(i) => {
                         self.fwd.clients.insert((id, client), i);
+                        self.note_inbound_udp((guest, src), true);
                         i
                     }
                     None => return,

@@ -40,6 +40,8 @@ pub(super) const TOKEN_EXIT_FD: Token = Token(2 << KIND_BITS);
 pub(super) const TOKEN_API: Token = Token(3 << KIND_BITS);
 /// The guest's sock_diag socket (`-p auto`; destroy events).
 pub(super) const TOKEN_AUTO: Token = Token(4 << KIND_BITS);
+/// `--threads`: frames or a report request in this worker's inbox (see `queues`).
+pub(super) const TOKEN_WAKE: Token = Token(5 << KIND_BITS);
 
 /// The token of socket `idx` of `kind`.
 #[inline]

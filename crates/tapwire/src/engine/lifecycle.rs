@@ -48,7 +48,8 @@ pub struct Lifecycle {
 
 /// The signalfd, the lifecycle and the exit status once decided.
 pub(super) struct Exit {
-    pub signals: SignalFd,
+    /// `None` in the other `--threads` workers: only the first reads signals.
+    pub signals: Option<SignalFd>,
     pub life: Lifecycle,
     /// The status to exit with; the loop stops at the start of the next turn.
     pub code: Option<i32>,
@@ -109,11 +110,22 @@ impl Exit {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(io::Error::from)?;
         Ok(Exit {
-            signals,
+            signals: Some(signals),
             life,
             code: None,
             netns: None,
         })
+    }
+
+    /// A `--threads` worker's: no signals (the first worker reads them; the mask, inherited
+    /// from the thread that made the workers, keeps them blocked), no exit fd, no command.
+    pub fn worker() -> Exit {
+        Exit {
+            signals: None,
+            life: Lifecycle::default(),
+            code: None,
+            netns: None,
+        }
     }
 
     /// Once a second: end the loop if the watched namespace has no mount left.
@@ -128,7 +140,11 @@ impl Exit {
     }
 
     pub fn read_signals(&mut self) {
-        while let Ok(Some(info)) = self.signals.read_signal() {
+        // Lent out of `self` while the signals are handled.
+        let Some(signals) = self.signals.take() else {
+            return;
+        };
+        while let Ok(Some(info)) = signals.read_signal() {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;
             };
@@ -145,6 +161,7 @@ impl Exit {
                 }
             }
         }
+        self.signals = Some(signals);
     }
 
     pub fn reap_child(&mut self) {

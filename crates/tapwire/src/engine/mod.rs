@@ -57,7 +57,7 @@ use guest::GuestLink;
 use host::{
     Host, KIND_API, KIND_BITS, KIND_FWD, KIND_ICMP, KIND_MASK, KIND_SPECIAL, KIND_SPLICE,
     KIND_SPLICE_LISTEN, KIND_TCP, KIND_UDP, TOKEN_API, TOKEN_AUTO, TOKEN_EXIT_FD, TOKEN_SIGNAL,
-    TOKEN_TAP,
+    TOKEN_TAP, TOKEN_WAKE,
 };
 use icmp::IcmpTable;
 use lifecycle::Exit;
@@ -74,6 +74,7 @@ mod host;
 pub mod icmp;
 mod lifecycle;
 mod ndp_dhcp;
+pub mod queues;
 pub mod splice;
 pub mod tcp;
 pub mod udp;
@@ -160,15 +161,26 @@ pub struct Engine {
     confined: bool,
     exit: Exit,
     stats: Stats,
+    /// `--threads`: this worker's place among the others (see `queues`).
+    shard: Option<Box<queues::Shard>>,
 }
 
 impl Engine {
     /// Set up the loop around a TAP fd. Blocks SIGTERM, SIGINT, SIGHUP and SIGCHLD (they are
     /// read from a signalfd), so call it after any child that must not inherit that mask.
     pub fn new(net: NetConfig, tap: Tap, life: Lifecycle) -> Result<Engine, EngineError> {
-        tap.set_nonblocking(true).map_err(EngineError::Setup)?;
         let exit = Exit::new(life).map_err(EngineError::Setup)?;
+        Self::build(net, tap, exit)
+    }
 
+    /// `--threads`: another worker on another queue of the TAP (no signals, no exit fd; see
+    /// `queues`). Call [`Engine::attach_shard`] on every worker before they run.
+    pub fn worker(net: NetConfig, tap: Tap) -> Result<Engine, EngineError> {
+        Self::build(net, tap, Exit::worker())
+    }
+
+    fn build(net: NetConfig, tap: Tap, exit: Exit) -> Result<Engine, EngineError> {
+        tap.set_nonblocking(true).map_err(EngineError::Setup)?;
         let poll = Poll::new().map_err(EngineError::Setup)?;
         let reg = poll.registry();
         reg.register(
@@ -177,12 +189,14 @@ impl Engine {
             Interest::READABLE,
         )
         .map_err(EngineError::Setup)?;
-        reg.register(
-            &mut SourceFd(&exit.signals.as_raw_fd()),
-            TOKEN_SIGNAL,
-            Interest::READABLE,
-        )
-        .map_err(EngineError::Setup)?;
+        if let Some(signals) = &exit.signals {
+            reg.register(
+                &mut SourceFd(&signals.as_raw_fd()),
+                TOKEN_SIGNAL,
+                Interest::READABLE,
+            )
+            .map_err(EngineError::Setup)?;
+        }
         if let Some(fd) = &exit.life.exit_fd {
             reg.register(
                 &mut SourceFd(&fd.as_raw_fd()),
@@ -200,7 +214,7 @@ impl Engine {
         Ok(Engine {
             clock,
             last_sweep_ms: 0,
-            tcp: TcpTable::new(link.tcp_buffer(), net.max_buffer_memory),
+            tcp: TcpTable::new(link.tcp_buffer(), tcp::budget_share(&net)),
             udp_batch: udp_batch::UdpBatch::new(link.out.len()),
             link,
             host: Host::new(&net, poll),
@@ -215,6 +229,7 @@ impl Engine {
             exit,
             stats,
             net,
+            shard: None,
         })
     }
 
@@ -257,6 +272,7 @@ impl Engine {
                     KIND_SPECIAL if t == TOKEN_TAP => self.link.readable = true,
                     KIND_SPECIAL if t == TOKEN_SIGNAL => self.exit.read_signals(),
                     KIND_SPECIAL if t == TOKEN_AUTO => self.auto_readable(),
+                    KIND_SPECIAL if t == TOKEN_WAKE => self.inbox_ready(),
                     KIND_SPECIAL if t == TOKEN_EXIT_FD => {
                         tracing::info!("exit fd closed; exiting");
                         self.exit.code = Some(0);
@@ -275,7 +291,7 @@ impl Engine {
             if now_ms.saturating_sub(self.last_sweep_ms) >= 1000 {
                 self.last_sweep_ms = now_ms;
                 self.sweep(now_ms);
-                if self.link_config.advert_due(now_ms) {
+                if self.link_config.advert_due(now_ms) && self.is_first() {
                     self.send_router_advert();
                 }
                 self.api_sweep(now_ms);
@@ -340,11 +356,13 @@ impl Engine {
         match class {
             Class::Drop(DropReason::Fragment) => self.fragment_from_guest(frame),
             Class::Drop(reason) => self.stats.drops.bump(reason),
+            Class::Udp(u) if self.hand_udp(&u, frame, hdr) => {}
             Class::Udp(u) => self.udp_from_guest(&u, frame, hdr),
             // USO claimed for something that is not UDP.
             _ if hdr.is_udp_gso() => self.stats.drops.bump(DropReason::Gso),
             Class::Stack => {
                 self.ingress(frame, None);
+                self.share_neighbours(frame, hdr);
                 if frame.get(12..14) != Some(&[0x08, 0x00]) {
                     // ARP or neighbor discovery: flows that waited for the guest's MAC (smoltcp
                     // retries a second later) can transmit now.
@@ -352,6 +370,7 @@ impl Engine {
                     self.tcp.sched.expire(soon);
                 }
             }
+            Class::Tcp(info) if self.hand_tcp(&info, frame, hdr) => {}
             Class::Tcp(info) => self.tcp_from_guest(&info, frame),
             Class::Echo(e) => self.echo_from_guest(&e),
             Class::Dhcp(msg) => self.dhcp_from_guest(msg),

@@ -339,6 +339,7 @@ impl Engine {
             }
             UdpHost::Forwarded { id, client, .. } => {
                 self.fwd.clients.remove(&(id, client));
+                self.note_inbound_udp((flow.guest, flow.dst), false);
             }
         }
     }

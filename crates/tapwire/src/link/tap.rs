@@ -22,7 +22,8 @@
 //! - Names follow the kernel's `dev_valid_name()`: 1..=15 bytes, not `.` or `..`, no `/`, `:`,
 //!   whitespace or NUL. They are checked before any syscall so the error names the bad input.
 //!
-//! Limits: no multiqueue (single fd).
+//! - `--threads N`: [`Tap::open_queues`] attaches N fds to one device made with
+//!   `IFF_MULTI_QUEUE`; each is a queue of its own that one engine worker reads and writes.
 //!
 //! Syscalls: `open`, `ioctl(TUNSETIFF, TUNSETOFFLOAD)`, `fcntl(F_GETFL/F_SETFL)`, `readv`,
 //! `writev`.
@@ -101,6 +102,23 @@ impl Tap {
     /// Create/attach TAP `name` (`IFF_TAP | IFF_NO_PI`) via `/dev/net/tun` + `TUNSETIFF` in the
     /// current network namespace. `name` must be 1..=15 bytes (see [`check_name`]).
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Self::open_flags(name, 0)
+    }
+
+    /// `queues` fds of one multi-queue TAP `name` (`IFF_MULTI_QUEUE`, `--threads`): the kernel
+    /// spreads the guest's flows over them and sends a flow's packets to the queue its replies
+    /// were last written to (tun's automatic flow steering). One queue is [`Tap::open`] (a
+    /// device made without `IFF_MULTI_QUEUE`, as slirp4netns makes it).
+    pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Tap>, TapError> {
+        if queues <= 1 {
+            return Ok(vec![Self::open(name)?]);
+        }
+        (0..queues)
+            .map(|_| Self::open_flags(name, libc::IFF_MULTI_QUEUE))
+            .collect()
+    }
+
+    fn open_flags(name: &str, extra: libc::c_int) -> Result<Tap, TapError> {
         let ifname = check_name(name)?;
         // SAFETY: the path is a NUL-terminated static C string; open(2) has no other memory
         // requirements.
@@ -111,10 +129,10 @@ impl Tap {
         // SAFETY: open(2) just returned this fd (checked >= 0) and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | extra;
         let mut req = IfReqFlags {
             name: ifname,
-            // The flags fit in 16 bits (0x0002 | 0x1000 | 0x4000).
+            // The flags fit in 16 bits (0x0002 | 0x1000 | 0x4000 | 0x0100).
             flags: flags as libc::c_short,
             _pad: [0; 22],
         };

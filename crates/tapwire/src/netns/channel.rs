@@ -8,7 +8,8 @@
 //! [`NetnsError::Child`]). End of file without a datagram means the child died; the parent
 //! reaps it ([`wait_child`]) and reports how it ended ([`describe`]). [`recv_reply`] is the
 //! parent's side and rejects anything else (no fd, three fds, unknown tag, truncation). Run mode
-//! adds `b'L'` + a listener's fd number for bypass mode ([`TAG_LISTENER`]).
+//! adds `b'L'` + a listener's fd number for bypass mode ([`TAG_LISTENER`]). With `--threads N`
+//! the TAP's other N-1 queues follow the TAP ([`recv_queues`]).
 //!
 //! Children call [`die_with_parent`] first (`PR_SET_PDEATHSIG(SIGKILL)`, then a `getppid`
 //! check for a parent that died before it took effect) and end with [`exit_now`] (`_exit`).
@@ -141,6 +142,26 @@ pub(super) fn recv_reply(sock: &OwnedFd, pid: Pid) -> Result<Reply, NetnsError> 
             reason: "unknown message",
         }),
     }
+}
+
+/// Parent side, `--threads N`: the TAP's other `queues - 1` queue fds, which the child sends
+/// right after the TAP the way it sends listeners (`L` batches, then `D`).
+pub(super) fn recv_queues(
+    sock: BorrowedFd<'_>,
+    pid: Pid,
+    queues: usize,
+) -> Result<Vec<OwnedFd>, NetnsError> {
+    if queues <= 1 {
+        return Ok(Vec::new());
+    }
+    let fds = super::loopback::recv_listeners(sock, pid, queues - 1)?;
+    if fds.len() != queues - 1 {
+        return Err(NetnsError::BadReply {
+            pid,
+            reason: "wrong number of TAP queues",
+        });
+    }
+    Ok(fds)
 }
 
 /// Reap `pid`, retrying on EINTR. `ECHILD` (someone else reaped it, or SIGCHLD is ignored)

@@ -6,10 +6,12 @@
 //! `/proc/self/ns/user`), because `setns()` into one's own user namespace fails. The forked
 //! helper joins the user namespace, then the network namespace, opens the TAP, configures it
 //! (`-c`), for `-p auto` opens the guest's sock_diag socket (`link::sock_diag`), sends the
-//! fd(s) back over the [`super::channel`] (then, with `--forward-to-host`, the listeners on
+//! fd(s) back over the [`super::channel`] (then, with `--threads N`, the TAP's other queues;
+//! then, with `--forward-to-host`, the listeners on
 //! the namespace's loopback: [`super::loopback`]) and exits; the parent waits for it.
 #![allow(unsafe_code)]
 
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -18,8 +20,8 @@ use nix::sched::{setns, CloneFlags};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use super::channel::{
-    describe, die_with_parent, exit_now, recv_reply, send_error, send_fd, seqpacket_pair,
-    wait_child, Reply,
+    describe, die_with_parent, exit_now, recv_queues, recv_reply, send_error, send_fd,
+    seqpacket_pair, wait_child, Reply,
 };
 use super::loopback::{open_listeners, recv_listeners, send_listeners};
 use super::{errno, setup_err, NetnsError, Target};
@@ -81,7 +83,7 @@ pub fn open_tap(
     tapname: &str,
     cfg: Option<&IfConfig>,
 ) -> Result<OwnedFd, NetnsError> {
-    open_tap_with(target, userns_path, tapname, cfg, &[], false).map(|(tap, _, _)| tap)
+    open_tap_with(target, userns_path, tapname, cfg, &[], false, 1).map(|t| t.tap)
 }
 
 /// [`open_tap`], and with `--forward-to-host` the helper also opens listeners on the guest
@@ -95,7 +97,8 @@ pub fn open_tap_with(
     cfg: Option<&IfConfig>,
     to_host: &[u16],
     diag: bool,
-) -> Result<(OwnedFd, Vec<OwnedFd>, Option<OwnedFd>), NetnsError> {
+    queues: usize,
+) -> Result<TapFds, NetnsError> {
     tap::check_name(tapname)?;
     let (net_path, user_path) = match target {
         Target::Pid(pid) => {
@@ -136,13 +139,22 @@ pub fn open_tap_with(
                 user: user.as_ref(),
                 net: &net,
             };
-            helper_main(&child_sock, parent_pid, ns, tapname, cfg, to_host, diag)
+            let wants = Wants {
+                to_host,
+                diag,
+                queues,
+            };
+            helper_main(&child_sock, parent_pid, ns, tapname, cfg, wants)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(child_sock);
             let reply = recv_reply(&parent_sock, child);
+            let extra = match &reply {
+                Ok(Reply::Fd(..)) => recv_queues(parent_sock.as_fd(), child, queues),
+                _ => Ok(Vec::new()),
+            };
             let listeners = match &reply {
-                Ok(Reply::Fd(..)) if !to_host.is_empty() => {
+                Ok(Reply::Fd(..)) if !to_host.is_empty() && extra.is_ok() => {
                     recv_listeners(parent_sock.as_fd(), child, to_host.len() * 2)
                 }
                 _ => Ok(Vec::new()),
@@ -150,7 +162,12 @@ pub fn open_tap_with(
             drop(parent_sock);
             let status = wait_child(child);
             match reply? {
-                Reply::Fd(fd, d) if d.is_some() == diag => Ok((fd, listeners?, d)),
+                Reply::Fd(tap, diag_fd) if diag_fd.is_some() == diag => Ok(TapFds {
+                    tap,
+                    queues: extra?,
+                    listeners: listeners?,
+                    diag: diag_fd,
+                }),
                 Reply::Fd(..) => Err(NetnsError::BadReply {
                     pid: child,
                     reason: "wrong number of file descriptors",
@@ -168,6 +185,26 @@ pub fn open_tap_with(
     }
 }
 
+/// What [`open_tap_with`] brings back from the target's namespace.
+#[derive(Debug)]
+pub struct TapFds {
+    /// The TAP (its first queue).
+    pub tap: OwnedFd,
+    /// `--threads N`: its other N-1 queues.
+    pub queues: Vec<OwnedFd>,
+    /// `--forward-to-host`: listeners on the guest's loopback.
+    pub listeners: Vec<OwnedFd>,
+    /// `-p auto`: a sock_diag socket of the target's network namespace.
+    pub diag: Option<OwnedFd>,
+}
+
+/// What the helper opens besides the TAP.
+struct Wants<'a> {
+    to_host: &'a [u16],
+    diag: bool,
+    queues: usize,
+}
+
 /// Body of the [`open_tap`] helper child. Never returns.
 fn helper_main(
     sock: &OwnedFd,
@@ -175,10 +212,14 @@ fn helper_main(
     ns: Namespaces<'_>,
     tapname: &str,
     cfg: Option<&IfConfig>,
-    to_host: &[u16],
-    diag: bool,
+    wants: Wants<'_>,
 ) -> ! {
     let Namespaces { user, net } = ns;
+    let Wants {
+        to_host,
+        diag,
+        queues,
+    } = wants;
     let result = catch_unwind(AssertUnwindSafe(|| -> Result<_, NetnsError> {
         die_with_parent(parent)?;
         if let Some(ns) = user {
@@ -193,7 +234,11 @@ fn helper_main(
             path: net.path.clone(),
             source: errno(e),
         })?;
-        let tap = Tap::open(tapname)?;
+        let mut taps = Tap::open_queues(tapname, queues)?.into_iter();
+        let tap = taps
+            .next()
+            .ok_or_else(|| setup_err("TAP queues", io::ErrorKind::NotFound))?;
+        let rest: Vec<OwnedFd> = taps.map(OwnedFd::from).collect();
         if let Some(cfg) = cfg {
             netlink::configure(tapname, cfg)?;
         }
@@ -205,11 +250,16 @@ fn helper_main(
             ),
             false => None,
         };
-        Ok((tap, diag))
+        Ok((tap, rest, diag))
     }));
     let code = match result {
-        Ok(Ok((tap, diag))) => {
-            match send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd())) {
+        Ok(Ok((tap, rest, diag))) => {
+            let sent = send_fd(sock.as_fd(), tap.as_fd(), diag.as_ref().map(|d| d.as_fd()))
+                .and_then(|()| match rest.is_empty() {
+                    true => Ok(()),
+                    false => send_listeners(sock.as_fd(), &rest),
+                });
+            match sent {
                 Ok(()) if to_host.is_empty() => 0,
                 Ok(()) => match catch_unwind(|| open_listeners(to_host)) {
                     Ok(Ok(fds)) => i32::from(send_listeners(sock.as_fd(), &fds).is_err()),

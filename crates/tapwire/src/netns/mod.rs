@@ -53,7 +53,7 @@ pub mod loopback;
 pub mod resolv;
 pub mod run;
 
-pub use helper::{open_tap, open_tap_with};
+pub use helper::{open_tap, open_tap_with, TapFds};
 pub use run::{spawn_run, spawn_run_filtered, RunChild, RunOptions, Supervised};
 
 /// Which network namespace the daemon attaches to (its positional argument).

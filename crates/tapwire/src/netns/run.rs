@@ -37,8 +37,8 @@ use nix::sys::socket::{send, MsgFlags};
 use nix::unistd::{fork, getpid, ForkResult, Gid, Pid, Uid};
 
 use super::channel::{
-    describe, die_with_parent, exit_now, recv_reply, send_error, send_fd, seqpacket_pair,
-    wait_child, Reply, MAX_REPLY, TAG_ERR, TAG_LISTENER,
+    describe, die_with_parent, exit_now, recv_queues, recv_reply, send_error, send_fd,
+    seqpacket_pair, wait_child, Reply, MAX_REPLY, TAG_ERR, TAG_LISTENER,
 };
 use super::loopback::{open_listeners, recv_listeners, send_listeners};
 use super::resolv::override_resolv_conf;
@@ -61,6 +61,8 @@ pub struct RunChild {
     pub listeners: Vec<OwnedFd>,
     /// `-p auto`: the sock_diag socket of the child's network namespace.
     pub diag: Option<OwnedFd>,
+    /// `--threads N`: the TAP's other N-1 queues (`tap` is the first).
+    pub queues: Vec<OwnedFd>,
     /// Our end of the socketpair; writing one byte lets the child exec.
     go: Option<OwnedFd>,
 }
@@ -177,6 +179,8 @@ pub struct RunOptions<'a> {
     pub to_host: &'a [u16],
     /// `-p auto`: a sock_diag socket of the new namespace with the TAP.
     pub diag: bool,
+    /// `--threads N`: open the TAP with N queues (0 or 1: one, as slirp4netns does).
+    pub queues: usize,
 }
 
 /// Everything the run child needs, prepared before `fork`.
@@ -200,6 +204,8 @@ struct RunPrep<'a> {
     to_host: &'a [u16],
     /// `-p auto`: send a sock_diag socket with the TAP.
     diag: bool,
+    /// `--threads N`: TAP queues to open.
+    queues: usize,
 }
 
 /// Run mode (`tapwire run -- CMD`): fork a child in new user, network and mount namespaces
@@ -235,6 +241,7 @@ pub fn spawn_run_filtered(
         map_auto,
         to_host,
         diag,
+        queues,
     } = opts;
     tap::check_name(tapname)?;
     let shell;
@@ -269,6 +276,7 @@ pub fn spawn_run_filtered(
         map_auto,
         to_host,
         diag,
+        queues,
     };
 
     let (parent_sock, child_sock) = seqpacket_pair()?;
@@ -297,23 +305,22 @@ pub fn spawn_run_filtered(
                     pid: child,
                     reason: "wrong number of file descriptors",
                 }),
-                Ok(Reply::Fd(tap, d)) if to_host.is_empty() => {
-                    return Ok(RunChild {
-                        pid: child,
-                        tap,
-                        diag: d,
-                        listeners: Vec::new(),
-                        go: Some(parent_sock),
-                    })
-                }
                 Ok(Reply::Fd(tap, d)) => {
-                    match recv_listeners(parent_sock.as_fd(), child, to_host.len() * 2) {
-                        Ok(listeners) => {
+                    let rest = recv_queues(parent_sock.as_fd(), child, queues).and_then(|q| {
+                        let l = match to_host.is_empty() {
+                            true => Vec::new(),
+                            false => recv_listeners(parent_sock.as_fd(), child, to_host.len() * 2)?,
+                        };
+                        Ok((q, l))
+                    });
+                    match rest {
+                        Ok((queues, listeners)) => {
                             return Ok(RunChild {
                                 pid: child,
                                 tap,
                                 diag: d,
                                 listeners,
+                                queues,
                                 go: Some(parent_sock),
                             })
                         }
@@ -346,7 +353,11 @@ pub fn spawn_run_filtered(
 /// Body of the run child. Never returns.
 fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
     let setup = || -> Result<_, NetnsError> {
-        let tap = run_setup(&sock, parent, prep)?;
+        let mut taps = run_setup(&sock, parent, prep)?.into_iter();
+        let tap = taps
+            .next()
+            .ok_or_else(|| setup_err("TAP queues", io::ErrorKind::NotFound))?;
+        let rest: Vec<OwnedFd> = taps.map(OwnedFd::from).collect();
         let diag = match prep.diag {
             true => Some(
                 crate::link::sock_diag::open()
@@ -355,9 +366,9 @@ fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
             ),
             false => None,
         };
-        Ok((tap, diag))
+        Ok((tap, rest, diag))
     };
-    let (tap, diag) = match catch_unwind(AssertUnwindSafe(setup)) {
+    let (tap, rest, diag) = match catch_unwind(AssertUnwindSafe(setup)) {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             send_error(sock.as_fd(), &e);
@@ -370,6 +381,10 @@ fn run_main(sock: OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> ! {
     }
     drop(tap);
     drop(diag);
+    if !rest.is_empty() && send_listeners(sock.as_fd(), &rest).is_err() {
+        exit_now(1);
+    }
+    drop(rest);
     if !prep.to_host.is_empty() {
         let sent = match open_listeners(prep.to_host) {
             Ok(fds) => send_listeners(sock.as_fd(), &fds),
@@ -527,7 +542,7 @@ fn answer_map_request(sock: &OwnedFd, child: Pid) -> Result<(), NetnsError> {
 /// `--map-auto`: the child's request for its id maps.
 const TAG_MAP: u8 = b'M';
 
-fn run_setup(sock: &OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> Result<Tap, NetnsError> {
+fn run_setup(sock: &OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> Result<Vec<Tap>, NetnsError> {
     die_with_parent(parent)?;
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
         .map_err(|e| setup_err("unshare(CLONE_NEWUSER|CLONE_NEWNET|CLONE_NEWNS)", e))?;
@@ -551,10 +566,10 @@ fn run_setup(sock: &OwnedFd, parent: Pid, prep: &RunPrep<'_>) -> Result<Tap, Net
     )
     .map_err(|e| setup_err("make / recursively private (mount MS_REC|MS_PRIVATE)", e))?;
 
-    let tap = Tap::open(prep.tapname)?;
+    let taps = Tap::open_queues(prep.tapname, prep.queues)?;
     netlink::configure(prep.tapname, prep.cfg)?;
     override_resolv_conf(prep.resolv.as_bytes())?;
-    Ok(tap)
+    Ok(taps)
 }
 
 /// One `write(2)` of `data` (the id-map files require the whole map in a single write).

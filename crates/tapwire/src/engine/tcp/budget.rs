@@ -40,6 +40,19 @@ pub(super) fn budget(max: Option<u64>) -> BufferBudget {
     BufferBudget::new(max.unwrap_or_else(|| BufferBudget::default_max(total_ram())))
 }
 
+/// `--threads N`: each worker's part of the TCP buffer budget (the whole of it for one).
+pub fn budget_share(net: &tapwire_proto::config::NetConfig) -> Option<u64> {
+    match net.threads {
+        0 | 1 => net.max_buffer_memory,
+        n => {
+            let all = net
+                .max_buffer_memory
+                .unwrap_or_else(|| BufferBudget::default_max(total_ram()));
+            Some(all / n as u64)
+        }
+    }
+}
+
 /// MemTotal from /proc/meminfo (read once, when the engine starts).
 fn total_ram() -> u64 {
     std::fs::read_to_string("/proc/meminfo")

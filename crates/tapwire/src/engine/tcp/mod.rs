@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod budget;
+pub(super) use budget::budget_share;
 mod flow;
 
 use std::collections::VecDeque;
