@@ -263,10 +263,7 @@ impl Engine {
                 "icmp": s.icmp_flows,
             },
             "forwards": self.fwd.list.len(),
-            "handed": self.handed_counts().map(|(frames, inbox_full)| json!({
-                "frames": frames,
-                "inbox_full": inbox_full,
-            })),
+            "handed": self.handed_json(),
             "capture": self.stats.device.capture.as_ref().map(|c| json!({
                 "path": c.path().display().to_string(),
                 "frames": c.frames,

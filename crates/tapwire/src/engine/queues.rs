@@ -120,8 +120,10 @@ pub(super) struct Shard {
     local: VecDeque<(VnetHdr, Vec<u8>)>,
     /// Handling a frame from the inbox: it is not handed on again.
     handling: bool,
-    /// Frames handed to other workers, and those dropped because an inbox was full.
+    /// Frames handed to the first worker, ARP/NA frames copied to the others, and frames
+    /// dropped because an inbox was full.
     pub handed: u64,
+    pub neighbours: u64,
     pub inbox_full: u64,
 }
 
@@ -154,6 +156,7 @@ impl Engine {
             local: VecDeque::new(),
             handling: false,
             handed: 0,
+            neighbours: 0,
             inbox_full: 0,
         }));
         Ok(())
@@ -196,7 +199,10 @@ impl Engine {
             inbox.frames.push_back((*hdr, buf));
             inbox.frames.len() == 1
         };
-        shard.handed += 1;
+        match as_reply {
+            true => shard.neighbours += 1,
+            false => shard.handed += 1,
+        }
         if was_empty {
             shard.shared.wake(to);
         }
@@ -378,9 +384,12 @@ impl Engine {
         all
     }
 
-    /// Frames handed to other workers, and those dropped at a full inbox (stats).
-    pub(super) fn handed_counts(&self) -> Option<(u64, u64)> {
-        self.shard.as_ref().map(|s| (s.handed, s.inbox_full))
+    /// `"handed"` of `get_stats`: frames handed to the first worker, ARP/NA frames copied,
+    /// frames dropped at a full inbox.
+    pub(super) fn handed_json(&self) -> Option<Value> {
+        self.shard.as_ref().map(|s| {
+            json!({"frames": s.handed, "neighbours": s.neighbours, "inbox_full": s.inbox_full})
+        })
     }
 }
 
