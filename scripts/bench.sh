@@ -3,7 +3,7 @@
 #
 #   sudo scripts/bench.sh [--quick] [--rounds N] [-t SECONDS] [--paths LIST] [--mtus "1500 65520"]
 #                         [-b TAPWIRE_BIN] [-B OTHER_BIN] [--flows N] [--no-flows] [--out DIR]
-#                         [--keep] [--pasta PASTA_BIN] [--udp-only]
+#                         [--keep] [--pasta PASTA_BIN] [--udp-only] [--threads N]
 #   sudo scripts/bench.sh --profile [-t SECONDS] [--paths tap]   # perf profiles of the daemon
 #
 # Paths (columns): tap (tapwire -c PID), bypass (tapwire run --bypass, only if the binary has
@@ -13,6 +13,8 @@
 # (tapwire run --forward-to-host: the guest's own 127.0.0.1 spliced to the host's, no tap; TCP
 # only, at the largest MTU; compare with lo and with tap's 10.0.2.2). -B BIN adds
 # "tapb": tap mode with another tapwire binary, alternating with the others (A/B a change).
+# tapmq: tap mode with --threads N (a multi-queue TAP, one engine thread per queue; N from
+# --threads, default the number of CPUs), in the default paths when the binary has it.
 #
 # Measures, each the median of N rounds (default 3) in which the paths alternate (A B C A B C,
 # starting one path later each round):
@@ -67,6 +69,7 @@ QUICK=0
 KEEP=0
 MTUS_SET=0
 PROFILE=0
+MQ_THREADS=$(nproc)
 
 usage() {
 	sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
@@ -90,6 +93,7 @@ while [ $# -gt 0 ]; do
 	--keep) KEEP=1; shift ;;
 	--profile) PROFILE=1; shift ;;
 	--pasta) PASTA="$2"; shift 2 ;;
+	--threads) MQ_THREADS="$2"; shift 2 ;;
 	--udp-only) UDP_ONLY=1; shift ;;
 	-h | --help) usage 0 ;;
 	*) echo "unknown option: $1" >&2; usage 2 >&2 ;;
@@ -163,6 +167,10 @@ has_bypass() {
 	local help
 	[ -x "$TAPWIRE" ] && help=$("$TAPWIRE" run --help 2>/dev/null) && [[ "$help" == *--bypass* ]]
 }
+has_threads() {
+	local help
+	[ -x "$TAPWIRE" ] && help=$("$TAPWIRE" --help 2>/dev/null) && [[ "$help" == *--threads* ]]
+}
 has_splice() {
 	local help
 	[ -x "$TAPWIRE" ] && help=$("$TAPWIRE" run --help 2>/dev/null) && [[ "$help" == *--forward-to-host* ]]
@@ -170,6 +178,7 @@ has_splice() {
 want_default() {
 	[ -x "$TAPWIRE" ] && PATHS+=(tap) || NOTES+=("tapwire binary $TAPWIRE not found: tap skipped (cargo build --release)")
 	[ -n "$TAPWIRE_B" ] && PATHS+=(tapb)
+	if has_threads; then PATHS+=(tapmq); else NOTES+=("tapmq: ${TAPWIRE_SRC:-tapwire} has no --threads; skipped"); fi
 	if has_bypass; then PATHS+=(bypass); else NOTES+=("bypass: ${TAPWIRE_SRC:-tapwire} run has no --bypass; skipped"); fi
 	if has_splice; then PATHS+=(splice); else NOTES+=("splice: ${TAPWIRE_SRC:-tapwire} run has no --forward-to-host; skipped"); fi
 	command -v "$SLIRP" >/dev/null && PATHS+=(slirp4netns) || NOTES+=("$SLIRP not found: skipped")
@@ -184,6 +193,7 @@ else
 		case "$p" in
 		tap | run | slirp4netns | pasta | veth | lo) ;;
 		tapb) [ -n "$TAPWIRE_B" ] || die "tapb needs -B BIN" ;;
+		tapmq) has_threads || die "$TAPWIRE has no --threads" ;;
 		bypass) has_bypass || die "$TAPWIRE run has no --bypass" ;;
 		splice) has_splice || die "$TAPWIRE run has no --forward-to-host" ;;
 		*) die "unknown path $p" ;;
@@ -191,7 +201,7 @@ else
 	done
 fi
 for n in "${NOTES[@]}"; do note "$n"; done
-is_daemon() { case "$1" in tap | tapb | run | bypass | splice | slirp4netns | pasta) return 0 ;; esac; return 1; }
+is_daemon() { case "$1" in tap | tapb | tapmq | run | bypass | splice | slirp4netns | pasta) return 0 ;; esac; return 1; }
 is_runmode() { case "$1" in run | bypass | splice) return 0 ;; esac; return 1; }
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -259,9 +269,10 @@ start_guest() {
 
 start_slirp_like() {
 	local bin=$1 mtu=$2 ready="$WORK/ready" sock="$WORK/api.sock"
+	shift 2
 	: >"$ready"
 	rm -f "$sock"
-	"$bin" -c -r 3 --mtu "$mtu" -a "$sock" "$GUEST" tap0 3>"$ready" >"$WORK/daemon.log" 2>&1 &
+	"$bin" -c -r 3 --mtu "$mtu" -a "$sock" "$@" "$GUEST" tap0 3>"$ready" >"$WORK/daemon.log" 2>&1 &
 	DAEMON=$!
 	PIDS+=("$DAEMON")
 	local i
@@ -386,6 +397,7 @@ start_path() {
 	case "$name" in
 	tap) start_guest && start_slirp_like "$TAPWIRE" "$mtu" ;;
 	tapb) start_guest && start_slirp_like "$TAPWIRE_B" "$mtu" ;;
+	tapmq) start_guest && start_slirp_like "$TAPWIRE" "$mtu" --threads "$MQ_THREADS" ;;
 	slirp4netns) start_guest && start_slirp_like "$SLIRP" "$mtu" ;;
 	pasta) start_pasta "$mtu" ;;
 	veth) start_veth "$mtu" ;;

@@ -12,10 +12,11 @@ import json
 import statistics
 import sys
 
-PATH_ORDER = ["tap", "tapb", "bypass", "splice", "run", "slirp4netns", "pasta", "veth", "lo"]
+PATH_ORDER = ["tap", "tapb", "tapmq", "bypass", "splice", "run", "slirp4netns", "pasta", "veth", "lo"]
 PATH_LABEL = {
     "tap": "tapwire",
     "tapb": "tapwire B",
+    "tapmq": "tapwire --threads",
     "bypass": "tapwire bypass",
     "splice": "tapwire --forward-to-host",
     "run": "tapwire run",
@@ -27,6 +28,7 @@ PATH_LABEL = {
 COLORS = {
     "tap": "#d62728",
     "tapb": "#9467bd",
+    "tapmq": "#17becf",
     "bypass": "#ff7f0e",
     "splice": "#8c564b",
     "run": "#e377c2",
@@ -120,6 +122,10 @@ def render(samples, meta, prefix):
                 ratio_cols.append(("tap", other))
     if "tapb" in paths and "tap" in paths:
         ratio_cols.append(("tapb", "tap"))
+    if "tapmq" in paths:
+        for other in ["tap", "veth"]:
+            if other in paths:
+                ratio_cols.append(("tapmq", other))
     if "bypass" in paths:
         for other in ["slirp4netns", "lo"]:
             if other in paths:
@@ -132,7 +138,7 @@ def render(samples, meta, prefix):
     def table(title, rows, unit_note, digits=2, higher_better=True):
         md.append("## %s\n" % title)
         hdr = "| measure | " + " | ".join(PATH_LABEL[p] for p in paths)
-        short = {"tap": "tapwire", "tapb": "B", "bypass": "bypass", "splice": "splice"}
+        short = {"tap": "tapwire", "tapb": "B", "tapmq": "threads", "bypass": "bypass", "splice": "splice"}
         hdr += "".join(" | %s/%s" % (short[a], "tapwire" if b == "tap" else b)
                        for a, b in ratio_cols) + " |"
         md.append(hdr)
@@ -179,7 +185,7 @@ def render(samples, meta, prefix):
           "connect + 100 B request + 100 B reply + close. UDP: iperf3 -u -l 64 (or 1400) -b 0 "
           "(unlimited rate: loss shows where the path saturates).")
 
-    daemon_paths = [p for p in paths if p in ("tap", "tapb", "bypass", "splice", "run", "slirp4netns", "pasta")]
+    daemon_paths = [p for p in paths if p in ("tap", "tapb", "tapmq", "bypass", "splice", "run", "slirp4netns", "pasta")]
     if daemon_paths:
         md.append("## Forwarder CPU seconds per GB moved (lower is better)\n")
         md.append("| measure | " + " | ".join(PATH_LABEL[p] for p in daemon_paths) + " |")

@@ -104,8 +104,7 @@ fn forwarded_flows_survive_idling_past_the_steering_memory() {
         task("guest-idle-server", move || {
             let mut joins = Vec::new();
             for _ in 0..FLOWS {
-                let (mut s, _) = accept_timeout(&l, TRANSFER_TIMEOUT)
-                    .expect("guest accept");
+                let (mut s, _) = accept_timeout(&l, TRANSFER_TIMEOUT).expect("guest accept");
                 let (up, down) = (up.clone(), down.clone());
                 joins.push(std::thread::spawn(move || {
                     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -168,7 +167,9 @@ fn forwarded_flows_survive_idling_past_the_steering_memory() {
         gudp.send_to(format!("late{i}").as_bytes(), p).unwrap();
     }
     for (i, c) in udp_clients.iter().enumerate() {
-        let n = c.recv(&mut buf).expect("the guest's late datagram reaches the host");
+        let n = c
+            .recv(&mut buf)
+            .expect("the guest's late datagram reaches the host");
         assert_eq!(&buf[..n], format!("late{i}").as_bytes());
     }
     for r in readers {
@@ -180,7 +181,10 @@ fn forwarded_flows_survive_idling_past_the_steering_memory() {
     eprintln!("handed over: {}", s["handed"]);
     assert_eq!(u(&s, "/handed/inbox_full"), 0, "{s}");
     // Each of the 2 * FLOWS flows' late packets took the other queue with probability 1/2.
-    assert!(u(&s, "/handed/frames") > 0, "late packets were handed over: {s}");
+    assert!(
+        u(&s, "/handed/frames") > 0,
+        "late packets were handed over: {s}"
+    );
 }
 
 #[test]
@@ -192,7 +196,11 @@ fn list_connections_shows_every_workers_flows() {
     let port = 21300;
     let l = w.host.listen(port);
     let held: Vec<TcpStream> = (0..FLOWS)
-        .map(|_| w.guest.connect(gw(port), SETUP_TIMEOUT).expect("guest connect"))
+        .map(|_| {
+            w.guest
+                .connect(gw(port), SETUP_TIMEOUT)
+                .expect("guest connect")
+        })
         .collect();
     let mut accepted = Vec::new();
     for _ in 0..FLOWS {
@@ -203,7 +211,10 @@ fn list_connections_shows_every_workers_flows() {
     assert_eq!(tcp, FLOWS, "{conns:?}");
     let s = stats(&w.sock);
     let open = queue_counters(&s, "/flows/tcp");
-    assert!(open.iter().all(|&n| n > 0), "open flows on every queue: {s}");
+    assert!(
+        open.iter().all(|&n| n > 0),
+        "open flows on every queue: {s}"
+    );
     assert_eq!(u(&s, "/flows/tcp"), FLOWS as u64, "{s}");
     drop(held);
 }
@@ -227,7 +238,15 @@ fn bad_thread_counts_are_refused() {
     let pcap = host.dir.join("x.pcap");
     let out = host
         .cmd(bin())
-        .args(["run", "--threads", "2", "--pcap", pcap.to_str().unwrap(), "--", "true"])
+        .args([
+            "run",
+            "--threads",
+            "2",
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--",
+            "true",
+        ])
         .output()
         .expect("run tapwire");
     let err = String::from_utf8_lossy(&out.stderr);

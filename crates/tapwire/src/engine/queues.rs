@@ -387,9 +387,9 @@ impl Engine {
     /// `"handed"` of `get_stats`: frames handed to the first worker, ARP/NA frames copied,
     /// frames dropped at a full inbox.
     pub(super) fn handed_json(&self) -> Option<Value> {
-        self.shard.as_ref().map(|s| {
-            json!({"frames": s.handed, "neighbours": s.neighbours, "inbox_full": s.inbox_full})
-        })
+        self.shard.as_ref().map(
+            |s| json!({"frames": s.handed, "neighbours": s.neighbours, "inbox_full": s.inbox_full}),
+        )
     }
 }
 

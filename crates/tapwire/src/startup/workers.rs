@@ -3,7 +3,8 @@
 //! Theory of operation: the workers' engines are made on the main thread with the first one
 //! (their TAP queues, epoll sets and wakers exist before the sandbox), and their threads start
 //! after it, because the sandbox may join a user namespace, which a threaded process cannot.
-//! Each thread then waits on its channel until [`Go::release`]: in daemon mode that comes
+//! [`Workers::spawn`] returns once every thread is running (its own start-up, glibc's `rseq`
+//! registration among it, is then over); each waits on its channel until [`Go::release`]: in daemon mode that comes
 //! after the seccomp filter, which `TSYNC` puts on every thread, so no worker touches a guest
 //! frame unfiltered. If start-up fails before that, the channels are dropped and the threads
 //! end without running. A worker runs until its TAP queue goes away; the process ends with the
@@ -32,15 +33,21 @@ impl Workers {
         Workers { engines }
     }
 
-    /// Start one thread per worker; each waits for [`Go::release`].
+    /// Start one thread per worker and wait until each runs (a new thread's own start-up,
+    /// such as glibc registering its `rseq` area, must be over before the seccomp filter);
+    /// each then waits for [`Go::release`].
     pub fn spawn(self) -> io::Result<Go> {
         let mut senders = Vec::new();
+        let (up_tx, up_rx) = mpsc::channel::<()>();
         for (i, mut engine) in self.engines.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel::<()>();
             let name = format!("tapwire-q{}", i + 1);
+            let up = up_tx.clone();
             std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || {
+                    let _ = up.send(());
+                    drop(up);
                     if rx.recv().is_err() {
                         return;
                     }
@@ -53,6 +60,12 @@ impl Workers {
                     io::Error::new(e.kind(), format!("--threads: starting a worker: {e}"))
                 })?;
             senders.push(tx);
+        }
+        drop(up_tx);
+        for _ in &senders {
+            up_rx
+                .recv()
+                .map_err(|_| io::Error::other("--threads: a worker died starting"))?;
         }
         Ok(Go { senders })
     }
