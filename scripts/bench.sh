@@ -39,8 +39,9 @@
 # 3 minutes). --udp-only: only the UDP measures (64 B and 1400 B both ways) at the largest MTU,
 # no idle or --flows step (an A/B of UDP changes in a few minutes).
 # --strace: during the latency and connection-rate runs, strace -c -f the daemon (tap paths)
-# and print its system calls per ping-pong round trip and per connection (strace slows the
-# daemon: the figures of such a run are not speed figures; tables in $OUT/strace-*.txt).
+# and print its system calls per ping-pong round trip (per host sendto) and per connection
+# (per twb connection); strace slows the daemon: the speed figures of such a run are not
+# speed figures. Tables in $OUT/strace-*.txt.
 # --pasta BIN: the pasta binary to run (default /usr/bin/pasta, Debian's; e.g. one built
 # outside the repo).
 #
@@ -505,7 +506,10 @@ strace_stop() {
 	wait "$STRACE_PID" 2>/dev/null || true
 	STRACE_PID=""
 	local f="$OUT/strace-$CUR-$1.txt" n=${2:-0}
-	[ -s "$f" ] && [ "$n" -gt 0 ] 2>/dev/null || return 0
+	[ -s "$f" ] || return 0
+	# COUNT may name a system call: its count is the number of units.
+	[[ "$n" =~ ^[0-9]+$ ]] || n=$(awk -v s="$n" '$NF == s { print $4 }' "$f")
+	[ "${n:-0}" -gt 0 ] 2>/dev/null || return 0
 	awk -v n="$n" -v what="$1" '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" {
 			c = $4
 			if (c ~ /^[0-9]+$/) { t += c; l = l sprintf(" %s %.2f", $NF, c / n) } }
@@ -517,7 +521,9 @@ lat_run() {
 	local sfx=${1:-} out
 	strace_start "latency$sfx"
 	gx "timeout $((SHORT + 20)) sockperf pp --tcp -i $HOST_IP -p 11111 -m 64 -t $SHORT >$WORK/sp.out 2>&1" || true
-	strace_stop "latency$sfx" "$(sed -n 's/.*ReceivedMessages=\([0-9]*\).*/\1/p' "$WORK/sp.out" | tail -1)"
+	# Units: the daemon's sendto calls, one per request relayed to the host (sockperf's own
+	# count leaves out its warm-up, whose round trips strace sees).
+	strace_stop "latency$sfx" sendto
 	if out=$("${UTIL[@]}" sockperf "$WORK/sp.out"); then
 		read -r p50 p99 avg <<<"$out"
 		sample "$CUR" "lat_p50$sfx" "$p50"
