@@ -5,6 +5,7 @@
 #                         [-b TAPWIRE_BIN] [-B OTHER_BIN] [--flows N] [--no-flows] [--out DIR]
 #                         [--keep] [--pasta PASTA_BIN] [--udp-only] [--threads N]
 #   sudo scripts/bench.sh --profile [-t SECONDS] [--paths tap]   # perf profiles of the daemon
+#   sudo scripts/bench.sh --quick --rounds 1 --strace [...]      # daemon syscalls per conn/RTT
 #
 # Paths (columns): tap (tapwire -c PID), bypass (tapwire run --bypass, only if the binary has
 # it), slirp4netns, pasta (as an unprivileged user), veth (a kernel veth pair: the kernel
@@ -39,6 +40,10 @@
 # stream both ways, latency, connections/s and idle; no port forward, UDP or --flows (about
 # 3 minutes). --udp-only: only the UDP measures (64 B and 1400 B both ways) at the largest MTU,
 # no idle or --flows step (an A/B of UDP changes in a few minutes).
+# --strace: during the latency and connection-rate runs, strace -c -f the daemon (tap paths)
+# and print its system calls per ping-pong round trip (per host sendto) and per connection
+# (per twb connection); strace slows the daemon: the speed figures of such a run are not
+# speed figures. Tables in $OUT/strace-*.txt.
 # --pasta BIN: the pasta binary to run (default /usr/bin/pasta, Debian's; e.g. one built
 # outside the repo).
 #
@@ -70,6 +75,7 @@ KEEP=0
 MTUS_SET=0
 PROFILE=0
 MQ_THREADS=$(nproc)
+STRACE=0
 
 usage() {
 	sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
@@ -92,6 +98,7 @@ while [ $# -gt 0 ]; do
 	--out) OUT="$2"; shift 2 ;;
 	--keep) KEEP=1; shift ;;
 	--profile) PROFILE=1; shift ;;
+	--strace) STRACE=1; shift ;;
 	--pasta) PASTA="$2"; shift 2 ;;
 	--threads) MQ_THREADS="$2"; shift 2 ;;
 	--udp-only) UDP_ONLY=1; shift ;;
@@ -495,10 +502,40 @@ udp_run() {
 	fi
 }
 
+# strace_start NAME / strace_stop NAME COUNT: with --strace, count the daemon's system calls
+# around one run and print them per COUNT (round trips, connections).
+STRACE_PID=""
+strace_start() {
+	[ "$STRACE" = 1 ] && [ -n "$DAEMON" ] || return 0
+	mkdir -p "$OUT"
+	strace -c -f -p "$DAEMON" -o "$OUT/strace-$CUR-$1.txt" 2>/dev/null &
+	STRACE_PID=$!
+	sleep 0.5
+}
+strace_stop() {
+	[ -n "$STRACE_PID" ] || return 0
+	kill -INT "$STRACE_PID" 2>/dev/null || true
+	wait "$STRACE_PID" 2>/dev/null || true
+	STRACE_PID=""
+	local f="$OUT/strace-$CUR-$1.txt" n=${2:-0}
+	[ -s "$f" ] || return 0
+	# COUNT may name a system call: its count is the number of units.
+	[[ "$n" =~ ^[0-9]+$ ]] || n=$(awk -v s="$n" '$NF == s { print $4 }' "$f")
+	[ "${n:-0}" -gt 0 ] 2>/dev/null || return 0
+	awk -v n="$n" -v what="$1" '$NF ~ /^[a-z_0-9]+$/ && $NF != "syscall" && $NF != "total" {
+			c = $4
+			if (c ~ /^[0-9]+$/) { t += c; l = l sprintf(" %s %.2f", $NF, c / n) } }
+		END { printf "   strace %-17s %.1f syscalls per unit (%d units):%s\n", what, t / n, n, l }' "$f" >&2
+}
+
 # lat_run SUFFIX: sockperf TCP ping-pong, 64 B, to the host's sockperf server.
 lat_run() {
 	local sfx=${1:-} out
+	strace_start "latency$sfx"
 	gx "timeout $((SHORT + 20)) sockperf pp --tcp -i $HOST_IP -p 11111 -m 64 -t $SHORT >$WORK/sp.out 2>&1" || true
+	# Units: the daemon's sendto calls, one per request relayed to the host (sockperf's own
+	# count leaves out its warm-up, whose round trips strace sees).
+	strace_stop "latency$sfx" sendto
 	if out=$("${UTIL[@]}" sockperf "$WORK/sp.out"); then
 		read -r p50 p99 avg <<<"$out"
 		sample "$CUR" "lat_p50$sfx" "$p50"
@@ -511,8 +548,10 @@ lat_run() {
 
 crr_run() {
 	local out
+	strace_start crr
 	gx "timeout $((SHORT + 20)) $WORK/twb crr $HOST_IP 7000 $SHORT 8 100 >$WORK/crr.out 2>&1" || true
 	out=$(cat "$WORK/crr.out" 2>/dev/null || true)
+	strace_stop crr "$(sed -n 's/.*conns=\([0-9]*\).*/\1/p' "$WORK/crr.out")"
 	if [[ "$out" =~ rate=([0-9.]+)\ errors=([0-9]+) ]]; then
 		sample "$CUR" conn_rate "${BASH_REMATCH[1]}"
 		printf '   %-24s %8.0f conn/s (%s errors)\n' "connections" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" >&2

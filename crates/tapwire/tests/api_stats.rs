@@ -1,6 +1,8 @@
 //! tapwire's control-socket additions `list_connections` and `get_stats`, end to end: flows are
 //! listed with their byte counts, and the counters count frames, drops (malformed frames sent
-//! from the guest's tap0 by tests/py/api_bad_frames.py), flows and forwards.
+//! from the guest's tap0 by tests/py/api_bad_frames.py), flows and forwards; short connections
+//! in a row reuse finished flows' sockets (`tcp_connects/sockets_reused`) and each sees only
+//! its own bytes.
 //!
 //! tapwire-only. Needs root; see tests/common for the skip policy (TAPWIRE_ALLOW_SKIP=1).
 
@@ -256,4 +258,82 @@ fn get_stats_counts_frames_drops_flows_and_forwards() {
         "{s1} -> {s2}"
     );
     eprintln!("get_stats: {s2}");
+}
+
+// =============================================================================================
+// 3. Spare sockets: short connections in a row reuse finished flows' sockets and rings, and
+//    each sees exactly its own bytes.
+// =============================================================================================
+
+#[test]
+fn sequential_short_connections_reuse_sockets_without_stale_bytes() {
+    if !preflight(&[]) || !tapwire_only("get_stats tcp_connects") {
+        return;
+    }
+    let w = World::new(&[]);
+    const N: usize = 24;
+    // Long and short exchanges alternate: a reused ring that still showed the previous flow's
+    // bytes would make a short exchange come out long or wrong.
+    let len = |i: usize, dir: usize| {
+        if i % 2 == 0 {
+            2000 + 100 * dir
+        } else {
+            7 + dir
+        }
+    };
+    let l = w.host.listen(21220);
+    // Host: read each request to EOF, answer, close.
+    let server = task("reuse-server", move || {
+        let mut got = Vec::new();
+        for i in 0..N {
+            let (mut s, _) = accept_timeout(&l, SETUP_TIMEOUT).expect("accept");
+            let mut req = Vec::new();
+            s.read_to_end(&mut req).expect("read the request");
+            s.write_all(&random_bytes(len(i, 1), 1000 + i as u64))
+                .unwrap();
+            got.push(req);
+        }
+        got
+    });
+    let before = u(&stats(&w.sock), "/tcp_connects/sockets_reused");
+    for i in 0..N {
+        let mut c = w
+            .guest
+            .connect((GATEWAY, 21220), SETUP_TIMEOUT)
+            .expect("guest connect");
+        c.write_all(&random_bytes(len(i, 0), i as u64)).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).expect("read the reply");
+        assert!(
+            reply == random_bytes(len(i, 1), 1000 + i as u64),
+            "connection {i}: reply of {} bytes, expected {}",
+            reply.len(),
+            len(i, 1)
+        );
+    }
+    let got = server.join(TRANSFER_TIMEOUT);
+    for (i, req) in got.iter().enumerate() {
+        assert!(
+            *req == random_bytes(len(i, 0), i as u64),
+            "connection {i}: host got {} bytes, expected {}",
+            req.len(),
+            len(i, 0)
+        );
+    }
+    // The flows' removal races the next SYN only at the end of the exchange: most are reused.
+    let t0 = Instant::now();
+    let reused = loop {
+        let r = u(&stats(&w.sock), "/tcp_connects/sockets_reused") - before;
+        if r >= N as u64 / 2 || t0.elapsed() > Duration::from_secs(2) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("{reused} of {N} sequential connections reused a spare socket");
+    assert!(
+        reused >= N as u64 / 2,
+        "{reused} of {N} sequential short connections reused a finished flow's socket"
+    );
+    assert!(u(&stats(&w.sock), "/tcp_connects/sockets_spare") <= 16);
 }

@@ -255,6 +255,18 @@ pub fn new_tcp_socket(
     Some(s)
 }
 
+/// Make a finished socket (CLOSED or TIME-WAIT) a fresh one of [`new_tcp_socket`] listening on
+/// `endpoint`, rings kept: `listen` resets the connection state and empties both rings; the
+/// congestion controller (which `listen` keeps) starts anew. `false`: it cannot listen.
+pub fn reuse_tcp_socket(s: &mut tcp::Socket<'static>, endpoint: IpListenEndpoint) -> bool {
+    if s.is_open() || s.listen(endpoint).is_err() {
+        return false;
+    }
+    s.set_congestion_control(s.congestion_control());
+    s.pause_synack(true);
+    true
+}
+
 /// A guest-facing TCP socket, tuned as [`new_tcp_socket`], not yet listening or connected
 /// (port forwards connect it to the guest).
 pub fn new_tcp_socket_unbound(buffer: usize) -> tcp::Socket<'static> {

@@ -19,7 +19,8 @@
 //!
 //! `get_stats` reports `tcp_buffers` (the budget, bytes budgeted and the peak, bytes queued in
 //! the rings right now, flows shrunk and refused) and `tcp_connects` (host connects started,
-//! SYNs answered from the refused cache). Port forwards' flows are opened by the host side and
+//! SYNs answered from the refused cache, flows served by a finished flow's socket and rings,
+//! sockets kept for that now: see `spare`). Port forwards' flows are opened by the host side and
 //! are not budgeted.
 #![forbid(unsafe_code)]
 
@@ -92,6 +93,8 @@ impl TcpTable {
             "tcp_connects": {
                 "started": self.host_connects,
                 "refused_cached": self.refused.hits,
+                "sockets_reused": self.spares.reused,
+                "sockets_spare": self.spares.len(),
             },
         })
     }

@@ -9,10 +9,12 @@
 //!   host connect was just refused, and a SYN the buffer budget has no room for (see
 //!   `budget`). Otherwise the flow's rings are sized by the budget, a non-blocking host
 //!   `connect()` starts and a socket listening on exactly that destination, SYN-ACK paused,
-//!   takes the SYN. At most [`MAX_CONNECTING`] connects are pending: past that the oldest
+//!   takes the SYN (a finished flow's socket with rings of those sizes if one is spare, see
+//!   `spare`). At most [`MAX_CONNECTING`] connects are pending: past that the oldest
 //!   pending one is given up (its guest gets a RST), so a SYN flood to hosts that never answer
 //!   locks nobody out. Port forwards create flows the other way (see `forward`).
-//! - **Connecting**: the host socket's first writable edge tells how the connect went: success
+//! - **Connecting**: the host socket's first writable edge tells how the connect went
+//!   (`getpeername`, then `SO_ERROR` only if it is not connected): success
 //!   unpauses the SYN-ACK, failure removes the flow and answers the kept SYN (see
 //!   [`GuestSyn`]) the way the host's connect failed.
 //! - **Service**: a guest segment or a host readiness edge marks the flow dirty; smoltcp's
@@ -21,11 +23,14 @@
 //!   host <-> smoltcp, let smoltcp emit the flow's segments, reschedule. The cost per packet
 //!   does not grow with the number of open flows.
 //! - **Removal**: when the pump says so (both FINs, a reset, an abort whose RST went out).
+//!   The host socket is closed without deregistering (closing its only descriptor takes it
+//!   out of the epoll set); the smoltcp socket may be kept as a spare.
 #![forbid(unsafe_code)]
 
 mod budget;
 pub(super) use budget::budget_share;
 mod flow;
+mod spare;
 
 use std::collections::VecDeque;
 use std::io;
@@ -51,7 +56,6 @@ pub use flow::{
 
 use super::host::{token, KIND_TCP};
 use super::{dns, udp, Engine};
-use crate::link::device;
 
 /// Host connects in progress at once (SYN-flood cap).
 pub const MAX_CONNECTING: usize = 1024;
@@ -85,6 +89,15 @@ impl TcpSlot {
     ) -> TcpSlot {
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(sock);
+        TcpSlot::with_set(sockets, handle, flow)
+    }
+
+    /// A slot for the socket `handle` of `sockets` (its only one).
+    fn with_set(
+        sockets: SocketSet<'static>,
+        handle: smoltcp::iface::SocketHandle,
+        flow: impl FnOnce(smoltcp::iface::SocketHandle) -> TcpFlow<mio::net::TcpStream>,
+    ) -> TcpSlot {
         TcpSlot {
             flow: flow(handle),
             sockets,
@@ -146,6 +159,8 @@ pub(super) struct TcpTable {
     refused: RefusedCache,
     /// Host connects started for the guest's SYNs.
     host_connects: u64,
+    /// Finished flows' sockets kept for the next flows (see `spare`).
+    spares: spare::Spares,
 }
 
 impl TcpTable {
@@ -162,6 +177,7 @@ impl TcpTable {
             budget: budget::budget(max_buffer_memory),
             refused: RefusedCache::default(),
             host_connects: 0,
+            spares: spare::Spares::default(),
         }
     }
 
@@ -185,12 +201,16 @@ impl TcpTable {
         }
     }
 
-    /// Forget flow `idx` and close its host socket.
-    fn remove(&mut self, idx: usize, registry: &mio::Registry) {
+    /// Forget flow `idx` and close its host socket (no deregistration: closing the socket's
+    /// only descriptor takes it out of the epoll set).
+    fn remove(&mut self, idx: usize) {
         let Some((
             _,
             TcpSlot {
-                mut flow, rings, ..
+                flow,
+                rings,
+                sockets,
+                ..
             },
         )) = self.flows.remove(idx)
         else {
@@ -198,12 +218,14 @@ impl TcpTable {
         };
         if let Some(rings) = rings {
             self.budget.release(rings);
+            let moved = (flow.bytes_to_host, flow.bytes_to_guest);
+            self.spares
+                .keep(sockets, flow.handle, rings, moved, flow.segments_from_guest);
         }
         self.sched.forget(idx);
         if flow.phase == Phase::Connecting {
             self.connecting -= 1;
         }
-        let _ = registry.deregister(&mut flow.host);
         tracing::debug!(
             guest = %flow.guest, dst = %flow.dst,
             to_host = flow.bytes_to_host, to_guest = flow.bytes_to_guest,
@@ -314,13 +336,13 @@ impl Engine {
             addr: Some(info.dst.ip().into()),
             port: info.dst.port(),
         };
-        let Some(sock) = device::new_tcp_socket(endpoint, rings.rx, rings.tx) else {
+        let Some((sockets, handle)) = self.tcp.spares.take(endpoint, rings) else {
             self.tcp.budget.release(rings);
             self.stats.drops.bump(DropReason::Policy);
             return None;
         };
         let syn = GuestSyn::new(info, frame);
-        let mut slot = TcpSlot::new(sock, |handle| {
+        let mut slot = TcpSlot::with_set(sockets, handle, |handle| {
             TcpFlow::new(host, handle, info.src, info.dst, target, Some(syn))
         });
         slot.rings = Some(rings);
@@ -396,13 +418,15 @@ impl Engine {
         if flow.phase != Phase::Connecting || !flow.host_writable {
             return;
         }
-        let result = match flow.host.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match flow.host.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-                Err(e) => Err(e),
+        // One system call when the connect succeeded (getpeername); SO_ERROR only when it
+        // did not, to tell a failure from a spurious edge.
+        let result = match flow.host.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => match flow.host.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => Ok(false),
             },
+            Err(e) => Err(e),
         };
         match result {
             Ok(true) => {
@@ -471,7 +495,7 @@ impl Engine {
     }
 
     pub(super) fn remove_tcp(&mut self, idx: usize) {
-        self.tcp.remove(idx, self.host.poll.registry());
+        self.tcp.remove(idx);
     }
 }
 
