@@ -14,7 +14,7 @@
 //! - [`dhcp`]: the DHCP server; [`dns`]: resolv.conf parsing and upstream failover.
 //! - [`control`]: control-socket requests and replies; [`config`]: the virtual network;
 //!   [`to_host`]: `--forward-to-host` values and the host's loopback listeners.
-//! - [`schedule`]: the engine's dirty list and timer heap.
+//! - [`schedule`]: the engine's dirty list and timer heap; [`spin`]: when it busy-polls.
 //! - [`bypass`]: bypass mode's decision (routes, published binds, the peer table);
 //!   [`sockaddr`]: raw `struct sockaddr` decoding and encoding (re-exported by `bypass`).
 //! - [`route`]: `RTM_GETROUTE` bytes, so bypass asks the namespace's kernel where a
@@ -42,6 +42,7 @@ pub mod route;
 pub mod schedule;
 pub mod sock_diag;
 pub mod sockaddr;
+pub mod spin;
 pub mod to_host;
 pub mod udp_lifetime;
 pub mod vnet;

@@ -166,6 +166,12 @@ pub(crate) struct NetOpts {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
     threads: u8,
 
+    /// After a quick exchange (an event within USEC of running out of work), poll for up to
+    /// USEC microseconds before sleeping: lower latency for ping-pong traffic (RPC, small
+    /// requests), at most USEC of CPU per quiet period, none when idle. 0 turns it off
+    #[arg(long, value_name = "USEC", default_value_t = tapwire_proto::config::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    busy_poll: u64,
+
     /// MAC address of the tap device (requires -c in daemon mode)
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub(crate) macaddress: Option<[u8; 6]>,
@@ -244,6 +250,7 @@ impl NetOpts {
             uso: !self.disable_offload && !self.disable_udp_offload,
             max_buffer_memory: self.max_buffer_memory,
             threads: usize::from(self.threads),
+            busy_poll_us: self.busy_poll,
         }
     }
 }

@@ -5,8 +5,10 @@
 //! Each turn of [`Engine::run`]:
 //!
 //! 1. wait for readiness (`mio`, edge-triggered) with a timeout from smoltcp's timers, capped
-//!    at one second for housekeeping (and by the next `-p auto` dump), or zero while the TAP still has frames or a TCP flow is
-//!    dirty;
+//!    at one second for housekeeping (and by the next `-p auto` dump), or zero while the TAP
+//!    still has frames or a TCP flow is dirty, and for up to `--busy-poll` microseconds after
+//!    a quick exchange (`tapwire_proto::spin`: a ping-pong's next packet is often closer than
+//!    a sleep and a wakeup);
 //! 2. dispatch host-socket events by their token (see `host`): TCP readiness and connect
 //!    completion (`tcp`), UDP and ICMP replies drained into frames for the guest (`udp`,
 //!    `icmp`), port forward listeners (`forward`), API clients (`control`), spliced
@@ -46,6 +48,7 @@ use smoltcp::time::Instant;
 use tapwire_proto::config::NetConfig;
 use tapwire_proto::flow::FlowTable;
 use tapwire_proto::reassembly::Reassembled;
+use tapwire_proto::spin::Spin;
 use tapwire_proto::vnet::VnetHdr;
 use tapwire_proto::wire::{self, Class, DropCounters, DropReason};
 
@@ -163,6 +166,8 @@ pub struct Engine {
     stats: Stats,
     /// `--threads`: this worker's place among the others (see `queues`).
     shard: Option<Box<queues::Shard>>,
+    /// `--busy-poll` (see `tapwire_proto::spin`).
+    spin: Spin,
 }
 
 impl Engine {
@@ -228,6 +233,7 @@ impl Engine {
             confined: false,
             exit,
             stats,
+            spin: Spin::new(net.busy_poll_us),
             net,
             shard: None,
         })
@@ -249,6 +255,9 @@ impl Engine {
             }
             let timeout = if self.link.readable || self.tcp.sched.has_dirty() {
                 StdDuration::ZERO
+            } else if self.spin.quiet(self.clock.now().total_micros() as u64) {
+                // `--busy-poll`: the last exchange was quick; poll without sleeping.
+                StdDuration::ZERO
             } else {
                 self.timeout()
             };
@@ -256,6 +265,9 @@ impl Engine {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(EngineError::Poll(e)),
+            }
+            if !events.is_empty() {
+                self.spin.woke(self.clock.now().total_micros() as u64);
             }
             for ev in events.iter() {
                 let t = ev.token();
