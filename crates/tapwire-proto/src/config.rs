@@ -119,9 +119,11 @@ pub struct NetConfig {
     pub busy_poll_us: u64,
 }
 
-/// `--busy-poll`'s default: long enough to catch the reply of a ping-pong across the TAP and a
-/// host socket (about 10-20 µs here), short enough to cost little CPU when traffic is sparse.
-pub const DEFAULT_BUSY_POLL_US: u64 = 50;
+/// `--busy-poll`'s default: off, as the kernel's own `SO_BUSY_POLL` is. Spinning paid on one
+/// VM (TCP ping-pong p50 22.5 -> 15.6 µs at 50 µs) and cost on another whose wakeups are
+/// slower and whose vCPUs compete on the host (104 -> 167 µs): a spinning vCPU takes host CPU
+/// the applications' vCPU needs. Users who own their cores turn it on.
+pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 
 impl Default for NetConfig {
     fn default() -> Self {

@@ -168,8 +168,10 @@ pub(crate) struct NetOpts {
 
     /// After a quick exchange (an event within USEC of running out of work), poll for up to
     /// USEC microseconds before sleeping: lower latency for ping-pong traffic (RPC, small
-    /// requests), at most USEC of CPU per quiet period, none when idle. 0 turns it off
-    #[arg(long, value_name = "USEC", default_value_t = tapwire_proto::config::DEFAULT_BUSY_POLL_US, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    /// requests) where spare cores are the machine's own, at most USEC of CPU per quiet
+    /// period, none when idle. It costs latency on a VM whose vCPUs compete on the host
+    /// [default: 0, off; e.g. 50]
+    #[arg(long, value_name = "USEC", default_value_t = tapwire_proto::config::DEFAULT_BUSY_POLL_US, hide_default_value = true, value_parser = clap::value_parser!(u64).range(0..=1000))]
     busy_poll: u64,
 
     /// MAC address of the tap device (requires -c in daemon mode)
