@@ -51,6 +51,12 @@ impl Spin {
         }
     }
 
+    /// Whether busy polling is on at all (a window above 0): when off, the engine does not
+    /// read the clock for it.
+    pub fn enabled(&self) -> bool {
+        self.window_us > 0
+    }
+
     /// Whether the next quiet period starts with spinning.
     pub fn armed(&self) -> bool {
         self.armed
@@ -97,6 +103,7 @@ mod tests {
     #[test]
     fn zero_never_spins() {
         let mut s = Spin::new(0);
+        assert!(!s.enabled());
         s.quiet(0);
         s.woke(0);
         assert!(!s.armed());

@@ -255,7 +255,8 @@ impl Engine {
             }
             let timeout = if self.link.readable || self.tcp.sched.has_dirty() {
                 StdDuration::ZERO
-            } else if self.spin.quiet(self.clock.now().total_micros() as u64) {
+            } else if self.spin.enabled() && self.spin.quiet(self.clock.now().total_micros() as u64)
+            {
                 // `--busy-poll`: the last exchange was quick; poll without sleeping.
                 StdDuration::ZERO
             } else {
@@ -266,7 +267,7 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(EngineError::Poll(e)),
             }
-            if !events.is_empty() {
+            if self.spin.enabled() && !events.is_empty() {
                 self.spin.woke(self.clock.now().total_micros() as u64);
             }
             for ev in events.iter() {
