@@ -44,6 +44,7 @@ pub mod sock_diag;
 pub mod sockaddr;
 pub mod spin;
 pub mod to_host;
+pub mod train;
 pub mod udp_lifetime;
 pub mod vnet;
 pub mod wire;

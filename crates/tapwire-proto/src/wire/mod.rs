@@ -177,6 +177,10 @@ impl DropCounters {
     pub fn bump(&mut self, reason: DropReason) {
         self.0[reason as usize] += 1;
     }
+    /// Count `n` drops for `reason`.
+    pub fn bump_n(&mut self, reason: DropReason, n: u64) {
+        self.0[reason as usize] += n;
+    }
     pub fn get(&self, reason: DropReason) -> u64 {
         self.0[reason as usize]
     }

@@ -249,6 +249,13 @@ impl Engine {
                 "frames_out": s.device.uso_out,
                 "cut": s.uso_cut,
             },
+            "udp_trains": {
+                "enabled": self.net.offload && self.net.uso,
+                "sent": s.trains_out,
+                "datagrams": s.train_datagrams,
+                "cut": s.trains_cut,
+                "to_guest": s.trains_in,
+            },
             "drops": drops,
             "drops_total": s.drops.total(),
             "flows": {

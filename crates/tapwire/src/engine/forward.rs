@@ -272,6 +272,7 @@ impl Engine {
                     idle_ms: udp::IDLE_MS,
                     datagrams_out: 0,
                     datagrams_in: 0,
+                    trains: false,
                     last_query: None,
                 };
                 match self.insert_udp((guest, src), flow, now_ms) {

@@ -104,6 +104,13 @@ pub struct Stats {
     pub uso_in: u64,
     /// Guest super-datagrams the host refused to take whole (`UDP_SEGMENT`), cut here.
     pub uso_cut: u64,
+    /// Plain guest datagrams coalesced into `UDP_SEGMENT` trains: trains sent, the datagrams
+    /// in them, trains the host refused (cut and sent one by one; see `udp_batch`).
+    pub trains_out: u64,
+    pub train_datagrams: u64,
+    pub trains_cut: u64,
+    /// Plain host datagrams of one size in a row written to the guest as one USO frame.
+    pub trains_in: u64,
     pub icmp_flows: u64,
     pub device: DeviceStats,
 }

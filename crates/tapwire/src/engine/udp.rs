@@ -82,6 +82,10 @@ pub struct UdpFlow {
     pub idle_ms: u64,
     pub datagrams_out: u64,
     pub datagrams_in: u64,
+    /// Its plain datagrams may leave coalesced into `UDP_SEGMENT` trains (`tapwire_proto::
+    /// train`; off with `--disable-offload`/`--disable-udp-offload`, and once the host refused
+    /// a train: its datagrams exceed the path MTU).
+    pub trains: bool,
     /// DNS bindings: the guest's latest query, re-sent to the next nameserver if the current
     /// one refuses it (see `dns`). `None` for other bindings.
     pub last_query: Option<Vec<u8>>,
@@ -126,6 +130,7 @@ impl UdpFlow {
             idle_ms,
             datagrams_out: 0,
             datagrams_in: 0,
+            trains: net.offload && net.uso,
             last_query: None,
         })
     }

@@ -31,6 +31,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use tapwire_proto::train::Train;
 use tapwire_proto::vnet;
 use tapwire_proto::wire::{self, DropReason};
 
@@ -39,9 +40,13 @@ use super::Engine;
 use crate::sys::mmsg::{self, Span};
 
 /// The host refused a `UDP_SEGMENT` train as such: its datagrams exceed the path MTU
-/// (`EMSGSIZE` since Linux 6.x, `EINVAL` before) or some other GSO rule.
+/// (`EMSGSIZE` since Linux 6.x, `EINVAL` before) or some other GSO rule (`EIO`: a route
+/// through IPsec, or a device without checksum offload before Linux 6.11).
 fn train_refused(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EMSGSIZE | libc::EIO)
+    )
 }
 
 /// Send the train `span` of `arena` cut into its datagrams, in order, a `sendmmsg` per
@@ -80,6 +85,16 @@ fn send_cut(fd: BorrowedFd<'_>, arena: &[u8], span: Span) -> u64 {
     lost
 }
 
+/// Append train `t` to a binding's batch: as a plain datagram if it holds only one.
+fn push_train(spans: &mut Vec<Span>, counts: &mut Vec<u16>, t: Train) {
+    spans.push(Span {
+        start: t.start,
+        len: t.len,
+        seg: t.seg,
+    });
+    counts.push(if t.seg == 0 { 0 } else { t.count });
+}
+
 /// Datagrams received per `recvmmsg`.
 pub const RX_BATCH: usize = 32;
 /// Guest datagrams queued per turn before a flush.
@@ -98,8 +113,10 @@ pub(super) struct UdpBatch {
     arena: Vec<u8>,
     /// (binding index, the payload in `arena` and its USO segment size, already sent).
     queue: Vec<(usize, Span, bool)>,
-    /// Scratch spans for one binding's `sendmmsg`.
+    /// Scratch spans for one binding's `sendmmsg`, and the datagrams of each coalesced train
+    /// among them (0: not coalesced).
     spans: Vec<Span>,
+    counts: Vec<u16>,
 }
 
 impl UdpBatch {
@@ -111,6 +128,7 @@ impl UdpBatch {
             arena: vec![0u8; TX_ARENA],
             queue: Vec::with_capacity(TX_QUEUE),
             spans: Vec::with_capacity(mmsg::MAX_BATCH),
+            counts: Vec::with_capacity(mmsg::MAX_BATCH),
         }
     }
 
@@ -120,6 +138,30 @@ impl UdpBatch {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The plain datagrams received in `rx[i..n]` (payloads at `at`) that make a train from
+    /// `i` on (`tapwire_proto::train`), copied behind the first one in `rx[i]`. Returns the
+    /// index after the last one taken and the train (`seg` 0: `rx[i]` alone).
+    fn coalesce(&mut self, i: usize, n: usize, at: usize) -> (usize, Train) {
+        let mut train = Train::one(0, self.rx_lens[i]);
+        let room = self.rx[i].len().saturating_sub(at);
+        let mut k = i + 1;
+        while k < n
+            && self.rx_segs[k] == 0
+            && train.len + self.rx_lens[k] <= room
+            && train.join(train.len, self.rx_lens[k])
+        {
+            k += 1;
+        }
+        let (head, tail) = self.rx.split_at_mut(i + 1);
+        let mut off = at + self.rx_lens[i];
+        for m in i + 1..k {
+            let l = self.rx_lens[m];
+            head[i][off..off + l].copy_from_slice(&tail[m - i - 1][at..at + l]);
+            off += l;
+        }
+        (k, train)
     }
 }
 
@@ -147,86 +189,136 @@ impl Engine {
         b.queue.push((idx, span, false));
     }
 
-    /// Send every queued guest datagram, binding by binding, in order within each binding.
+    /// Send every queued guest datagram, binding by binding, in order within each binding;
+    /// a binding's plain datagrams that lie back to back in the arena with one size leave as
+    /// `UDP_SEGMENT` trains (`tapwire_proto::train`) where its `trains` allows.
     pub(super) fn flush_udp(&mut self) {
         let mut queue = std::mem::take(&mut self.udp_batch.queue);
         let mut spans = std::mem::take(&mut self.udp_batch.spans);
+        let mut counts = std::mem::take(&mut self.udp_batch.counts);
         for i in 0..queue.len() {
             let (idx, _, done) = queue[i];
             if done {
                 continue;
             }
+            let trains = self.udp.get(idx).is_some_and(|f| f.trains);
             // This binding's datagrams from here on, in order, a batch at a time.
             let mut j = i;
             while j < queue.len() {
                 spans.clear();
-                while j < queue.len() && spans.len() < mmsg::MAX_BATCH {
+                counts.clear();
+                let mut open: Option<Train> = None;
+                while j < queue.len() && spans.len() + usize::from(open.is_some()) < mmsg::MAX_BATCH
+                {
                     let (k, span, done) = queue[j];
-                    if k == idx && !done {
-                        spans.push(span);
-                        queue[j].2 = true;
-                    }
                     j += 1;
+                    if k != idx || done {
+                        continue;
+                    }
+                    queue[j - 1].2 = true;
+                    if let Some(t) = &mut open {
+                        if span.seg == 0 && t.join(span.start, span.len) {
+                            continue;
+                        }
+                    }
+                    if let Some(t) = open.take() {
+                        push_train(&mut spans, &mut counts, t);
+                    }
+                    if trains && span.seg == 0 {
+                        open = Some(Train::one(span.start, span.len));
+                    } else {
+                        spans.push(span);
+                        counts.push(0);
+                    }
                 }
-                self.send_spans(idx, &spans);
+                if let Some(t) = open.take() {
+                    push_train(&mut spans, &mut counts, t);
+                }
+                self.send_spans(idx, &spans, &counts);
             }
         }
         queue.clear();
         self.udp_batch.queue = queue;
         self.udp_batch.spans = spans;
+        self.udp_batch.counts = counts;
     }
 
-    /// `sendmmsg` `spans` of the arena on binding `idx`; what does not go is dropped, counted.
-    fn send_spans(&mut self, idx: usize, spans: &[Span]) {
+    /// `sendmmsg` `spans` of the arena on binding `idx` (`counts[i]`: the datagrams of a
+    /// coalesced train, 0 for a datagram or a guest's USO frame); what does not go is dropped,
+    /// counted.
+    fn send_spans(&mut self, idx: usize, spans: &[Span], counts: &[u16]) {
         if spans.is_empty() {
             return;
         }
+        let datagrams = |i: usize| u64::from(counts[i].max(1));
         let arena = &self.udp_batch.arena;
         let Some(flow) = self.udp.get_mut(idx) else {
-            self.drop_n(spans.len());
+            self.drop_n((0..spans.len()).map(datagrams).sum());
             return;
         };
         let UdpHost::Connected(sock) = &flow.host else {
-            self.drop_n(spans.len());
+            self.drop_n((0..spans.len()).map(datagrams).sum());
             return;
         };
         let mut sent = 0;
+        let mut out = 0;
         while sent < spans.len() {
             match mmsg::send_batch(sock.as_fd(), arena, &spans[sent..]) {
                 Ok(0) => break,
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    for &c in &counts[sent..(sent + n).min(counts.len())] {
+                        out += u64::from(c.max(1));
+                        if c != 0 {
+                            self.stats.trains_out += 1;
+                            self.stats.train_datagrams += u64::from(c);
+                        }
+                    }
+                    sent += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if spans[sent].seg != 0 && train_refused(&e) => {
                     // The host takes no train of this size: cut it here, in its place.
-                    self.stats.uso_cut += 1;
-                    for _ in 0..send_cut(sock.as_fd(), arena, spans[sent]) {
-                        self.stats.drops.bump(DropReason::Policy);
+                    if counts[sent] != 0 {
+                        // Ours, not the guest's: this binding's datagrams go one by one from
+                        // now on.
+                        self.stats.trains_cut += 1;
+                        flow.trains = false;
+                    } else {
+                        self.stats.uso_cut += 1;
                     }
+                    let lost = send_cut(sock.as_fd(), arena, spans[sent]);
+                    self.stats.drops.bump_n(DropReason::Policy, lost);
+                    out += datagrams(sent).saturating_sub(lost);
+                    sent += 1;
+                }
+                Err(e) if counts[sent] != 0 && e.kind() != io::ErrorKind::WouldBlock => {
+                    // A pending error of the socket (an ICMP refusal), reported and cleared by
+                    // this send: one by one, the train's datagrams go as they would have.
+                    tracing::debug!(dst = %flow.dst, "udp send: {e}");
+                    let lost = send_cut(sock.as_fd(), arena, spans[sent]);
+                    self.stats.drops.bump_n(DropReason::Policy, lost);
+                    out += datagrams(sent).saturating_sub(lost);
                     sent += 1;
                 }
                 Err(e) => {
                     tracing::debug!(dst = %flow.dst, "udp send: {e}");
                     // Skip the datagram the error belongs to; the rest may still go.
-                    self.stats.drops.bump(DropReason::Policy);
+                    self.stats.drops.bump_n(DropReason::Policy, datagrams(sent));
                     sent += 1;
                     if e.kind() == io::ErrorKind::WouldBlock {
                         // The socket buffer is full: the rest would fail the same way.
-                        let rest = spans.len() - sent;
-                        for _ in 0..rest {
-                            self.stats.drops.bump(DropReason::Policy);
-                        }
+                        let rest = (sent..spans.len()).map(datagrams).sum();
+                        self.stats.drops.bump_n(DropReason::Policy, rest);
                         break;
                     }
                 }
             }
         }
-        flow.datagrams_out += sent as u64;
+        flow.datagrams_out += out;
     }
 
-    fn drop_n(&mut self, n: usize) {
-        for _ in 0..n {
-            self.stats.drops.bump(DropReason::Policy);
-        }
+    fn drop_n(&mut self, n: u64) {
+        self.stats.drops.bump_n(DropReason::Policy, n);
     }
 
     /// Drain binding `idx`'s socket with `recvmmsg`, writing each datagram to the guest.
@@ -255,16 +347,33 @@ impl Engine {
             }
             let (src, dst) = (flow.dst, flow.guest);
             self.udp.touch(idx, now_ms);
-            for i in 0..n {
+            let mut i = 0;
+            while i < n {
                 let (len, seg) = (self.udp_batch.rx_lens[i], self.udp_batch.rx_segs[i]);
                 let stats = &mut self.stats.device;
                 if seg != 0 && len > usize::from(seg) {
                     let buf = &mut self.udp_batch.rx[i];
                     self.link.send_udp_train(src, dst, buf, len, seg, stats);
+                    i += 1;
+                    continue;
+                }
+                // Plain datagrams of one size in a row: one USO frame where the guest takes it.
+                let fits_mtu = self.link.uso && at - wire::ETH_LEN + len <= self.link.mtu;
+                let (k, train) = if fits_mtu {
+                    self.udp_batch.coalesce(i, n, at)
+                } else {
+                    (i + 1, Train::one(0, len))
+                };
+                if train.seg != 0 {
+                    self.stats.trains_in += 1;
+                    let buf = &mut self.udp_batch.rx[i];
+                    self.link
+                        .send_udp_train(src, dst, buf, train.len, train.seg, stats);
                 } else {
                     std::mem::swap(&mut self.link.out, &mut self.udp_batch.rx[i]);
                     self.link.send_udp(src, dst, len, stats);
                 }
+                i = k;
             }
             // Edge-triggered readiness: go round until the socket would block.
         }
