@@ -7,6 +7,9 @@
 //! MTU boundary (a datagram + headers == 1500, and one byte more); the fallbacks deliver the
 //! same bytes: a host path that refuses the train's size (cut in the daemon), a guest TAP
 //! without USO (`--disable-udp-offload`), and `--disable-offload`; IPv6 trains both ways.
+//! Plain datagrams (a guest or host app without `UDP_SEGMENT`) are coalesced into trains by
+//! the daemon (`tapwire_proto::train`): the `udp_trains` counters prove it, and a host path
+//! too small for a train makes the daemon cut it and stop coalescing on that binding.
 //!
 //! Needs root; see tests/common for the skip policy.
 
@@ -155,11 +158,77 @@ fn uso(sock: &Path) -> (bool, u64, u64, u64) {
     )
 }
 
+/// The `udp_trains` counters: coalescing of plain datagrams (see `tapwire_proto::train`).
+#[derive(Debug, Clone, Copy)]
+struct Trains {
+    enabled: bool,
+    sent: u64,
+    datagrams: u64,
+    cut: u64,
+    to_guest: u64,
+}
+
+fn trains(sock: &Path) -> Trains {
+    let s = stats(sock);
+    Trains {
+        enabled: s
+            .pointer("/udp_trains/enabled")
+            .and_then(|v| v.as_bool())
+            .unwrap_or_else(|| panic!("udp_trains/enabled missing in {s}")),
+        sent: u(&s, "/udp_trains/sent"),
+        datagrams: u(&s, "/udp_trains/datagrams"),
+        cut: u(&s, "/udp_trains/cut"),
+        to_guest: u(&s, "/udp_trains/to_guest"),
+    }
+}
+
 /// Two guest flows send `streams` with `UDP_SEGMENT` (one `send` per train) to a host sink
 /// on loopback; the sink checks every datagram of each flow in order and the sha256.
 fn guest_to_host(w: &World, port: u16, streams: &[Stream; 2]) {
     let socks = [w.guest.udp_to(gw(port)), w.guest.udp_to(gw(port))];
-    guest_to_host_on(w.host.udp(port), socks, streams, Duration::from_millis(1));
+    guest_to_host_on(
+        w.host.udp(port),
+        socks,
+        streams,
+        Duration::from_millis(1),
+        Mode::Segment,
+    );
+}
+
+/// How a sender puts a stream's trains on the wire.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// One `UDP_SEGMENT` send per train.
+    Segment,
+    /// Datagram by datagram, with the daemon (this pid) stopped meanwhile: a train's
+    /// datagrams wait together in the TAP queue (or the daemon's socket) and are read in one
+    /// loop turn, which is when the daemon coalesces them.
+    Plain(u32),
+}
+
+impl Mode {
+    /// Send `train` on `s` as this mode says.
+    fn send(self, s: &UdpSocket, train: &[Vec<u8>], to: Option<std::net::SocketAddr>) {
+        let send = |d: &[u8]| match to {
+            Some(to) => s.send_to(d, to),
+            None => s.send(d),
+        };
+        match self {
+            Mode::Segment => send(&train.concat()).map(drop),
+            Mode::Plain(_) => train.iter().try_for_each(|d| send(d).map(drop)),
+        }
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    /// Stop (`true`) or continue the daemon around a plain send.
+    fn pause(self, stop: bool) {
+        if let Mode::Plain(pid) = self {
+            let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) with the pid of the daemon this test started.
+            let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+            assert_eq!(rc, 0, "kill {pid}: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 /// [`guest_to_host`] between given sockets, `pause` after each pair of trains.
@@ -168,10 +237,13 @@ fn guest_to_host_on(
     socks: [UdpSocket; 2],
     streams: &[Stream; 2],
     pause: Duration,
+    mode: Mode,
 ) {
     big_rcvbuf(&sink, 16 << 20);
-    for (s, st) in socks.iter().zip(streams) {
-        set_segment(s, st.seg);
+    if let Mode::Segment = mode {
+        for (s, st) in socks.iter().zip(streams) {
+            set_segment(s, st.seg);
+        }
     }
     let hashes = std::thread::scope(|scope| {
         let rx = scope.spawn(|| {
@@ -194,12 +266,13 @@ fn guest_to_host_on(
         });
         let trains = streams[0].trains.len().max(streams[1].trains.len());
         for t in 0..trains {
+            mode.pause(true);
             for (s, st) in socks.iter().zip(streams) {
                 if let Some(train) = st.trains.get(t) {
-                    s.send(&train.concat())
-                        .unwrap_or_else(|e| panic!("guest send of train {t}: {e}"));
+                    mode.send(s, train, None);
                 }
             }
+            mode.pause(false);
             // The TAP queue must not overflow (a full one drops silently, as a NIC would).
             std::thread::sleep(pause);
         }
@@ -213,11 +286,12 @@ fn guest_to_host_on(
 /// A host peer sends `stream` to a guest socket in trains with `UDP_SEGMENT` (the daemon's
 /// socket receives them coalesced); the guest checks every datagram in order and the sha256.
 fn host_to_guest(w: &World, port: u16, stream: &Stream) {
-    host_to_guest_on(w.host.udp(port), w.guest.udp_to(gw(port)), stream);
+    let (server, guest) = (w.host.udp(port), w.guest.udp_to(gw(port)));
+    host_to_guest_on(server, guest, stream, Mode::Segment);
 }
 
 /// [`host_to_guest`] between given sockets.
-fn host_to_guest_on(server: UdpSocket, guest: UdpSocket, stream: &Stream) {
+fn host_to_guest_on(server: UdpSocket, guest: UdpSocket, stream: &Stream, mode: Mode) {
     big_rcvbuf(&guest, 16 << 20);
     guest
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -233,7 +307,9 @@ fn host_to_guest_on(server: UdpSocket, guest: UdpSocket, stream: &Stream) {
             break from;
         }
     };
-    set_segment(&server, stream.seg);
+    if let Mode::Segment = mode {
+        set_segment(&server, stream.seg);
+    }
     let t0 = Instant::now();
     let hash = std::thread::scope(|scope| {
         let rx = scope.spawn(|| {
@@ -246,10 +322,10 @@ fn host_to_guest_on(server: UdpSocket, guest: UdpSocket, stream: &Stream) {
             }
             f.hash.hex()
         });
-        for (t, train) in stream.trains.iter().enumerate() {
-            server
-                .send_to(&train.concat(), client)
-                .unwrap_or_else(|e| panic!("host send of train {t}: {e}"));
+        for train in &stream.trains {
+            mode.pause(true);
+            mode.send(&server, train, Some(client));
+            mode.pause(false);
             // The daemon's socket buffer must not overflow.
             std::thread::sleep(Duration::from_millis(3));
         }
@@ -383,9 +459,29 @@ fn ipv6_trains_both_ways() {
     let streams = [Stream::new(0, 1452, 40, 30), Stream::new(1, 1000, 50, 30)];
     let to = sa(GW6, 20560);
     let socks = [guest_udp6_to(&w.guest, to), guest_udp6_to(&w.guest, to)];
-    guest_to_host_on(host6(20560), socks, &streams, Duration::from_millis(1));
+    let pause = Duration::from_millis(1);
+    guest_to_host_on(host6(20560), socks, &streams, pause, Mode::Segment);
     let guest = guest_udp6_to(&w.guest, sa(GW6, 20561));
-    host_to_guest_on(host6(20561), guest, &Stream::new(2, 1452, 40, 30));
+    host_to_guest_on(
+        host6(20561),
+        guest,
+        &Stream::new(2, 1452, 40, 30),
+        Mode::Segment,
+    );
+    // Plain datagrams, coalesced by the daemon, both ways.
+    let plain = Mode::Plain(w._d.pid());
+    let to = sa(GW6, 20562);
+    let socks = [guest_udp6_to(&w.guest, to), guest_udp6_to(&w.guest, to)];
+    let streams = [Stream::new(0, 1452, 30, 10), Stream::new(1, 64, 60, 10)];
+    guest_to_host_on(host6(20562), socks, &streams, pause, plain);
+    let guest = guest_udp6_to(&w.guest, sa(GW6, 20563));
+    host_to_guest_on(host6(20563), guest, &Stream::new(2, 1452, 30, 10), plain);
+    let t = trains(&sock);
+    eprintln!("IPv6 plain: {t:?}");
+    assert!(
+        t.sent >= 20 && t.to_guest >= 5,
+        "IPv6 plain datagrams: {t:?}"
+    );
     let (_, frames_in, frames_out, cut) = uso(&sock);
     eprintln!("IPv6: {frames_in} USO frames in, {frames_out} out, {cut} cut");
     assert!(
@@ -399,6 +495,85 @@ fn ipv6_trains_both_ways() {
     assert_eq!(cut, 0, "loopback takes every train whole");
     drop(w);
     let _ = std::fs::remove_file(&sock);
+}
+
+/// A guest that sends without `UDP_SEGMENT`: its plain datagrams of one size, read in one
+/// loop turn, leave as `UDP_SEGMENT` trains and reach the host one by one, intact and in
+/// order (a shorter datagram ends a train); a host peer's plain datagrams of one size enter
+/// the guest as USO frames. Every datagram is checked in order, and each stream's sha256.
+#[test]
+fn plain_datagrams_cross_as_trains_both_ways() {
+    if !preflight(&[]) || !tapwire_only("UDP trains") {
+        return;
+    }
+    let w = World::new(&["--mtu", "1500"]);
+    if !uso(&w.sock).0 {
+        skip("the kernel refused TUN_F_USO4/6 (Linux < 6.2): no USO to test");
+        return;
+    }
+    let mode = Mode::Plain(w.d.pid());
+    let t0 = trains(&w.sock);
+    assert!(t0.enabled, "udp_trains off by default: {t0:?}");
+    let streams = [
+        Stream::new(0, MTU_PAYLOAD, 30, 20),
+        Stream::new(1, 64, 60, 20),
+    ];
+    let total = (streams[0].datagrams() + streams[1].datagrams()) as u64;
+    let socks = [w.guest.udp_to(gw(20570)), w.guest.udp_to(gw(20570))];
+    let pause = Duration::from_millis(2);
+    guest_to_host_on(w.host.udp(20570), socks, &streams, pause, mode);
+    let t1 = trains(&w.sock);
+    eprintln!("guest->host: {t1:?} for {total} datagrams");
+    assert!(
+        t1.sent >= 40 && t1.datagrams >= total / 2,
+        "{} of {total} datagrams in {} trains",
+        t1.datagrams,
+        t1.sent
+    );
+    assert_eq!(t1.cut, 0, "loopback takes every train whole");
+    // Host to guest: at the MTU boundary and small.
+    let (server, guest) = (w.host.udp(20571), w.guest.udp_to(gw(20571)));
+    host_to_guest_on(server, guest, &Stream::new(2, MTU_PAYLOAD, 30, 20), mode);
+    let (server, guest) = (w.host.udp(20572), w.guest.udp_to(gw(20572)));
+    host_to_guest_on(server, guest, &Stream::new(3, 64, 60, 20), mode);
+    let t2 = trains(&w.sock);
+    eprintln!("host->guest: {} USO frames of plain datagrams", t2.to_guest);
+    assert!(
+        t2.to_guest >= 20,
+        "only {} trains to the guest",
+        t2.to_guest
+    );
+}
+
+/// A host path whose MTU is below the guest's datagrams (which the host kernel fragments
+/// when they go one by one): the host refuses the first train of each binding, the daemon
+/// cuts it in place and stops coalescing there; every datagram still arrives, in order.
+#[test]
+fn coalescing_stops_where_the_host_refuses_trains() {
+    if !preflight(&[]) || !tapwire_only("UDP trains") {
+        return;
+    }
+    let w = World::new(&["--mtu", "1500"]);
+    w.host.sh("ip link set lo mtu 1400").ok();
+    let streams = [
+        Stream::new(0, MTU_PAYLOAD, 30, 10),
+        Stream::new(1, MTU_PAYLOAD, 30, 10),
+    ];
+    let socks = [w.guest.udp_to(gw(20580)), w.guest.udp_to(gw(20580))];
+    let pause = Duration::from_millis(2);
+    guest_to_host_on(
+        w.host.udp(20580),
+        socks,
+        &streams,
+        pause,
+        Mode::Plain(w.d.pid()),
+    );
+    let t = trains(&w.sock);
+    eprintln!("lo mtu 1400: {t:?}");
+    assert!(
+        (1..=2).contains(&t.cut) && t.sent == 0,
+        "two bindings: one refused train each, then none: {t:?}"
+    );
 }
 
 /// The same streams both ways with a guest TAP that has no USO, and with no offload at all.
@@ -428,6 +603,13 @@ fn without_uso_everything_still_arrives() {
             (frames_in, frames_out, cut),
             (0, 0, 0),
             "{flags:?}: USO frames crossed a TAP without USO"
+        );
+        // The guest's kernel cut its trains into plain datagrams of one size; they still
+        // leave one by one (no UDP offload on the host side either).
+        let t = trains(&w.sock);
+        assert!(
+            !t.enabled && t.sent == 0 && t.to_guest == 0,
+            "{flags:?}: UDP trains without UDP offload: {t:?}"
         );
     }
 }
