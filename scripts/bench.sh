@@ -31,8 +31,11 @@
 # connections open: RSS, idle CPU, and latency (does per-packet cost grow with flows?).
 #
 # --profile: instead of the rounds, perf record (cpu-clock, DWARF call graphs) on each tapwire
-# path during iperf3 both ways at each MTU, the connection-rate test, UDP 64 B both ways,
-# ping-pong, and ping-pong with the idle flows open; writes bench-results/profile-<date>/*.txt (flat and caller views).
+# path during iperf3 both ways at each MTU, the connection-rate test, UDP 64 B and 1400 B both
+# ways, ping-pong, and ping-pong with the idle flows open; then each workload once more with
+# the whole machine sampled, split by command (who had the CPUs: the applications, the
+# forwarder, or nobody), also for veth (--paths tap,veth) as the kernel's own split; writes
+# bench-results/profile-<date>/*.txt (flat and caller views, the split at the end).
 #
 # Output: bench-results/<date>.json (every sample and the medians), <date>.md (tables, ratios,
 # targets of issue 7) and <date>.png (bars per path, grouped by measure). Default: 2 s per
@@ -562,32 +565,64 @@ crr_run() {
 }
 
 # ---- profiles (--profile) -----------------------------------------------------------------
-# prof_run NAME SHELL-COMMAND: perf record on the daemon while the guest runs the command.
+# iperf_again: the host's one-off iperf3 server once more, on the same port.
+iperf_again() {
+	kill_pidfile "$WORK/isrv.pid"
+	iperf3 -s -1 -p "$PORT" >"$WORK/isrv.log" 2>&1 &
+	echo $! >"$WORK/isrv.pid"
+	PIDS+=($!)
+	wait_for "iperf3 server :$PORT" 10 host_listening "$PORT"
+}
+
+# prof_run NAME SHELL-COMMAND [AGAIN]: perf record on the daemon while the guest runs the
+# command, then the command again (after the function AGAIN, if given) with the whole machine
+# sampled.
 prof_run() {
-	local name=$1 cmd=$2 data="$WORK/perf.data"
+	local name=$1 cmd=$2 again=${3:-} data="$WORK/perf.data" perf c0 c1
 	echo "   profiling $name" >&2
-	perf record -q -o "$data" -e cpu-clock -F 1999 --call-graph dwarf,32768 -p "$DAEMON" \
-		>"$WORK/perf.log" 2>&1 &
-	local perf=$!
+	if [ -z "$DAEMON" ]; then
+		# No forwarder on this path (veth): the whole-machine pass alone.
+		echo "# $CUR $name: no forwarder" >"$PROF_DIR/$CUR-$name.txt"
+		echo "# workload: $cmd" >>"$PROF_DIR/$CUR-$name.txt"
+	else
+		perf record -q -o "$data" -e cpu-clock -F 1999 --call-graph dwarf,32768 -p "$DAEMON" \
+			>"$WORK/perf.log" 2>&1 &
+		perf=$!
+		sleep 0.3
+		c0=$(cpu_ticks "$DAEMON")
+		gx "$cmd" || echo "    workload failed" >&2
+		c1=$(cpu_ticks "$DAEMON")
+		kill -INT "$perf" 2>/dev/null || true
+		wait "$perf" 2>/dev/null || true
+		{
+			echo "# $CUR $name: daemon CPU $((c1 - c0)) ticks ($TICK/s) during the workload"
+			echo "# workload: $cmd"
+			perf report -i "$data" --stdio --no-children --sort dso,sym -g none --percent-limit 0.5 2>/dev/null |
+				grep -v '^#' | grep -v '^$' || echo "(no samples)"
+			echo
+			echo "# inclusive (children), callers folded"
+			perf report -i "$data" --stdio --children --sort sym -g none --percent-limit 2 2>/dev/null |
+				grep -v '^#' | grep -v '^$' || echo "(no samples)"
+		} >"$PROF_DIR/$CUR-$name.txt"
+	fi
+	# The workload again, the whole machine sampled (no call graphs): who had the CPUs, the
+	# applications, the forwarder, softirq threads or nobody (swapper is idle time).
+	if [ -n "$again" ]; then "$again" || echo "    $again failed" >&2; fi
+	perf record -q -o "$data.all" -a -e cpu-clock -F 999 >"$WORK/perf.log" 2>&1 &
+	perf=$!
 	sleep 0.3
-	local c0 c1
-	c0=$(cpu_ticks "$DAEMON")
 	gx "$cmd" || echo "    workload failed" >&2
-	c1=$(cpu_ticks "$DAEMON")
 	kill -INT "$perf" 2>/dev/null || true
 	wait "$perf" 2>/dev/null || true
 	{
-		echo "# $CUR $name: daemon CPU $((c1 - c0)) ticks ($TICK/s) during the workload"
-		echo "# workload: $cmd"
-		perf report -i "$data" --stdio --no-children --sort dso,sym -g none --percent-limit 0.5 2>/dev/null |
-			grep -v '^#' | grep -v '^$' || echo "(no samples)"
 		echo
-		echo "# inclusive (children), callers folded"
-		perf report -i "$data" --stdio --children --sort sym -g none --percent-limit 2 2>/dev/null |
+		echo "# CPU by command, whole machine ($(nproc) CPUs; a second run of the workload; swapper = idle)"
+		perf report -i "$data.all" --stdio --sort comm --percent-limit 0.5 2>/dev/null |
 			grep -v '^#' | grep -v '^$' || echo "(no samples)"
-	} >"$PROF_DIR/$CUR-$name.txt"
+	} >>"$PROF_DIR/$CUR-$name.txt"
 	head -n 22 "$PROF_DIR/$CUR-$name.txt" | sed 's/^/     /' >&2
-	rm -f "$data"
+	grep -A8 '^# CPU by command' "$PROF_DIR/$CUR-$name.txt" | sed 's/^/     /' >&2
+	rm -f "$data" "$data.all"
 }
 
 if [ "$PROFILE" = 1 ]; then
@@ -601,23 +636,24 @@ if [ "$PROFILE" = 1 ]; then
 		if has_bypass; then PATHS+=(bypass); fi
 	fi
 	for name in "${PATHS[@]}"; do
-		is_daemon "$name" || continue
+		# veth: only the whole-machine split, the kernel's own for comparison.
+		is_daemon "$name" || [ "$name" = veth ] || continue
 		for mtu in $MTUS; do
 			echo "== profile: $name, MTU $mtu" >&2
 			start_path "$name" "$mtu" || { stop_path; continue; }
-			iperf_server && prof_run "tcp_up_mtu$mtu" "iperf3 -c $HOST_IP -p $PORT -t $DUR >/dev/null"
+			iperf_server && prof_run "tcp_up_mtu$mtu" "iperf3 -c $HOST_IP -p $PORT -t $DUR >/dev/null" iperf_again
 			kill_pidfile "$WORK/isrv.pid"
-			iperf_server && prof_run "tcp_down_mtu$mtu" "iperf3 -c $HOST_IP -p $PORT -t $DUR -R >/dev/null"
+			iperf_server && prof_run "tcp_down_mtu$mtu" "iperf3 -c $HOST_IP -p $PORT -t $DUR -R >/dev/null" iperf_again
 			kill_pidfile "$WORK/isrv.pid"
 			if [ "$mtu" = "$MAXMTU" ]; then
 				prof_run crr "$WORK/twb crr $HOST_IP 7000 $DUR 8 100"
-				iperf_server && prof_run udp_up "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 64 -b 0 >/dev/null"
+				iperf_server && prof_run udp_up "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 64 -b 0 >/dev/null" iperf_again
 				kill_pidfile "$WORK/isrv.pid"
-				iperf_server && prof_run udp_down "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 64 -b 0 -R >/dev/null"
+				iperf_server && prof_run udp_down "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 64 -b 0 -R >/dev/null" iperf_again
 				kill_pidfile "$WORK/isrv.pid"
-				iperf_server && prof_run udp1400_up "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 1400 -b 0 >/dev/null"
+				iperf_server && prof_run udp1400_up "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 1400 -b 0 >/dev/null" iperf_again
 				kill_pidfile "$WORK/isrv.pid"
-				iperf_server && prof_run udp1400_down "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 1400 -b 0 -R >/dev/null"
+				iperf_server && prof_run udp1400_down "iperf3 -c $HOST_IP -p $PORT -t $DUR -u -l 1400 -b 0 -R >/dev/null" iperf_again
 				kill_pidfile "$WORK/isrv.pid"
 				prof_run latency "sockperf pp --tcp -i $HOST_IP -p 11111 -m 64 -t $DUR >/dev/null 2>&1"
 				if [ "$FLOWS" -gt 0 ]; then
