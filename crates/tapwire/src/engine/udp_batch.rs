@@ -12,9 +12,12 @@
 //!   (a stream of datagrams to one peer costs one syscall per batch instead of one each).
 //!   A datagram the host socket refuses (full buffer, pending ICMP error) is dropped and
 //!   counted, as the unbatched path did. A guest USO frame (a train of datagrams of one
-//!   size, see `vnet`) is queued whole and goes as one message with `UDP_SEGMENT`; if the
-//!   host refuses the train (`EMSGSIZE`/`EINVAL`: its datagrams exceed the path MTU) it is
-//!   cut here and its datagrams sent one by one, in place, so the order holds. Nothing
+//!   size, see `vnet`) is queued whole and goes as one message with `UDP_SEGMENT`; so do a
+//!   binding's plain datagrams that lie back to back in the arena with one size, coalesced
+//!   at the flush (`tapwire_proto::train`: one send path in the host kernel instead of one
+//!   per datagram). If the host refuses a train (`EMSGSIZE`/`EINVAL`: its datagrams exceed
+//!   the path MTU) it is cut here and its datagrams sent one by one, in place, so the order
+//!   holds; a binding whose coalesced train was refused is not coalesced again. Nothing
 //!   queued outlives the turn, and the queue is flushed before any binding is removed
 //!   (eviction), so a queued span can never reach a reused slab index.
 //! - **Host → guest.** A readable binding is drained with `recvmmsg` into [`RX_BATCH`]
@@ -24,8 +27,12 @@
 //!   buffers just rotate. With USO the sockets have `UDP_GRO`: a buffer may hold a train of
 //!   the peer's datagrams, which goes to the guest as one USO frame
 //!   (`GuestLink::send_udp_train`), or datagram by datagram when the guest cannot take it.
+//!   Plain datagrams of one size that follow each other in a batch are copied behind the
+//!   first into its buffer and go the same way (`UdpBatch::coalesce`): one TAP write for up
+//!   to 64 datagrams, which the guest's kernel cuts back.
 //!
-//! The TAP itself has no batched read or write: every frame is still one `read`/`write`.
+//! The TAP itself has no batched read or write: every frame is still one `read`/`write`,
+//! so a guest that sends datagram by datagram still costs a TAP read per datagram.
 #![forbid(unsafe_code)]
 
 use std::io;
