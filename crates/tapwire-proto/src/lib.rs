@@ -6,7 +6,8 @@
 //! - [`wire`]: the shared frame types and offsets; in its submodules the validation and
 //!   classification of every guest frame, the reply frames, fragmentation of outgoing packets
 //!   and the Internet checksum (all re-exported as `wire::X`).
-//! - [`vnet`]: the virtio-net header and the offloads it carries.
+//! - [`vnet`]: the virtio-net header and the offloads it carries; [`train`]: plain UDP
+//!   datagrams coalesced into `UDP_SEGMENT`/USO trains.
 //! - [`reassembly`]: IPv4/IPv6 fragment reassembly.
 //! - [`flow`]: the flow table with idle expiry; [`nat`]: destination translation;
 //!   [`destination`]: what an address means to the host kernel (the one address policy).

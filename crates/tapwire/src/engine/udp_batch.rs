@@ -154,8 +154,11 @@ impl UdpBatch {
         let mut train = Train::one(0, self.rx_lens[i]);
         let room = self.rx[i].len().saturating_sub(at);
         let mut k = i + 1;
+        // Every length was bounded by its buffer (`recv_batch` passes no `MSG_TRUNC`); checked
+        // again so that the copy below cannot index past one.
         while k < n
             && self.rx_segs[k] == 0
+            && at + self.rx_lens[k] <= self.rx[k].len()
             && train.len + self.rx_lens[k] <= room
             && train.join(train.len, self.rx_lens[k])
         {
