@@ -151,6 +151,12 @@ impl NetConfig {
     fn offset(&self, n: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network).wrapping_add(n))
     }
+    /// UDP offload is on (USO on the TAP where the kernel has it, and plain datagrams
+    /// coalesced into trains, `train`): `--disable-udp-offload` and `--disable-offload` turn
+    /// it off.
+    pub fn udp_offload(&self) -> bool {
+        self.offload && self.uso
+    }
     /// network+2: the gateway, which stands for host loopback.
     pub fn gateway(&self) -> Ipv4Addr {
         self.offset(2)

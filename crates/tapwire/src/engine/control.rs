@@ -250,7 +250,7 @@ impl Engine {
                 "cut": s.uso_cut,
             },
             "udp_trains": {
-                "enabled": self.net.offload && self.net.uso,
+                "enabled": self.net.udp_offload(),
                 "sent": s.trains_out,
                 "datagrams": s.train_datagrams,
                 "cut": s.trains_cut,

@@ -130,7 +130,7 @@ impl UdpFlow {
             idle_ms,
             datagrams_out: 0,
             datagrams_in: 0,
-            trains: net.offload && net.uso,
+            trains: net.udp_offload(),
             last_query: None,
         })
     }

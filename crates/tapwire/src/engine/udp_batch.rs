@@ -211,10 +211,11 @@ impl Engine {
             if done {
                 continue;
             }
-            let trains = self.udp.get(idx).is_some_and(|f| f.trains);
             // This binding's datagrams from here on, in order, a batch at a time.
             let mut j = i;
             while j < queue.len() {
+                // Read per batch: a refused train turns it off for the batches after it.
+                let trains = self.udp.get(idx).is_some_and(|f| f.trains);
                 spans.clear();
                 counts.clear();
                 let mut open: Option<Train> = None;
@@ -286,9 +287,17 @@ impl Engine {
                     sent += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if spans[sent].seg != 0 && train_refused(&e) => {
-                    // The host takes no train of this size: cut it here, in its place.
-                    if counts[sent] != 0 {
+                // A train the host refused as such, or a coalesced one that met a pending
+                // error of the socket (an ICMP refusal, reported and cleared by this send):
+                // cut it here, in its place, so its datagrams go one by one as they would have.
+                Err(e)
+                    if spans[sent].seg != 0
+                        && (train_refused(&e)
+                            || counts[sent] != 0 && e.kind() != io::ErrorKind::WouldBlock) =>
+                {
+                    if !train_refused(&e) {
+                        tracing::debug!(dst = %flow.dst, "udp send: {e}");
+                    } else if counts[sent] != 0 {
                         // Ours, not the guest's: this binding's datagrams go one by one from
                         // now on.
                         self.stats.trains_cut += 1;
@@ -296,15 +305,6 @@ impl Engine {
                     } else {
                         self.stats.uso_cut += 1;
                     }
-                    let lost = send_cut(sock.as_fd(), arena, spans[sent]);
-                    self.stats.drops.bump_n(DropReason::Policy, lost);
-                    out += datagrams(sent).saturating_sub(lost);
-                    sent += 1;
-                }
-                Err(e) if counts[sent] != 0 && e.kind() != io::ErrorKind::WouldBlock => {
-                    // A pending error of the socket (an ICMP refusal), reported and cleared by
-                    // this send: one by one, the train's datagrams go as they would have.
-                    tracing::debug!(dst = %flow.dst, "udp send: {e}");
                     let lost = send_cut(sock.as_fd(), arena, spans[sent]);
                     self.stats.drops.bump_n(DropReason::Policy, lost);
                     out += datagrams(sent).saturating_sub(lost);
