@@ -34,6 +34,7 @@ use crate::engine::{Engine, Lifecycle};
 use crate::link::tap::Tap;
 use crate::netns;
 use crate::sys::fd;
+use crate::sys::text::StartupText;
 use tapwire_proto::config::{IfConfig, NetConfig, Publish};
 use tapwire_proto::to_host::{self, ToHost, ToHostPort};
 
@@ -99,6 +100,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         .flatten()
         .collect();
     let inherited = inherited::snapshot(&keep);
+    let text = StartupText::find();
     // Adopt inherited fds first so a bad number fails before anything is created.
     let ready = args
         .ready_fd
@@ -209,6 +211,7 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
         filter::apply(bypassing, &pins)?;
     }
     go.release();
+    release_text(&text);
     if let Some(ready) = ready {
         signal_ready(ready)?;
     }
@@ -221,6 +224,14 @@ fn daemon(args: DaemonArgs) -> Result<i32, AnyError> {
     Ok(status?)
 }
 
+/// Start-up is over: drop the code pages it ran (see `sys::text`); the loop's come back.
+fn release_text(text: &StartupText) {
+    match text.release() {
+        Ok(()) => tracing::debug!(kib = text.bytes() / 1024, "start-up code mappings released"),
+        Err(e) => tracing::debug!("{e}; start-up code stays mapped"),
+    }
+}
+
 fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
     let mut f = std::fs::File::from(fd);
     f.write_all(b"1")
@@ -230,6 +241,7 @@ fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
 fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
     // Before anything is opened (the command inherits them; the daemon closes its copies).
     let inherited = inherited::snapshot(&[]);
+    let text = StartupText::find();
     check_threads(&args.net, args.pcap.as_deref())?;
     let ifcfg = IfConfig::from_net(&args.net);
     let filter = args
@@ -297,6 +309,7 @@ fn run_mode(args: RunArgs) -> Result<i32, AnyError> {
         }
         None => child.start()?,
     }
+    release_text(&text);
     Ok(engine.run()?)
 }
 

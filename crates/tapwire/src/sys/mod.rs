@@ -18,6 +18,7 @@
 //!   credentials.
 //! - [`mmsg`]: batched datagram I/O (`recvmmsg`, `sendmmsg`).
 //! - [`splice`]: `splice(2)` through a pipe (`--forward-to-host`).
+//! - [`text`]: dropping the start-up code's pages once the daemon serves (`madvise`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -30,6 +31,7 @@ pub mod pidfd;
 pub mod scm;
 pub mod socket;
 pub mod splice;
+pub mod text;
 pub mod unix_listener;
 
 /// A syscall's result as an owned fd: `-1` is `errno`, anything else a new descriptor.
