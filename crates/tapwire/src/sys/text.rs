@@ -14,7 +14,10 @@
 //!
 //! Never touched: anything writable or once written (data, `.bss`, the heap, stacks, the
 //! relocated read-only data behind RELRO, which is anonymous memory now and would lose its
-//! relocations), anything not file-backed (the vDSO, anonymous memory).
+//! relocations), anything not file-backed (the vDSO, anonymous memory). Code pages are
+//! written only by text relocations (none in Rust or glibc builds) and by breakpoints: a
+//! debugger's or a uprobe's breakpoint placed in the daemon during start-up is lost when its
+//! page is dropped (attach after start-up, or a uprobe set later, is unaffected).
 //!
 //! Syscalls: `read(/proc/self/maps)` (before the sandbox), `madvise`.
 #![allow(unsafe_code)]
@@ -47,11 +50,12 @@ impl StartupText {
     /// Unmap the pages of every range (they come back on use).
     pub fn release(&self) -> io::Result<()> {
         for &(start, end) in &self.ranges {
-            // SAFETY: [start, end) is a whole mapping of this process that is read-only,
-            // private and file-backed and has never been written (checked by `code_ranges`:
-            // `r-xp` with a path), so every page equals the file's and MADV_DONTNEED only
-            // drops page-table entries that a later access restores from the page cache. The
-            // range is page-aligned, as /proc/self/maps gives it.
+            // SAFETY: [start, end) is a whole mapping of this process that is private,
+            // file-backed and not writable (`code_ranges`: `r-xp` with a path), i.e. code,
+            // which nothing in this process writes (no text relocations), so every page
+            // equals the file's and MADV_DONTNEED only drops page-table entries that a later
+            // access restores from the page cache. /proc/self/maps gives page-aligned ranges
+            // (and `code_ranges` keeps only those).
             let rc = unsafe {
                 libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
             };
