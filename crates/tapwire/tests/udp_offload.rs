@@ -182,9 +182,26 @@ fn trains(sock: &Path) -> Trains {
     }
 }
 
+/// Have the guest resolve the gateway `gw` before a burst. Until it knows the gateway's MAC
+/// its kernel holds the first packets in the neighbour entry's small queue
+/// (`unres_qlen_bytes`) and drops the oldest when a burst overflows it, as on any NIC: on
+/// a loaded machine, where the daemon answers the ARP late, a flow's first trains were lost
+/// before they reached the TAP.
+fn resolve_gateway(guest: &Guest, gw: &str) {
+    let out = guest.sh(
+        &format!("ping -c 1 -W 5 {gw} >/dev/null 2>&1; ip neigh show {gw}"),
+        SETUP_TIMEOUT,
+    );
+    assert!(
+        out.stdout.contains("lladdr"),
+        "guest did not resolve {gw}: {out:?}"
+    );
+}
+
 /// Two guest flows send `streams` with `UDP_SEGMENT` (one `send` per train) to a host sink
 /// on loopback; the sink checks every datagram of each flow in order and the sha256.
 fn guest_to_host(w: &World, port: u16, streams: &[Stream; 2]) {
+    resolve_gateway(&w.guest, "10.0.2.2");
     let socks = [w.guest.udp_to(gw(port)), w.guest.udp_to(gw(port))];
     guest_to_host_on(
         w.host.udp(port),
@@ -340,18 +357,27 @@ fn host_to_guest_on(server: UdpSocket, guest: UdpSocket, stream: &Stream, mode: 
     assert_eq!(hash, stream.hash(), "host->guest stream sha256");
 }
 
-#[test]
-fn guest_uso_trains_leave_whole_and_arrive_in_order() {
-    if !preflight(&[]) || !tapwire_only("UDP segmentation offload") {
-        return;
+/// A daemon at MTU 1500 whose TAP took USO, for the test `what`; `None` (after saying why)
+/// when the machine cannot run it.
+fn uso_world(what: &str) -> Option<World> {
+    if !preflight(&[]) || !tapwire_only(what) {
+        return None;
     }
     let w = World::new(&["--mtu", "1500"]);
-    check_configured(&w.guest, "10.0.2.100/24", "10.0.2.2", 1500);
-    let (on, in0, _, _) = uso(&w.sock);
-    if !on {
+    if !uso(&w.sock).0 {
         skip("the kernel refused TUN_F_USO4/6 (Linux < 6.2): no USO to test");
-        return;
+        return None;
     }
+    Some(w)
+}
+
+#[test]
+fn guest_uso_trains_leave_whole_and_arrive_in_order() {
+    let Some(w) = uso_world("UDP segmentation offload") else {
+        return;
+    };
+    check_configured(&w.guest, "10.0.2.100/24", "10.0.2.2", 1500);
+    let (_, in0, _, _) = uso(&w.sock);
     // 1472 B: a datagram + headers == the MTU; 1000 B with a short last datagram.
     let streams = [
         Stream::new(0, MTU_PAYLOAD, 40, 60),
@@ -379,15 +405,10 @@ fn guest_uso_trains_leave_whole_and_arrive_in_order() {
 
 #[test]
 fn host_trains_enter_the_guest_as_uso_frames() {
-    if !preflight(&[]) || !tapwire_only("UDP segmentation offload") {
+    let Some(w) = uso_world("UDP segmentation offload") else {
         return;
-    }
-    let w = World::new(&["--mtu", "1500"]);
-    let (on, _, out0, _) = uso(&w.sock);
-    if !on {
-        skip("the kernel refused TUN_F_USO4/6 (Linux < 6.2): no USO to test");
-        return;
-    }
+    };
+    let (_, _, out0, _) = uso(&w.sock);
     // At the MTU boundary: every train crosses as USO frames.
     host_to_guest(&w, 20520, &Stream::new(0, MTU_PAYLOAD, 40, 60));
     let (_, _, out1, _) = uso(&w.sock);
@@ -415,14 +436,9 @@ fn host_trains_enter_the_guest_as_uso_frames() {
 /// `UDP_SEGMENT` send and the daemon cuts the train itself, in place.
 #[test]
 fn trains_the_host_refuses_are_cut_in_order() {
-    if !preflight(&[]) || !tapwire_only("UDP segmentation offload") {
+    let Some(w) = uso_world("UDP segmentation offload") else {
         return;
-    }
-    let w = World::new(&["--mtu", "1500"]);
-    if !uso(&w.sock).0 {
-        skip("the kernel refused TUN_F_USO4/6 (Linux < 6.2): no USO to test");
-        return;
-    }
+    };
     w.host.sh("ip link set lo mtu 1400").ok();
     let streams = [
         Stream::new(0, MTU_PAYLOAD, 30, 30),
@@ -460,6 +476,7 @@ fn ipv6_trains_both_ways() {
     let to = sa(GW6, 20560);
     let socks = [guest_udp6_to(&w.guest, to), guest_udp6_to(&w.guest, to)];
     let pause = Duration::from_millis(1);
+    resolve_gateway(&w.guest, &GW6.to_string());
     guest_to_host_on(host6(20560), socks, &streams, pause, Mode::Segment);
     let guest = guest_udp6_to(&w.guest, sa(GW6, 20561));
     host_to_guest_on(
@@ -503,14 +520,9 @@ fn ipv6_trains_both_ways() {
 /// the guest as USO frames. Every datagram is checked in order, and each stream's sha256.
 #[test]
 fn plain_datagrams_cross_as_trains_both_ways() {
-    if !preflight(&[]) || !tapwire_only("UDP trains") {
+    let Some(w) = uso_world("UDP trains") else {
         return;
-    }
-    let w = World::new(&["--mtu", "1500"]);
-    if !uso(&w.sock).0 {
-        skip("the kernel refused TUN_F_USO4/6 (Linux < 6.2): no USO to test");
-        return;
-    }
+    };
     let mode = Mode::Plain(w.d.pid());
     let t0 = trains(&w.sock);
     assert!(t0.enabled, "udp_trains off by default: {t0:?}");
@@ -521,6 +533,7 @@ fn plain_datagrams_cross_as_trains_both_ways() {
     let total = (streams[0].datagrams() + streams[1].datagrams()) as u64;
     let socks = [w.guest.udp_to(gw(20570)), w.guest.udp_to(gw(20570))];
     let pause = Duration::from_millis(2);
+    resolve_gateway(&w.guest, "10.0.2.2");
     guest_to_host_on(w.host.udp(20570), socks, &streams, pause, mode);
     let t1 = trains(&w.sock);
     eprintln!("guest->host: {t1:?} for {total} datagrams");
@@ -561,6 +574,7 @@ fn coalescing_stops_where_the_host_refuses_trains() {
     ];
     let socks = [w.guest.udp_to(gw(20580)), w.guest.udp_to(gw(20580))];
     let pause = Duration::from_millis(2);
+    resolve_gateway(&w.guest, "10.0.2.2");
     guest_to_host_on(
         w.host.udp(20580),
         socks,

@@ -274,6 +274,15 @@ impl Engine {
         let mut sent = 0;
         let mut out = 0;
         while sent < spans.len() {
+            if counts[sent] != 0 && !flow.trains {
+                // Coalesced before a train of this batch was refused: the host would refuse
+                // it too, so it goes one by one without the failing send.
+                let lost = send_cut(sock.as_fd(), arena, spans[sent]);
+                self.stats.drops.bump_n(DropReason::Policy, lost);
+                out += datagrams(sent).saturating_sub(lost);
+                sent += 1;
+                continue;
+            }
             match mmsg::send_batch(sock.as_fd(), arena, &spans[sent..]) {
                 Ok(0) => break,
                 Ok(n) => {
